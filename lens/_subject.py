@@ -1,0 +1,136 @@
+"""Subject: a loaded model, its tokenizer, and the facts analyzers need."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from functools import cached_property
+
+import torch
+
+from lens._arch import ArchSpec, arch_for, get_path
+
+
+class Subject:
+    """A transformers causal LM with its tokenizer and shape facts.
+
+    ``subject.model`` is the stock Hugging Face model: the workbench never rewrites its
+    module tree. ``subject.bridge`` (TransformerLens 4) and ``subject.nnsight`` (nnsight)
+    are views over the *same parameter tensors*, created on first use.
+    """
+
+    def __init__(self, model, tokenizer, *, name: str, source: str = "", info: dict | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.source = source
+        self.info = dict(info or {})
+        cfg = model.config
+        self.arch: ArchSpec = arch_for(cfg.model_type)
+        self.n_layers: int = cfg.num_hidden_layers
+        self.n_heads: int = cfg.num_attention_heads
+        self.n_kv_heads: int = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.d_model: int = cfg.hidden_size
+        self.d_head: int = getattr(cfg, "head_dim", None) or self.d_model // self.n_heads
+        self.n_ctx: int = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions")
+        self.prepends_bos: bool = _tokenizer_prepends_bos(tokenizer)
+
+    def __repr__(self) -> str:
+        return (
+            f"Subject({self.name!r}: {self.n_layers} layers x {self.n_heads} heads "
+            f"({self.n_kv_heads} kv), d_model={self.d_model}, d_head={self.d_head}, "
+            f"n_ctx={self.n_ctx}, prepends_bos={self.prepends_bos})"
+        )
+
+    # --- tokens -------------------------------------------------------------------------
+    def to_tokens(self, text: str | Sequence[str]) -> torch.Tensor:
+        """Token ids ``[batch, pos]`` (right-padded for a list of texts), as the model sees them."""
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts or any(not isinstance(t, str) for t in texts):
+            raise ValueError("to_tokens takes a string or a non-empty list of strings")
+        for n, t in enumerate(texts):
+            if not t.strip():
+                raise ValueError(f"empty text (input {n}): nothing to analyze")
+        enc = [self.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
+        width = max(len(e) for e in enc)
+        pad = self.pad_token_id
+        return torch.tensor([e + [pad] * (width - len(e)) for e in enc], dtype=torch.long)
+
+    def to_str_tokens(self, text: str | torch.Tensor | Sequence[int]) -> list[str]:
+        """The tokens of one text (or one row of ids) as strings."""
+        ids = self.to_tokens(text)[0] if isinstance(text, str) else torch.as_tensor(text).reshape(-1)
+        return [self.tokenizer.decode([int(i)]) for i in ids]
+
+    @property
+    def pad_token_id(self) -> int:
+        tok = self.tokenizer
+        for cand in (tok.pad_token_id, tok.eos_token_id, 0):
+            if cand is not None:
+                return int(cand)
+        return 0
+
+    # --- structure ----------------------------------------------------------------------
+    @property
+    def blocks(self) -> torch.nn.ModuleList:
+        return get_path(self.model, self.arch.layers)
+
+    def attn_module(self, layer: int) -> torch.nn.Module:
+        return getattr(self.blocks[layer], self.arch.attn)
+
+    def check_heads(self, heads: Sequence[tuple[int, int]]) -> None:
+        """Raise a clear error for any (layer, head) that does not exist in this model."""
+        for layer, head in heads:
+            if not (0 <= layer < self.n_layers and 0 <= head < self.n_heads):
+                raise ValueError(
+                    f"head ({layer}, {head}) does not exist in {self.name}: "
+                    f"layers 0..{self.n_layers - 1}, heads 0..{self.n_heads - 1}"
+                )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # --- views --------------------------------------------------------------------------
+    def _shared_clone(self):
+        """A new module tree that shares every parameter and buffer tensor with ``model``."""
+        memo = {id(t): t for t in self.model.parameters()}
+        memo.update({id(t): t for t in self.model.buffers()})
+        return copy.deepcopy(self.model, memo)
+
+    @cached_property
+    def bridge(self):
+        """A TransformerLens 4 ``TransformerBridge`` over the same weights.
+
+        The bridge rewrites the module tree it wraps, so it wraps a structural clone that
+        shares the parameter tensors: no second copy of the weights, and ``model`` stays stock.
+        """
+        from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
+
+        clone = self._shared_clone()
+        return build_bridge_from_module(
+            clone,
+            self.arch.tl_architecture,
+            hf_config=clone.config,
+            tokenizer=self.tokenizer,
+            model_name=self.name,
+        )
+
+    @cached_property
+    def nnsight(self):
+        """An nnsight ``TransformersModel`` (text generation) over the same model object."""
+        from nnsight import TransformersModel
+
+        return TransformersModel(self.model, task="text-generation", tokenizer=self.tokenizer)
+
+    @torch.no_grad()
+    def logits(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Final logits ``[batch, pos, vocab]`` of the plain model."""
+        return self.model(input_ids=tokens.to(self.device), attention_mask=attention_mask).logits
+
+
+def _tokenizer_prepends_bos(tokenizer) -> bool:
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bool(ids) and ids[0] == bos

@@ -1,0 +1,63 @@
+"""Shared fixtures: one SmolLM2 and one of each organism per test session.
+
+Weights come from the workbench cache (``LENS_CACHE`` or the user cache dir), so only
+the first session on a machine pays for dequantizing SmolLM2 and training organisms.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    import lens
+
+    return lens.load("smollm2")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    """A tiny random Llama with GQA and odd sizes, for parity tests with no downloads."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lens import Subject
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        num_hidden_layers=3, num_attention_heads=6, num_key_value_heads=2, hidden_size=66, head_dim=14,
+        intermediate_size=37, vocab_size=97, max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
+        pad_token_id=0, attn_implementation="sdpa",
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    return Subject(model, _toy_tokenizer(97), name="tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lens import Subject
+
+    torch.manual_seed(1)
+    cfg = GPT2Config(n_layer=2, n_head=5, n_embd=5 * 7, vocab_size=97, n_positions=128, bos_token_id=1,
+                     eos_token_id=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = GPT2LMHeadModel(cfg).eval()
+    return Subject(model, _toy_tokenizer(97), name="tiny-gpt2")
+
+
+def _toy_tokenizer(vocab: int):
+    """A whitespace word-level tokenizer over tokens w0..w{vocab-1}, BOS = w1 prepended."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = {f"w{i}": i for i in range(vocab)}
+    tok = Tokenizer(models.WordLevel(words, unk_token="w3"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="w1 $A", special_tokens=[("w1", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="w1", eos_token="w2", pad_token="w0", unk_token="w3")
