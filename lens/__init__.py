@@ -2,10 +2,14 @@
 
 The flow: ``lens.load`` -> ``Subject`` -> ``lens.capture`` -> ``Capture`` -> analyzers
 -> Findings -> ``viz``. Importing ``lens`` only defines things: nothing is patched until
-a capture or an edit asks for it.
+a capture or an edit asks for it (``lens._hook.register`` says what it changes).
 """
 
+from lens import edits
+from lens._capture import DEFAULT_STATS, capture
+from lens._capture_data import Capture
 from lens._models import BUILTIN, load
 from lens._subject import Subject
+from lens._summary import summarize
 
-__all__ = ["BUILTIN", "Subject", "load"]
+__all__ = ["BUILTIN", "DEFAULT_STATS", "Capture", "Subject", "capture", "edits", "load", "summarize"]

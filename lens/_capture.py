@@ -1,0 +1,329 @@
+"""``lens.capture``: one forward pass per batch that records per-head statistics.
+
+The model's attention runs through ``kernels.attention`` (see ``lens._hook``), which
+returns each layer's output *and* the statistics asked for, and applies the edits asked
+for, in one pass. Residual-stream quantities come from forward hooks on the blocks,
+registered for the pass and removed after it, also on error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from importlib import metadata
+
+import torch
+from tqdm.auto import tqdm
+
+from lens import _hook
+from lens._capture_data import Capture
+from lens._edits import Edit, compile_edits
+from lens._subject import Subject
+
+# Statistics computed by default: every per-query and per-key statistic, no full patterns.
+DEFAULT_STATS = (
+    "sink_mass", "sink_mass_k", "entropy", "entropy_norm", "received", "visible", "distance", "waad",
+    "topk_idx", "topk_val", "prev_token", "diag_mass", "dup_token", "induction", "pooled",
+)
+EXTRAS = ("value_norm", "resid_norm", "massive")
+
+
+class _Session:
+    """Feeds each layer's attention call its options and collects what it returns."""
+
+    def __init__(self, *, subject: Subject, stats, options, backend, edits, token_ids, query_mask,
+                 pattern_heads, value_norm: bool, bar):
+        self.subject, self.stats, self.options, self.backend = subject, tuple(stats), options, backend
+        self.edits, self.token_ids, self.query_mask = tuple(edits), token_ids, query_mask
+        self.pattern_heads = pattern_heads  # {layer: [heads]}
+        self.value_norm = value_norm
+        self.bar = bar
+        self.layers: dict[int, dict[str, torch.Tensor]] = {}
+        self._compiled: dict[int, dict] = {}
+
+    def _edits_for(self, layer: int, n_keys: int):
+        if not self.edits:
+            return None
+        if n_keys not in self._compiled:
+            s = self.subject
+            self._compiled[n_keys] = compile_edits(self.edits, n_layers=s.n_layers, n_heads=s.n_heads,
+                                                   d_head=s.d_head, n_keys=n_keys)
+        return self._compiled[n_keys].get(layer)
+
+    def attention_kwargs(self, layer, module, n_keys):
+        from dataclasses import replace
+
+        stats = self.stats
+        options = self.options
+        heads = self.pattern_heads.get(layer)
+        if heads:
+            stats = (*stats, "pattern")
+            options = replace(options, pattern_heads=list(heads))
+        kw = dict(stats=stats, options=options, backend=self.backend, edits=self._edits_for(layer, n_keys))
+        if self.token_ids is not None and self.token_ids.shape[-1] == n_keys:
+            kw["token_ids"] = self.token_ids
+        if self.query_mask is not None and self.query_mask.shape[-1] == n_keys:
+            kw["query_mask"] = self.query_mask
+        return kw
+
+    def record(self, layer, module, value, result):
+        out = {k: v.detach() for k, v in result.stats.items()}
+        if "pooled" in out:
+            out["pool_factor"] = torch.tensor(result.meta.get("pool_factor", 1))
+        if self.value_norm:
+            out["value_norm"] = _value_norms(self.subject, module, value.detach(), self.query_mask)
+        self.layers[layer] = out
+        if self.bar is not None:
+            self.bar.update(1)
+
+
+def _value_norms(subject: Subject, module, value: torch.Tensor, query_mask) -> torch.Tensor:
+    """||W_O^h v_j|| per head and position, via the Gram matrix W_O^h^T W_O^h (METHODS sec. 2)."""
+    o_proj = getattr(module, subject.arch.o_proj)
+    weight = o_proj.weight.detach().float()
+    h, d = subject.n_heads, subject.d_head
+    # W_O^h maps the head's d_head slice to d_model: [d_model, d_head] per head.
+    w = weight.T if subject.arch.o_proj_conv1d else weight  # [d_model, h*d]
+    w = w.reshape(w.shape[0], h, d).permute(1, 0, 2)  # [h, d_model, d]
+    gram = w.transpose(1, 2) @ w  # [h, d, d]
+    kv_of_head = torch.arange(h) // (h // value.shape[1])
+    v = value.float()[:, kv_of_head]  # [b, h, n, d]
+    sq = torch.einsum("bhnd,hde,bhne->bhn", v, gram, v).clamp(min=0)
+    norms = sq.sqrt()
+    if query_mask is not None and query_mask.shape[-1] == norms.shape[-1]:
+        norms = norms * query_mask[:, None, :]
+    return norms
+
+
+@contextlib.contextmanager
+def _block_hooks(subject: Subject, fn) -> Iterator[None]:
+    handles = [blk.register_forward_hook(fn(i)) for i, blk in enumerate(subject.blocks)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _resid_recorder(store: dict, mask: torch.Tensor, resid_layers: set[int], want_norm: bool, want_massive: bool):
+    def make(layer: int):
+        def hook(module, args, output):
+            hs = (output[0] if isinstance(output, tuple) else output).detach().float()  # [b, n, d]
+            m = mask[..., None].to(hs.dtype)
+            if want_norm:
+                store.setdefault("resid_norm", {})[layer] = hs.norm(dim=-1) * mask
+            if want_massive:
+                mag = (hs.abs() * m).flatten(1)  # padded entries are 0 and never the maximum
+                val, idx = mag.topk(3, dim=-1)
+                d = hs.shape[-1]
+                med = torch.stack([hs[b].abs()[mask[b]].median() for b in range(hs.shape[0])])
+                rec = store.setdefault("massive", {})
+                rec[layer] = (val, idx // d, idx % d, med)
+            if layer in resid_layers:
+                store.setdefault("resid", {})[layer] = (hs * m).clone()
+        return hook
+
+    return make
+
+
+def _normalise_inputs(subject: Subject, inputs) -> list[list[int]]:
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if isinstance(inputs, torch.Tensor):
+        if inputs.ndim == 1:
+            inputs = inputs[None]
+        if inputs.ndim != 2 or inputs.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"token ids must be an integer tensor [batch, pos], got {tuple(inputs.shape)} {inputs.dtype}")
+        return [row.tolist() for row in inputs]
+    inputs = list(inputs)
+    if not inputs:
+        raise ValueError("nothing to capture: inputs is empty")
+    if all(isinstance(x, str) for x in inputs):
+        rows = []
+        for n, text in enumerate(inputs):
+            if not text.strip():
+                raise ValueError(f"empty text (input {n}): nothing to capture")
+            rows.append(subject.tokenizer(text, add_special_tokens=True)["input_ids"])
+        return rows
+    if all(isinstance(x, (list, tuple)) for x in inputs):
+        return [list(map(int, x)) for x in inputs]
+    raise ValueError("inputs must be a string, a list of strings, or token ids")
+
+
+def capture(
+    subject: Subject,
+    inputs: str | Sequence[str] | torch.Tensor | Sequence[Sequence[int]],
+    *,
+    stats: Sequence[str] | str = "default",
+    patterns: Sequence[tuple[int, int]] | str | None = None,
+    pattern_window: tuple[int, int] | None = None,
+    resid_layers: Sequence[int] = (),
+    value_norm: bool = True,
+    resid_norm: bool = True,
+    massive: bool = True,
+    edits: Sequence[Edit] = (),
+    backend: str = "auto",
+    batch_size: int = 8,
+    options=None,
+    allow_beyond_context: bool = False,
+    progress: bool | None = None,
+) -> Capture:
+    """Run ``subject`` on ``inputs`` and record per-head statistics (see ``Capture`` for names and shapes).
+
+    stats: statistic names, or "default" (all of them but full patterns).
+    patterns: (layer, head) pairs, or "all", whose full pattern is kept for ``pattern_window``.
+    edits: ``lens.edits`` objects applied during the pass; the statistics describe the edited model.
+    backend: "eager", "chunked", "triton" or "auto" (chunked for long inputs on a CPU).
+    options: ``kernels.StatOptions`` (sink_k, window, topk, pool_max).
+    """
+    from kernels import STAT_NAMES, StatOptions
+
+    options = options or StatOptions()
+    stat_list = list(DEFAULT_STATS) if stats == "default" else [stats] if isinstance(stats, str) else list(stats)
+    unknown = [s for s in stat_list if s not in STAT_NAMES or s == "pattern"]
+    if unknown:
+        raise ValueError(f"unknown statistic(s) {unknown}; valid: {sorted(set(STAT_NAMES) - {'pattern'})} "
+                         "(full patterns are asked for with patterns=[(layer, head), ...])")
+    if patterns == "all":
+        patterns = [(l, h) for l in range(subject.n_layers) for h in range(subject.n_heads)]
+    patterns = list(patterns or [])
+    subject.check_heads(patterns)
+    for layer in resid_layers:
+        subject.check_heads([(layer, 0)])
+    for e in edits:
+        if not isinstance(e, Edit):
+            raise TypeError(f"not an edit: {e!r}")
+        e.targets(subject.n_layers, subject.n_heads)  # fails clearly on heads that do not exist
+    pattern_heads: dict[int, list[int]] = {}
+    for l, h in patterns:
+        pattern_heads.setdefault(l, []).append(h)
+    if pattern_window is not None:
+        from dataclasses import replace
+
+        options = replace(options, pattern_window=tuple(pattern_window))
+
+    rows = _normalise_inputs(subject, inputs)
+    for n, row in enumerate(rows):
+        if not row:
+            raise ValueError(f"input {n} has no tokens")
+        if len(row) > subject.n_ctx and not allow_beyond_context:
+            raise ValueError(f"input {n} has {len(row)} tokens; {subject.name} handles at most {subject.n_ctx} "
+                             "(pass allow_beyond_context=True to try anyway)")
+    batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+    longest = max(len(r) for r in rows)
+    if progress is None:
+        progress = len(batches) > 1 or longest >= 2048
+    bar = tqdm(total=len(batches) * subject.n_layers, desc=f"capture {subject.name}", unit="layer",
+               disable=not progress, leave=False)
+
+    pad = subject.pad_token_id
+    per_batch: list[dict[str, torch.Tensor]] = []
+    patterns_out: dict[tuple[int, int], list[torch.Tensor]] = {k: [] for k in patterns}
+    resid_out: dict[int, list[torch.Tensor]] = {l: [] for l in resid_layers}
+    logits_out: list[torch.Tensor] = []
+    t0 = time.perf_counter()
+    device = subject.device
+    try:
+        for batch in batches:
+            width = max(len(r) for r in batch)
+            ids = torch.tensor([r + [pad] * (width - len(r)) for r in batch], dtype=torch.long, device=device)
+            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in batch], dtype=torch.bool, device=device)
+            session = _Session(subject=subject, stats=stat_list, options=options, backend=backend, edits=edits,
+                               token_ids=ids, query_mask=mask, pattern_heads=pattern_heads,
+                               value_norm=value_norm, bar=bar)
+            store: dict = {}
+            hook = _resid_recorder(store, mask, set(resid_layers), resid_norm, massive)
+            with torch.no_grad(), _hook.routed(subject.model), _hook.active(session), _block_hooks(subject, hook):
+                # Only the last real position's logits: the full [pos, vocab] block is huge at long context.
+                last = mask.sum(1, keepdim=True) - 1
+                logits = subject.model(input_ids=ids, attention_mask=mask.long() if not mask.all() else None,
+                                       use_cache=False, logits_to_keep=last).logits
+            logits_out.append(logits[:, -1].float().cpu())
+            per_batch.append(_assemble_batch(session.layers, store, subject.n_layers))
+            for (l, h) in patterns:
+                heads = pattern_heads[l]
+                patterns_out[(l, h)].append(session.layers[l]["pattern"][:, heads.index(h)])
+            for l in resid_layers:
+                resid_out[l].append(store["resid"][l])
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - t0
+
+    stats_out = {name: _cat_padded([b[name] for b in per_batch], fill=-1 if name == "topk_idx" else 0)
+                 for name in per_batch[0]}
+    stats_out.pop("pattern", None)
+    width = longest
+    tokens = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)
+    meta = {
+        "model": subject.name, "source": subject.source, "n_layers": subject.n_layers, "n_heads": subject.n_heads,
+        "n_kv_heads": subject.n_kv_heads, "d_head": subject.d_head, "d_model": subject.d_model,
+        "prepends_bos": subject.prepends_bos, "backend": backend, "stats": stat_list,
+        "options": _options_dict(options), "edits": [repr(e) for e in edits], "pattern_window": options.pattern_window,
+        "seconds": elapsed, "versions": _versions(),
+    }
+    return Capture(
+        tokens=tokens, lengths=torch.tensor([len(r) for r in rows]),
+        str_tokens=[[subject.tokenizer.decode([t]) for t in r] for r in rows],
+        stats=stats_out,
+        patterns={k: _cat_padded(v) for k, v in patterns_out.items()},
+        resid={l: _cat_padded(v) for l, v in resid_out.items()},
+        logits=torch.cat(logits_out),
+        meta=meta,
+    )
+
+
+def _assemble_batch(layers: dict[int, dict], store: dict, n_layers: int) -> dict[str, torch.Tensor]:
+    """Stack per-layer results into [batch, layer, ...] tensors."""
+    out: dict[str, torch.Tensor] = {}
+    names = [k for k in layers[0] if k != "pattern"]
+    for name in names:
+        per_layer = [layers[l][name] for l in range(n_layers)]
+        if name == "pool_factor":
+            b = layers[0]["sink_mass"].shape[0] if "sink_mass" in layers[0] else 1
+            out[name] = torch.stack(per_layer)[None].expand(b, -1).clone()
+            continue
+        out[name] = _stack_padded(per_layer, dim=1, fill=-1 if name == "topk_idx" else 0)
+    if "resid_norm" in store:
+        out["resid_norm"] = torch.stack([store["resid_norm"][l] for l in range(n_layers)], dim=1)
+    if "massive" in store:
+        vals = [store["massive"][l] for l in range(n_layers)]
+        out["massive_val"] = torch.stack([v[0] for v in vals], dim=1)
+        out["massive_pos"] = torch.stack([v[1] for v in vals], dim=1)
+        out["massive_dim"] = torch.stack([v[2] for v in vals], dim=1)
+        out["massive_median"] = torch.stack([v[3] for v in vals], dim=1)
+    return out
+
+
+def _pad_to(t: torch.Tensor, shape: Sequence[int], fill: float = 0) -> torch.Tensor:
+    pads = []
+    for have, want in zip(reversed(t.shape), reversed(shape)):
+        pads += [0, want - have]
+    return torch.nn.functional.pad(t, pads, value=fill) if any(pads) else t
+
+
+def _stack_padded(tensors: list[torch.Tensor], dim: int, fill: float = 0) -> torch.Tensor:
+    shape = [max(s) for s in zip(*(t.shape for t in tensors))]
+    return torch.stack([_pad_to(t, shape, fill) for t in tensors], dim=dim)
+
+
+def _cat_padded(tensors: list[torch.Tensor], fill: float = 0) -> torch.Tensor:
+    """Concatenate along batch, padding every other dimension to the largest (padding = ``fill``)."""
+    shape = [max(s) for s in zip(*(t.shape for t in tensors))]
+    return torch.cat([_pad_to(t, [t.shape[0], *shape[1:]], fill) for t in tensors], dim=0)
+
+
+def _options_dict(options) -> dict:
+    from dataclasses import asdict
+
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()}
+
+
+def _versions() -> dict:
+    out = {}
+    for dist in ("attention-workbench", "torch", "transformers", "transformer-lens", "nnsight"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
