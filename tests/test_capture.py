@@ -55,8 +55,8 @@ def test_capture_chunked_equals_eager(tiny_llama):
     b = lens.capture(tiny_llama, TEXTS, backend="chunked")
     for name in a.stats:
         x, y = a.stats[name], b.stats[name]
-        if name == "topk_idx":
-            continue  # ties may order differently; weights are compared below
+        if name in ("topk_idx", "massive_pos", "massive_dim"):
+            continue  # near-ties may order differently; the values (topk_w, massive_val) are compared
         assert torch.allclose(x.float(), y.float(), atol=1e-5), name
 
 

@@ -1,0 +1,278 @@
+"""The attention function: one signature, input checks, backend dispatch.
+
+``attention`` validates and normalises its inputs once into a ``Call`` and hands that
+to a backend; backends are pure functions ``Call -> AttentionResult`` and never see
+raw user input, so each check lives here and only here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from ._geometry import Geometry
+from ._stats import STAT_NAMES, TOKEN_STATS, StatOptions
+
+__all__ = ["AttentionResult", "Call", "HeadEdits", "attention", "apply_head_edits"]
+
+Backend = Literal["eager", "chunked", "triton", "auto"]
+
+#: Above this many keys the CPU ``auto`` backend switches from eager to chunked.
+AUTO_CHUNKED_MIN_KEYS = 1024
+
+
+@dataclass(frozen=True)
+class HeadEdits:
+    """Head-level edits applied inside the attention function (all optional tensors).
+
+    key_bias: fp32, broadcastable to [batch, head, key_pos], added to the pre-softmax
+        scores of every query. Scaling post-softmax attention on a key set S by c and
+        renormalising is exactly adding ln(c) to those keys' scores (ZeroTuning, ACT,
+        VAR); -inf removes a key (move-to-BOS = -inf on every key but BOS). Values at
+        or below -1e30 count as -inf.
+    head_gate: [head], multiplies each head's output (0 = zero ablation).
+    head_add: [head, d_head], added to each head's output after the gate
+        (mean ablation = gate 0 + add the mean output).
+    Statistics describe the edited pattern, i.e. after key_bias; gate and add change
+    only the output.
+    """
+
+    key_bias: Float[Tensor, "*#batch #head key_pos"] | None = None
+    head_gate: Float[Tensor, " head"] | None = None
+    head_add: Float[Tensor, "head d_head"] | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.key_bias is None and self.head_gate is None and self.head_add is None
+
+
+@dataclass(frozen=True)
+class AttentionResult:
+    """What one attention call returns.
+
+    output: [batch, head, query_pos, d_head] in the dtype of q.
+    lse: [batch, head, query_pos] fp32 log-sum-exp of the edited scores (-inf where a
+        row sees no key).
+    stats: name -> fp32 tensor (``topk_idx`` int64); see ``kernels._stats``.
+    meta: the constants used (pool_factor, topk, window, sink_k, backend, ...).
+    """
+
+    output: Float[Tensor, "batch head query_pos d_head"]
+    lse: Float[Tensor, "batch head query_pos"]
+    stats: dict[str, Tensor] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Call:
+    """A validated attention call: what every backend receives.
+
+    q, k, v keep the caller's dtype; backends compute in fp32. key_bias is fp32
+    [batch|1, head|1, key_pos], head_gate fp32 [head], head_add fp32 [head, d_v].
+    """
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    scale: float
+    geo: Geometry
+    query_mask: Bool[Tensor, "batch query_pos"] | None
+    token_ids: Int[Tensor, "batch key_pos"] | None
+    stats: tuple[str, ...]
+    options: StatOptions
+    key_bias: Float[Tensor, "bb bh key_pos"] | None
+    head_gate: Float[Tensor, " head"] | None
+    head_add: Float[Tensor, "head d_v"] | None
+    block_size: int | None
+
+    @property
+    def has_edits(self) -> bool:
+        return self.key_bias is not None or self.head_gate is not None or self.head_add is not None
+
+
+def apply_head_edits(out: Float[Tensor, "batch head query_pos d_v"], call: Call
+                     ) -> Float[Tensor, "batch head query_pos d_v"]:
+    """Gate then add, per head, on an fp32 output (in place); the shared epilogue."""
+    if call.head_gate is not None:
+        out.mul_(call.head_gate[None, :, None, None])
+    if call.head_add is not None:
+        out.add_(call.head_add[None, :, None, :])
+    return out
+
+
+def attention(
+    q: Float[Tensor, "batch head query_pos d_head"],
+    k: Float[Tensor, "batch kv_head key_pos d_head"],
+    v: Float[Tensor, "batch kv_head key_pos d_v"],
+    *,
+    causal: bool = True,
+    scale: float | None = None,
+    mask: Bool[Tensor, "..."] | None = None,
+    query_mask: Bool[Tensor, "batch query_pos"] | None = None,
+    sliding_window: int | None = None,
+    token_ids: Int[Tensor, "batch key_pos"] | None = None,
+    stats: Iterable[str] = (),
+    options: StatOptions = StatOptions(),
+    edits: HeadEdits | None = None,
+    backend: Backend = "auto",
+    block_size: int | None = None,
+) -> AttentionResult:
+    """Attention output, log-sum-exp, per-head statistics and head edits in one pass.
+
+    Head h reads key/value head h // (head // kv_head). Query row i sits at absolute
+    position key_pos - query_pos + i; ``causal`` hides later keys, ``sliding_window``
+    W also hides keys with position difference >= W, ``mask`` (bool, broadcastable
+    to [batch, head, query_pos, key_pos], True = may attend) is AND-ed with both.
+    ``query_mask`` False rows still get an output but enter no statistic; rows that
+    see no key get output 0 (before head_add) and lse -inf. ``stats`` names come from
+    ``STAT_NAMES``; none asked is the fast path. ``backend``: "eager" (reference,
+    materialises the pattern), "chunked" (blockwise, memory linear in key_pos),
+    "triton" (fused GPU kernels; on a CPU only under TRITON_INTERPRET=1) or "auto"
+    (triton for CUDA tensors when triton is installed, else eager for short and
+    chunked for long inputs). ``block_size`` fixes the chunked query block (default: sized to a
+    memory budget).
+    """
+    call = _validate(q, k, v, causal=causal, scale=scale, mask=mask, query_mask=query_mask,
+                     sliding_window=sliding_window, token_ids=token_ids, stats=stats,
+                     options=options, edits=edits, block_size=block_size)
+    from . import _chunked, _eager, _sdpa
+
+    name = _choose_backend(call, backend)
+    if not call.stats and (name == "chunked" or call.key_bias is None):
+        # Nothing to observe: the fused library kernel is the fastest exact answer.
+        result = _sdpa.run(call)
+    elif name == "eager":
+        result = _eager.run(call)
+    elif name == "triton":
+        from . import _triton
+
+        result = _triton.run(call)
+    else:
+        result = _chunked.run(call)
+    result.meta.setdefault("backend", name)
+    return result
+
+
+def _choose_backend(call: Call, backend: str) -> str:
+    if backend not in ("eager", "chunked", "triton", "auto"):
+        raise ValueError(f"backend must be 'eager', 'chunked', 'triton' or 'auto', got {backend!r}")
+    if backend == "triton" and not _triton_available():
+        raise ValueError("backend='triton' needs triton: pip install 'attention-workbench[triton]'")
+    if backend != "auto":
+        return backend
+    if call.q.is_cuda and _triton_available():
+        return "triton"
+    if (call.stats or call.has_edits) and call.geo.key_pos > AUTO_CHUNKED_MIN_KEYS:
+        return "chunked"
+    return "eager"
+
+
+def _triton_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
+
+
+def _validate(q, k, v, *, causal, scale, mask, query_mask, sliding_window, token_ids, stats,
+              options, edits, block_size) -> Call:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor) or t.ndim != 4 or not t.is_floating_point():
+            shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"{name} must be a 4-D float tensor [batch, head, pos, d_head], got {shape}")
+    b, h, nq, d = q.shape
+    _, kvh, nk, dk = k.shape
+    if k.shape[0] != b or v.shape[0] != b:
+        raise ValueError(f"batch sizes differ: q {b}, k {k.shape[0]}, v {v.shape[0]}")
+    if v.shape[1] != kvh or v.shape[2] != nk:
+        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must agree on [batch, kv_head, key_pos]")
+    if dk != d:
+        raise ValueError(f"q and k head sizes differ: {d} vs {dk}")
+    if kvh < 1 or h % kvh != 0:
+        raise ValueError(f"query heads ({h}) must be a multiple of key/value heads ({kvh})")
+    if nq < 1 or nk < 1:
+        raise ValueError(f"query_pos and key_pos must be >= 1, got {nq} and {nk}")
+    if nq > nk:
+        raise ValueError(f"query_pos ({nq}) must not exceed key_pos ({nk}): queries are the last positions")
+    if sliding_window is not None and (not isinstance(sliding_window, int) or sliding_window < 1):
+        raise ValueError(f"sliding_window must be a positive int or None, got {sliding_window!r}")
+    if block_size is not None and (not isinstance(block_size, int) or block_size < 1):
+        raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
+    if not isinstance(options, StatOptions):
+        raise ValueError(f"options must be a StatOptions, got {type(options).__name__}")
+
+    if isinstance(stats, str):
+        stats = (stats,)
+    names = tuple(dict.fromkeys(stats))
+    unknown = [s for s in names if s not in STAT_NAMES]
+    if unknown:
+        raise ValueError(f"unknown statistics {unknown}; valid names: {', '.join(STAT_NAMES)}")
+    needs_tokens = sorted(TOKEN_STATS.intersection(names))
+    if needs_tokens and token_ids is None:
+        raise ValueError(f"statistics {needs_tokens} compare tokens: pass token_ids [batch, key_pos]")
+    if token_ids is not None:
+        if token_ids.shape != (b, nk) or token_ids.is_floating_point():
+            raise ValueError(f"token_ids must be an integer tensor [batch, key_pos] = [{b}, {nk}], "
+                             f"got {token_ids.dtype} {tuple(token_ids.shape)}")
+    if options.pattern_heads is not None and any(not 0 <= i < h for i in options.pattern_heads):
+        raise ValueError(f"StatOptions.pattern_heads {options.pattern_heads} out of range for {h} heads")
+
+    geo = Geometry(batch=b, heads=h, kv_heads=kvh, query_pos=nq, key_pos=nk, causal=bool(causal),
+                   window=sliding_window, mask=_normalise_mask(mask, (b, h, nq, nk), q.device))
+    if query_mask is not None:
+        if query_mask.dtype != torch.bool or query_mask.shape != (b, nq):
+            raise ValueError(f"query_mask must be bool [batch, query_pos] = [{b}, {nq}], "
+                             f"got {query_mask.dtype} {tuple(query_mask.shape)}")
+        query_mask = query_mask.to(q.device)
+
+    key_bias = head_gate = head_add = None
+    if edits is not None:
+        if not isinstance(edits, HeadEdits):
+            raise ValueError(f"edits must be a HeadEdits, got {type(edits).__name__}")
+        if edits.key_bias is not None:
+            key_bias = _normalise_bias(edits.key_bias, (b, h, nk), q.device)
+        if edits.head_gate is not None:
+            if edits.head_gate.shape != (h,):
+                raise ValueError(f"head_gate must be [head] = [{h}], got {tuple(edits.head_gate.shape)}")
+            head_gate = edits.head_gate.to(q.device, torch.float32)
+        if edits.head_add is not None:
+            if edits.head_add.shape != (h, v.shape[-1]):
+                raise ValueError(f"head_add must be [head, d_head] = [{h}, {v.shape[-1]}], "
+                                 f"got {tuple(edits.head_add.shape)}")
+            head_add = edits.head_add.to(q.device, torch.float32)
+
+    return Call(q=q, k=k, v=v, scale=float(scale) if scale is not None else 1.0 / math.sqrt(d), geo=geo,
+                query_mask=query_mask, token_ids=None if token_ids is None else token_ids.to(q.device),
+                stats=names, options=options, key_bias=key_bias, head_gate=head_gate, head_add=head_add,
+                block_size=block_size)
+
+
+def _normalise_mask(mask, full: tuple[int, int, int, int], device) -> Tensor | None:
+    """Bool mask -> 4-D with every dim either full size or 1 (no copy of the data)."""
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        raise ValueError("mask must be a bool tensor (True = may attend); convert additive masks first")
+    if mask.ndim > 4:
+        raise ValueError(f"mask must have at most 4 dims, got {mask.ndim}")
+    m = mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape))
+    if any(s not in (1, f) for s, f in zip(m.shape, full)):
+        raise ValueError(f"mask {tuple(mask.shape)} does not broadcast to [batch, head, query_pos, key_pos] = "
+                         f"{list(full)}")
+    # The key dim is expanded (a view) so that per-block slices count keys correctly.
+    return m.to(device).expand(*m.shape[:3], full[3])
+
+
+def _normalise_bias(bias: Tensor, full: tuple[int, int, int], device) -> Tensor:
+    """key_bias -> fp32 [batch|1, head|1, key_pos] (key dim expanded if given as 1)."""
+    if not isinstance(bias, Tensor) or not bias.is_floating_point() or bias.ndim > 3:
+        raise ValueError("key_bias must be a float tensor broadcastable to [batch, head, key_pos]")
+    kb = bias.reshape((1,) * (3 - bias.ndim) + tuple(bias.shape)).to(device, torch.float32)
+    if any(s not in (1, f) for s, f in zip(kb.shape, full)):
+        raise ValueError(f"key_bias {tuple(bias.shape)} does not broadcast to [batch, head, key_pos] = {list(full)}")
+    return kb.expand(kb.shape[0], kb.shape[1], full[2])

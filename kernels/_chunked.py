@@ -1,0 +1,185 @@
+"""The blockwise backend: exact statistics with memory linear in key_pos, pure torch.
+
+Query rows are processed in blocks; each block scores only the keys it can see
+(causal rows stop at their own position, a sliding window starts W - 1 before the
+first row) and holds its unnormalised probabilities ``e = exp(s - m)`` for all heads
+at once, [batch, head, block_q, visible_keys], with m the row max and l = sum e.
+The output ``(e @ v) / l`` and every statistic come from that same ``e`` (one pass:
+no second kernel recomputing scores), so chunked and eager differ only by rounding.
+
+Cost model: on a CPU each elementwise pass over a score block costs about as much
+as a slice of the q.k matmul, so the block body makes as few passes as it can:
+  * masks touch only the strips where the causal/sliding rules cut the block;
+  * the row max comes from the top-k (two-stage over strided chunks on long rows);
+  * one fused pass makes e, l and ``sum e (s - m)`` (entropy = ln l - that / l);
+    with ``KERNELS_COMPILE=1`` it is a torch.compile'd loop, else three torch ops;
+  * nothing divides e by l: every linear statistic is computed from e and scaled
+    per row (a [b, h, block_q] multiply), column statistics weight rows by 1 / l
+    inside their matmul (``received``, ``pooled``);
+  * ``distance`` and ``sink_mass_k`` are matvecs, ``waad``/``prev_token``/``diag_mass``
+    read a diagonal band of width W, token masses are one einsum each.
+Blocks are sized to a cache-friendly budget (``SCORE_BUDGET_BYTES``), not to fill
+memory: small blocks stay in cache between the passes. Peak extra memory is about
+three blocks (scores, e, one temporary) plus the statistics themselves.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ._api import AttentionResult, Call, apply_head_edits
+from ._chunked_stats import BlockStats
+from ._stats import pool_factor
+
+__all__ = ["run"]
+
+#: Stand-in for -inf in scores: finite, so 0 * NEG = 0 in the entropy dot product.
+NEG = -1e30
+#: fp32 score bytes per block [batch, head, block_q, keys] when block_size is not given.
+SCORE_BUDGET_BYTES = 4 * 2**20
+MIN_BLOCK_Q, MAX_BLOCK_Q = 8, 1024
+#: Rows of at least TOPK_MIN_KEYS keys take the two-stage top-k over TOPK_CHUNKS
+#: strided chunks; shorter rows use torch.topk directly (its cost is mostly per row).
+TOPK_CHUNKS, TOPK_MIN_KEYS = 8, 4096
+#: Fuse the exp / row-sum / entropy pass with torch.compile (inductor C++ on a CPU).
+USE_COMPILE = os.environ.get("KERNELS_COMPILE", "0") == "1"
+
+
+def run(call: Call) -> AttentionResult:
+    """Attention output, lse and the requested statistics, one query block at a time."""
+    geo, opt = call.geo, call.options
+    b, h, kv, g, nq, nk = geo.batch, geo.heads, geo.kv_heads, geo.group, geo.query_pos, geo.key_pos
+    dev = call.q.device
+    q = (call.q.float() * call.scale).reshape(b, kv, g, nq, call.q.shape[-1])
+    k, v = call.k.float(), call.v.float()
+    bias = None if call.key_bias is None else call.key_bias.clamp_min(NEG)
+    f = pool_factor(nq, nk, opt.pool_max)
+    stats = BlockStats(call, f)
+    want_dot = stats.needs_entropy
+    out = q.new_zeros(b, h, nq, v.shape[-1])
+    lse = q.new_full((b, h, nq), float("-inf"))
+    align = f if stats.needs_pool_alignment else 1
+
+    for a, c in _blocks(call, align):
+        lo, hi = geo.key_range(a, c)
+        if hi <= lo:  # no row of the block sees a key: output 0, lse -inf, no statistic
+            continue
+        lo, hi = lo - lo % align, min(nk, -(-hi // align) * align)
+        bq, nkb = c - a, hi - lo
+        qb = q[:, :, :, a:c].reshape(b, kv, g * bq, -1)
+        s = torch.matmul(qb, k[:, :, lo:hi].transpose(-1, -2)).view(b, h, bq, nkb)
+        vis = geo.visibility(a, c, lo, hi, dev) if geo.mask is not None else None
+        if vis is not None:
+            s.masked_fill_(~vis, NEG)
+        else:
+            for c0, c1 in geo.masked_columns(a, c, lo, hi):
+                s[..., c0 - lo:c1 - lo].masked_fill_(~geo.rule_visibility(a, c, c0, c1, dev), NEG)
+        if bias is not None:
+            s.add_(bias[:, :, None, lo:hi])
+
+        top = _topk_scores(s, min(stats.topk, nkb)) if stats.topk_wanted else None
+        m = top[0][..., 0] if top is not None else s.amax(-1)  # row max = best score
+        has_key = m > NEG / 2
+        e, l, e_dot_t = _exp_rows(s, m, want_dot)
+        inv_l = 1.0 / l
+        lse[:, :, a:c] = (m + torch.log(l)).masked_fill_(~has_key, float("-inf"))
+
+        o = torch.matmul(e.view(b, kv, g * bq, nkb), v[:, :, lo:hi]).view(b, h, bq, -1)
+        out[:, :, a:c] = o.mul_((inv_l * has_key)[..., None])
+        if stats.want:
+            if top is not None:
+                top = (top[0] - m[..., None], top[1])  # centred like e
+            stats.add_block(a, c, lo, e, inv_l, l, e_dot_t, has_key, top, vis)
+
+    out = apply_head_edits(out, call)
+    return AttentionResult(output=out.to(call.q.dtype), lse=lse, stats=stats.finish(),
+                           meta={"pool_factor": f, "topk": min(opt.topk, nk), "sink_k": opt.sink_k,
+                                 "window": opt.window, "scale": call.scale})
+
+
+def _blocks(call: Call, align: int):
+    """Query blocks [a, c): fixed ``block_size`` or sized to the score budget.
+
+    With the budget, a block takes as many rows as keep block_q * visible_keys under
+    it (causal blocks early in the sequence see few keys and so take many rows), and
+    a multiple of ``align`` rows so that pooling groups do not straddle blocks.
+    """
+    geo, nq = call.geo, call.geo.query_pos
+    if call.block_size is not None:
+        yield from ((a, min(nq, a + call.block_size)) for a in range(0, nq, call.block_size))
+        return
+    budget = max(1, SCORE_BUDGET_BYTES // (4 * geo.batch * geo.heads))
+    a = 0
+    while a < nq:
+        lo, hi = geo.key_range(a, a + 1)
+        width = hi - lo  # keys of the first row; causal blocks gain one key per row
+        if geo.causal or geo.window is not None:
+            rows = int((-width + math.sqrt(width * width + 4 * budget)) / 2)
+        else:
+            rows = budget // max(width, 1)
+        rows = max(MIN_BLOCK_Q, min(MAX_BLOCK_Q, rows))
+        rows = max(align, rows - rows % align)  # whole pooling groups per block
+        yield a, min(nq, a + rows)
+        a += rows
+
+
+def _topk_scores(s: Float[Tensor, "b h q k"], kk: int) -> tuple[Tensor, Tensor]:
+    """Exact top-kk of each row (values best first, column indices), in two stages.
+
+    Split the row into C = n // TOPK_CHUNKS strided chunks {r, r + C, r + 2C, ...}.
+    The kk largest entries lie in the kk chunks with the largest maxima (an entry
+    outside them has kk chunk maxima, kk distinct entries, at least as large), so
+    the full top-k only runs over kk * TOPK_CHUNKS candidates (plus the < TOPK_CHUNKS
+    tail columns). Strided chunks keep the chunk-max reduction vectorised.
+    """
+    n = s.shape[-1]
+    if n < TOPK_MIN_KEYS:
+        return torch.topk(s, kk, dim=-1)
+    c = TOPK_CHUNKS
+    width = n // c
+    chunk_max = s[..., : c * width].unflatten(-1, (c, width)).amax(-2)  # [..., width]
+    best = torch.topk(chunk_max, kk, dim=-1).indices
+    cols = (best[..., None] + width * torch.arange(c, device=s.device)).flatten(-2)
+    if n > c * width:  # tail columns are always candidates
+        tail = torch.arange(c * width, n, device=s.device).expand(*cols.shape[:-1], -1)
+        cols = torch.cat([cols, tail], dim=-1)
+    val, pick = torch.topk(s.gather(-1, cols), kk, dim=-1)
+    return val, cols.gather(-1, pick)
+
+
+def _exp_rows_eager(s: Tensor, m: Tensor, want_dot: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    """e = exp(s - m), l = sum e, and sum e (s - m) when asked; centres s in place."""
+    t = s.sub_(m[..., None])  # t <= 0: the dot below does not cancel large numbers
+    e = torch.exp(t)
+    return e, e.sum(-1), (torch.linalg.vecdot(e, t) if want_dot else None)
+
+
+def _exp_rows_fused(s: Tensor, m: Tensor, want_dot: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The same as _exp_rows_eager, written for inductor to fuse into one loop nest."""
+    t = s - m[..., None]
+    e = torch.exp(t)
+    return e, e.sum(-1), ((e * t).sum(-1) if want_dot else None)
+
+
+_compiled = None
+
+
+def _exp_rows(s: Tensor, m: Tensor, want_dot: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The exp pass of a block: compiled when USE_COMPILE and it compiles, else eager."""
+    global _compiled, USE_COMPILE
+    if USE_COMPILE:
+        try:
+            if _compiled is None:
+                _compiled = torch.compile(_exp_rows_fused, dynamic=True)
+            return _compiled(s, m, want_dot)
+        except Exception as err:  # no compiler, unsupported device...: stay correct
+            warnings.warn(f"kernels: torch.compile of the chunked block failed ({err!r}); using eager ops",
+                          RuntimeWarning, stacklevel=2)
+            USE_COMPILE = False
+    return _exp_rows_eager(s, m, want_dot)

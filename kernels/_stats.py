@@ -1,0 +1,130 @@
+"""The per-head attention statistics: names, shapes, definitions, options.
+
+This docstring is the one place where every statistic is defined; the eager backend
+computes each one straight from the definition below, the chunked backend from the
+same probabilities block by block, and the parity tests hold the two together.
+
+Notation (METHODS.md conventions): ``p[b, h, i, j]`` is the EDITED attention
+probability of query row ``i`` on key ``j`` (after masks and ``HeadEdits.key_bias``,
+before the head gate), ``pos_i = key_pos - query_pos + i`` is the absolute position
+of query row ``i`` (queries are the last ``query_pos`` positions, as in KV-cache
+decoding), ``tok`` is ``token_ids[b, :]`` indexed by absolute position, and a row
+is *valid* when ``query_mask[b, i]`` is True and at least one key is left after
+masks and edits. Invalid rows (padding, fully masked rows) enter no statistic:
+their per-row statistics are 0, their ``topk_idx`` is -1, and they add nothing to
+``received``, ``visible``, ``pooled`` or ``pattern``. Every statistic is fp32 except
+``topk_idx`` (int64).
+
+=================  =================  ===============================================
+name               shape              definition (valid rows; 0 otherwise)
+=================  =================  ===============================================
+``sink_mass``      [b, h, q]          ``p[i, 0]``: attention on the first key
+                                      (METHODS sec.1-2, the attention sink).
+``sink_mass_k``    [b, h, q]          ``sum_{j < S} p[i, j]``, ``S = options.sink_k``.
+``entropy``        [b, h, q]          ``-sum_j p log p`` in nats, ``0 log 0 = 0``
+                                      (METHODS sec.3, exact: no +1e-6 inside the log).
+``entropy_norm``   [b, h, q]          ``entropy / ln(n_visible_i)`` with ``n_visible_i``
+                                      the keys the masks let row i see (edits do not
+                                      change it); 0 when ``n_visible_i <= 1``. For a
+                                      full causal row this is METHODS' ``/ log(i+1)``.
+``received``       [b, h, k]          ``sum_{valid i} p[i, j]``: column sums.
+``visible``        [b, k] or          ``#{valid-by-query_mask i : i may see j}`` from the
+                   [b, h, k]          causal/sliding/``mask`` visibility only (never
+                                      edits). ``[b, h, k]`` only when ``mask`` has a
+                                      head dimension of size > 1. ``received / visible``
+                                      is alpha_j of METHODS sec.1 (0/0 where unseen).
+``distance``       [b, h, q]          ``sum_j p[i, j] (pos_i - j)`` (METHODS sec.4 D^h).
+``waad``           [b, h, q]          ``sum_j p[i, j] min(pos_i - j, W)``,
+                                      ``W = options.window`` (METHODS sec.4 WAAD).
+``topk_idx``       [b, h, q, K]       the K keys with the largest p, best first;
+                                      ``K = min(options.topk, key_pos)``; slots past
+                                      the visible keys hold -1. Ties: torch.topk order.
+``topk_val``       [b, h, q, K]       their probabilities; 0 in the -1 slots.
+``prev_token``     [b, h, q]          ``p[i, pos_i - 1]`` (0 for ``pos_i = 0``).
+``diag_mass``      [b, h, q]          ``p[i, pos_i]``: attention on itself.
+``dup_token``      [b, h, q]          ``sum_{j < pos_i, tok_j = tok_{pos_i}} p[i, j]``
+                                      (METHODS sec.10 duplicate-token pattern).
+``induction``      [b, h, q]          ``sum_{1 <= j <= pos_i, tok_{j-1} = tok_{pos_i}}
+                                      p[i, j]`` (METHODS sec.10 induction pattern).
+``pooled``         [b, h, Pq, Pk]     block means of p: pool factor ``f =
+                                      ceil(max(q, k) / options.pool_max)``,
+                                      ``Pq = ceil(q / f)``, ``Pk = ceil(k / f)``; each
+                                      entry is the sum of p over its f x f cells
+                                      divided by the number of cells in the block
+                                      (edge blocks have fewer), masked cells and
+                                      invalid rows counting as 0. ``meta["pool_factor"]``
+                                      holds f.
+``pattern``        [b, H', q', k]     the full p, only for ``options.pattern_heads``
+                                      (H' heads, None = all) and the query rows
+                                      ``options.pattern_window = (start, stop)``
+                                      (None = all); invalid rows are 0.
+=================  =================  ===============================================
+
+Only ``dup_token`` and ``induction`` compare tokens and need ``token_ids``;
+``prev_token`` and ``diag_mass`` are positional. To turn the token-pattern masses into
+METHODS' "mul" scores, divide by the row mass (1 on valid rows) and average over rows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["STAT_NAMES", "TOKEN_STATS", "StatOptions", "pool_factor"]
+
+#: Every statistic the attention function can compute, in documentation order.
+STAT_NAMES: tuple[str, ...] = (
+    "sink_mass", "sink_mass_k", "entropy", "entropy_norm", "received", "visible",
+    "distance", "waad", "topk_idx", "topk_val", "prev_token", "diag_mass",
+    "dup_token", "induction", "pooled", "pattern",
+)
+
+#: Statistics that compare token ids and therefore need ``token_ids``.
+TOKEN_STATS: frozenset[str] = frozenset({"dup_token", "induction"})
+
+
+@dataclass(frozen=True)
+class StatOptions:
+    """Constants of the statistics; defaults follow METHODS.md and are recorded in meta.
+
+    sink_k: keys counted by ``sink_mass_k`` (the first S positions).
+    window: W of ``waad`` (METHODS sec.4 uses W = 10).
+    topk: how many top keys per query to keep.
+    pool_max: the largest side of the ``pooled`` map.
+    pattern_heads: query-head indices kept by ``pattern`` (None = all heads).
+    pattern_window: (start, stop) query rows kept by ``pattern`` (None = all rows).
+    """
+
+    sink_k: int = 4
+    window: int = 10
+    topk: int = 8
+    pool_max: int = 512
+    pattern_heads: tuple[int, ...] | None = None
+    pattern_window: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("sink_k", "window", "topk", "pool_max"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"StatOptions.{name} must be a positive int, got {value!r}")
+        if self.pattern_heads is not None:
+            object.__setattr__(self, "pattern_heads", tuple(int(h) for h in self.pattern_heads))
+        if self.pattern_window is not None:
+            start, stop = (int(x) for x in self.pattern_window)
+            if not 0 <= start < stop:
+                raise ValueError(f"StatOptions.pattern_window must be (start, stop) with 0 <= start < stop, "
+                                 f"got {self.pattern_window!r}")
+            object.__setattr__(self, "pattern_window", (start, stop))
+
+
+def pool_factor(query_pos: int, key_pos: int, pool_max: int) -> int:
+    """Pool factor f of the ``pooled`` map: the smallest f with ceil(n / f) <= pool_max."""
+    return max(1, math.ceil(max(query_pos, key_pos) / pool_max))
+
+
+def pattern_rows(query_pos: int, options: StatOptions) -> tuple[int, int]:
+    """The query rows [start, stop) kept by ``pattern``, clipped to the sequence."""
+    if options.pattern_window is None:
+        return 0, query_pos
+    start, stop = options.pattern_window
+    return min(start, query_pos), min(stop, query_pos)

@@ -1,0 +1,317 @@
+"""The Triton backend: output, lse and every statistic from two fused kernels on a GPU.
+
+Same contract as ``_eager`` (the reference it is tested against): ``run(call) ->
+AttentionResult``. Pass 1 (a flash-attention forward) returns the output with the head
+edits applied, the lse, the per-row statistics and the top-k; pass 2 recomputes ``p``
+from the stored lse for the column sums (``received``) and the ``pooled`` map; it runs
+only when one of those is asked for. What is left is cheap torch on the host:
+``visible`` (prefix sums of the query mask, or the caller's mask block by block),
+``entropy_norm`` (entropy / ln n_visible) and ``pattern`` (the few requested heads
+recomputed from the kernel's lse). Kernels and their math: ``_triton_kernels``.
+
+Supported in-kernel: causal with the query offset, sliding window, a general bool
+``mask`` (strided loads, broadcast dims read with stride 0), ``query_mask``, GQA, key_bias,
+head_gate, head_add, head sizes up to 256, fp32/fp16/bf16 inputs with fp32 accumulation.
+On a CPU it runs only under ``TRITON_INTERPRET=1`` set before this module is imported
+(tests; tiny shapes), with every tile upcast to fp32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+from jaxtyping import Float
+from torch import Tensor
+
+from . import _triton_kernels as _k
+from ._api import AttentionResult, Call
+from ._stats import pattern_rows, pool_factor
+
+__all__ = ["INTERPRETED", "Blocks", "run"]
+
+#: True when the kernels were built by the Triton interpreter (TRITON_INTERPRET=1 at import).
+INTERPRETED: bool = type(_k.attn_rows_kernel).__name__ == "InterpretedFunction"
+
+#: Per-row statistics finished in pass 1, and the kernel constexpr naming each one's slot.
+ROW_SLOTS: dict[str, str] = {
+    "sink_mass": "S_SINK", "sink_mass_k": "S_SINKK", "entropy": "S_ENT", "distance": "S_DIST",
+    "waad": "S_WAAD", "prev_token": "S_PREV", "diag_mass": "S_DIAG", "dup_token": "S_DUP",
+    "induction": "S_IND", "_n_visible": "S_NVIS",
+}
+MAX_HEAD_DIM = 256
+#: fp32 inputs: three tf32 tensor-core products (about fp32 accuracy) instead of slow FMA dots.
+FP32_DOT_PRECISION = "tf32x3"
+#: Precision of the one-hot dots that group p into pooled cells on a GPU: three tf32
+#: products give about fp32 accuracy on the tensor cores (the interpreter uses ieee).
+POOL_DOT_PRECISION = "tf32x3"
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """Tile sizes and launch shape of one pass (powers of two, >= 16)."""
+
+    block_m: int
+    block_n: int
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+def default_blocks(head_dim: int, dtype: torch.dtype, row_stats: bool) -> tuple[Blocks, Blocks]:
+    """(pass 1, pass 2) tiles: 16 x 16 in the interpreter. On a GPU, picked from the register
+    and spill counts ptxas reports for sm_90 at head size 64 and 128 (no spills; pass 1 with
+    statistics holds ~12 row accumulators and the top-k, so it takes 64-row blocks over 8
+    warps); ``benchmarks/kernel_attention_stats.py --sweep`` times the alternatives."""
+    if INTERPRETED:
+        return Blocks(16, 16, 1, 1), Blocks(16, 16, 1, 1)
+    stages = 2 if dtype == torch.float32 else 3
+    first = Blocks(64, 64, 8, stages) if row_stats else Blocks(128, 64, 8, stages)
+    return first, Blocks(64, 64, 8, stages)
+
+
+def run(call: Call, *, blocks: tuple[Blocks, Blocks] | None = None) -> AttentionResult:
+    """Attention output, lse and the requested statistics (``blocks`` overrides the tiles)."""
+    geo, opt = call.geo, call.options
+    b, h, nq, nk = geo.batch, geo.heads, geo.query_pos, geo.key_pos
+    dev = call.q.device
+    _check_device(dev)
+    q, k, v = (_unit_last_stride(t) for t in (call.q, call.k, call.v))
+    d, dv = q.shape[-1], v.shape[-1]
+    if max(d, dv) > MAX_HEAD_DIM:
+        raise ValueError(f"the Triton backend handles head sizes up to {MAX_HEAD_DIM}, got {max(d, dv)}")
+    want = set(call.stats)
+    f = pool_factor(nq, nk, opt.pool_max)
+    topk = min(opt.topk, nk) if want & {"topk_idx", "topk_val"} else 0
+
+    wanted_rows = [n for n in ROW_SLOTS if n in want or (n == "entropy" and "entropy_norm" in want)]
+    if "entropy_norm" in want and geo.mask is not None:
+        wanted_rows.append("_n_visible")  # with a caller mask the count comes from the kernel
+    slot = {name: i for i, name in enumerate(wanted_rows)}
+    p1, p2 = blocks or default_blocks(d, q.dtype, bool(wanted_rows) or topk > 0)
+
+    f32 = dict(dtype=torch.float32, device=dev)
+    dummy_f = torch.zeros(1, **f32)
+    out = torch.empty(b, h, nq, dv, dtype=q.dtype, device=dev)
+    lse = torch.empty(b, h, nq, **f32)
+    rows = torch.empty(max(1, len(slot)), b, h, nq, **f32)
+    top_v = torch.empty(b, h, nq, max(1, topk), **f32)
+    top_i = torch.empty(b, h, nq, max(1, topk), dtype=torch.long, device=dev)
+    bias, bias_strides = _bias(call, dummy_f)
+    mask, mask_strides = _mask(call)
+    qmask = call.query_mask.to(torch.uint8).contiguous() if call.query_mask is not None else mask
+    tok = call.token_ids if call.token_ids is not None and want & {"dup_token", "induction"} else None
+    tok_strides = (tok.stride(0), tok.stride(1)) if tok is not None else (0, 0)
+    tok = tok if tok is not None else torch.zeros(1, dtype=torch.long, device=dev)
+    gate = call.head_gate.contiguous() if call.head_gate is not None else dummy_f
+    add = call.head_add.contiguous() if call.head_add is not None else dummy_f
+    common = dict(
+        GROUP=geo.group, HEAD_DIM=d, BLOCK_D=_pow2(d), CAUSAL=geo.causal, HAS_SLIDE=geo.window is not None,
+        HAS_BIAS=call.key_bias is not None, HAS_MASK=geo.mask is not None, HAS_QMASK=call.query_mask is not None,
+        UPCAST=INTERPRETED, DOT_PREC=_dot_precision(q.dtype),
+    )
+    shape_args = (h, nq, nk, nk - nq, geo.window or 0, call.scale * _k.LOG2E.value)
+
+    _k.attn_rows_kernel[(triton.cdiv(nq, p1.block_m), b * h)](
+        q, k, v, bias, mask, qmask, tok, gate, add,
+        out, lse, rows, top_v, top_i,
+        *_strides3(q), *_strides3(k), *_strides3(v), *bias_strides, *mask_strides, *tok_strides,
+        *shape_args,
+        V_DIM=dv, BLOCK_M=p1.block_m, BLOCK_N=p1.block_n, BLOCK_DV=_pow2(dv),
+        HAS_GATE=call.head_gate is not None, HAS_ADD=call.head_add is not None,
+        SINK_K=opt.sink_k, WAAD_W=opt.window,
+        **{arg: slot.get(name, -1) for name, arg in ROW_SLOTS.items()},
+        TOPK=topk, TOPK_P=max(2, _pow2(topk, 1)),
+        num_warps=p1.num_warps, num_stages=p1.num_stages, **common,
+    )
+
+    received = pooled = None
+    if want & {"received", "pooled"}:
+        received, pooled = _columns(call, q, k, lse, bias, bias_strides, mask, mask_strides, qmask,
+                                    shape_args, common, p2, f, "received" in want, "pooled" in want)
+
+    stats: dict[str, Tensor] = {}
+    for name in call.stats:
+        if name in slot:
+            stats[name] = rows[slot[name]]
+        elif name == "entropy_norm":
+            stats[name] = _entropy_norm(call, rows[slot["entropy"]],
+                                        rows[slot["_n_visible"]] if "_n_visible" in slot else None)
+        elif name == "received":
+            stats[name] = received
+        elif name == "pooled":
+            stats[name] = pooled
+        elif name == "visible":
+            stats[name] = _visible(call)
+        elif name == "topk_idx":
+            stats[name] = top_i
+        elif name == "topk_val":
+            stats[name] = top_v
+        elif name == "pattern":
+            stats[name] = _pattern(call, lse)
+    meta = {"fast_path": not call.stats, "pool_factor": f, "topk": min(opt.topk, nk), "sink_k": opt.sink_k, "window": opt.window,
+            "scale": call.scale, "backend": "triton", "interpreted": INTERPRETED,
+            "blocks": (p1.block_m, p1.block_n, p2.block_m, p2.block_n)}
+    return AttentionResult(output=out, lse=lse, stats=stats, meta=meta)
+
+
+def _columns(call, q, k, lse, bias, bias_strides, mask, mask_strides, qmask, shape_args, common, p2: Blocks,
+             f: int, do_recv: bool, do_pool: bool) -> tuple[Tensor | None, Tensor | None]:
+    """Pass 2: column sums and pooled block sums from the stored lse."""
+    geo = call.geo
+    b, h, nq, nk = geo.batch, geo.heads, geo.query_pos, geo.key_pos
+    dev = q.device
+    bm, bn = p2.block_m, p2.block_n
+    if do_pool:  # cut both axes so that no pooled cell straddles two groups
+        gq, rows_per_group, q_subs = _pool_groups(f, bm)
+        gk, keys_per_group, k_subs = _pool_groups(f, bn)
+    else:
+        gq, rows_per_group, q_subs, gk, keys_per_group, k_subs = 1, bm, 1, 1, bn, 1
+    pq, pk = -(-nq // f), -(-nk // f)
+    recv = torch.empty(b, h, nk, dtype=torch.float32, device=dev) if do_recv else lse
+    part = torch.zeros(b * h, k_subs, pq, pk, dtype=torch.float32, device=dev) if do_pool else lse
+    grid = (triton.cdiv(nk, keys_per_group) * k_subs, b * h)
+    _k.attn_columns_kernel[grid](
+        q, k, bias, mask, qmask, lse, recv, part,
+        *_strides3(q), *_strides3(k), *bias_strides, *mask_strides,
+        *shape_args, pq, pk,
+        BLOCK_M=bm, BLOCK_N=bn, DO_RECV=do_recv, DO_POOL=do_pool, POOL_F=f,
+        ROWS_PER_GROUP=rows_per_group, Q_SUBS=q_subs, GQ=gq, GQ_P=_onehot_width(gq),
+        KEYS_PER_GROUP=keys_per_group, K_SUBS=k_subs, GK=gk, GK_P=_onehot_width(gk),
+        POOL_PREC=_dot_precision(torch.float32, POOL_DOT_PRECISION),
+        num_warps=p2.num_warps, num_stages=p2.num_stages, **common,
+    )
+    pooled = None
+    if do_pool:
+        sums = part.view(b, h, k_subs, pq, pk).sum(2)  # fixed order: deterministic
+        pooled = sums / _cell_counts(nq, nk, f, pq, pk, dev)
+    return (recv if do_recv else None), pooled
+
+
+def _pool_groups(f: int, block: int) -> tuple[int, int, int]:
+    """(pooled cells per group, positions per group, sub-blocks per group) along one axis.
+
+    f <= block: a group is the most whole cells that fit one block; f > block: one cell,
+    walked in ceil(f / block) sub-blocks.
+    """
+    if f <= block:
+        cells = block // f
+        return cells, cells * f, 1
+    return 1, f, -(-f // block)
+
+
+def _onehot_width(cells: int) -> int:
+    """Padded width of the one-hot grouping matrix (tl.dot wants >= 16); 1 = plain sum."""
+    return 1 if cells == 1 else max(16, _pow2(cells))
+
+
+def _cell_counts(nq: int, nk: int, f: int, pq: int, pk: int, dev) -> Tensor:
+    rows = torch.full((pq,), float(f), device=dev)
+    rows[-1] = nq - (pq - 1) * f
+    cols = torch.full((pk,), float(f), device=dev)
+    cols[-1] = nk - (pk - 1) * f
+    return rows[:, None] * cols[None, :]
+
+
+def _entropy_norm(call: Call, entropy: Float[Tensor, "b h q"], n_vis: Tensor | None) -> Tensor:
+    """entropy / ln(n_visible), 0 where n_visible <= 1 (counts from the rules unless a mask is given)."""
+    if n_vis is None:
+        n_vis = call.geo.rule_counts(0, call.geo.query_pos, entropy.device)[None, None]
+    return torch.where(n_vis > 1, entropy / torch.log(n_vis.clamp_min(2.0)), 0.0)
+
+
+def _visible(call: Call) -> Tensor:
+    """#{query_mask-valid rows that may see key j}: prefix sums of the query mask over
+    positions (causal / sliding rules), or the caller's mask summed block by block."""
+    geo = call.geo
+    b, h, nq, nk = geo.batch, geo.heads, geo.query_pos, geo.key_pos
+    dev = call.q.device
+    qm = call.query_mask.float() if call.query_mask is not None else torch.ones(b, nq, device=dev)
+    if geo.mask is not None:
+        vh = geo.mask.shape[1]
+        counts = torch.zeros(b, vh, nk, device=dev)
+        step = max(1, 2**22 // max(1, b * vh * nk))
+        for a in range(0, nq, step):
+            c = min(nq, a + step)
+            vis = geo.visibility(a, c, 0, nk, dev).float()
+            counts += torch.einsum("bq,bhqk->bhk", qm[:, a:c], vis.expand(b, vh, c - a, nk))
+        return counts.expand(b, h, nk).clone() if geo.mask_has_heads else counts[:, 0]
+    at_pos = torch.zeros(b, nk + 1, dtype=torch.long, device=dev)  # prefix sums over absolute positions
+    at_pos[:, 1 + geo.offset:] = torch.cumsum(qm.long(), dim=1)
+    j = torch.arange(nk, device=dev)
+    lo = j if geo.causal else torch.zeros_like(j)
+    hi = (j + geo.window).clamp_max(nk) if geo.window is not None else torch.full_like(j, nk)
+    return (at_pos[:, hi] - at_pos[:, lo]).clamp_min(0).float()
+
+
+def _pattern(call: Call, lse: Float[Tensor, "b h q"]) -> Tensor:
+    """The full p of the requested heads and rows, recomputed in torch from the kernel's lse."""
+    geo, opt = call.geo, call.options
+    b, nk = geo.batch, geo.key_pos
+    dev = call.q.device
+    heads = list(opt.pattern_heads) if opt.pattern_heads is not None else list(range(geo.heads))
+    start, stop = pattern_rows(geo.query_pos, opt)
+    out = torch.zeros(b, len(heads), stop - start, nk, dtype=torch.float32, device=dev)
+    vis = geo.visibility(start, stop, 0, nk, dev)
+    for n, hh in enumerate(heads):
+        s = (call.q[:, hh, start:stop].float() * call.scale) @ call.k[:, hh // geo.group].float().transpose(-1, -2)
+        allowed = torch.ones_like(s, dtype=torch.bool)
+        if vis is not None:
+            allowed &= vis[:, hh if vis.shape[1] > 1 else 0]
+        if call.key_bias is not None:
+            kb = call.key_bias[:, hh if call.key_bias.shape[1] > 1 else 0][:, None, :]
+            s = s + kb.clamp_min(-1e30)
+            allowed &= kb > -1e30
+        row = lse[:, hh, start:stop]
+        ok = row > float("-inf")
+        if call.query_mask is not None:
+            ok &= call.query_mask[:, start:stop]
+        out[:, n] = torch.where(allowed & ok[..., None], torch.exp(s - row[..., None]), 0.0)
+    return out
+
+
+def _check_device(dev: torch.device) -> None:
+    if dev.type == "cuda" or INTERPRETED:
+        return
+    raise RuntimeError(
+        f"the Triton backend runs on CUDA tensors (got {dev.type}); on a CPU it runs only under the "
+        "Triton interpreter: set TRITON_INTERPRET=1 before importing kernels._triton (slow, for tests)")
+
+
+def _dot_precision(dtype: torch.dtype, fp32: str = FP32_DOT_PRECISION) -> str | None:
+    """input_precision of fp32 dots (the interpreter computes them in plain fp32: "ieee");
+    None = Triton's default, for 16-bit inputs."""
+    if INTERPRETED:
+        return "ieee"
+    return fp32 if dtype == torch.float32 else None
+
+
+def _unit_last_stride(t: Tensor) -> Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _strides3(t: Tensor) -> tuple[int, int, int]:
+    """(batch, head, position) strides of a [b, h, n, d] tensor; size-1 dims read with stride 0."""
+    return tuple(0 if t.shape[i] == 1 else t.stride(i) for i in range(3))
+
+
+def _bias(call: Call, dummy: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
+    """key_bias in base 2 with -inf on removed keys (<= -1e30), and its strides."""
+    if call.key_bias is None:
+        return dummy, (0, 0, 0)
+    kb = call.key_bias
+    kb = torch.where(kb <= -1e30, float("-inf"), kb * _k.LOG2E.value)
+    return kb, tuple(0 if kb.shape[i] == 1 else kb.stride(i) for i in range(3))
+
+
+def _mask(call: Call) -> tuple[Tensor, tuple[int, int, int, int]]:
+    """The caller's bool mask as bytes (no copy) and its strides (0 on broadcast dims)."""
+    geo = call.geo
+    if geo.mask is None:
+        return torch.zeros(1, dtype=torch.uint8, device=call.q.device), (0, 0, 0, 0)
+    m = geo.mask.view(torch.uint8)
+    return m, tuple(0 if m.shape[i] == 1 else m.stride(i) for i in range(4))
+
+
+def _pow2(n: int, floor: int = 16) -> int:
+    return max(floor, triton.next_power_of_2(max(1, n)))

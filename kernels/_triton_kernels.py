@@ -1,0 +1,414 @@
+"""The two Triton programs of the fused attention-statistics backend (host side: ``_triton``).
+
+Pass 1 (``attn_rows_kernel``) is a flash-attention forward: one program per (query block,
+batch * head), key tiles streamed, tiles the causal / sliding-window rules hide are never
+loaded. Besides the output and the log-sum-exp it carries one running accumulator per row
+statistic, rescaled by ``alpha = 2^(m - m')`` whenever the running max moves, exactly
+like ``l`` (KERNELS.md, "Pass 1"), and a running top-k of the raw scores.
+
+Pass 2 (``attn_columns_kernel``) needs the final log-sum-exp: one program per (key block,
+batch * head) keeps its K tile resident, walks the query tiles that can see it (from the
+diagonal down), recomputes ``p = 2^(s - L)`` and accumulates column sums and the pooled map.
+Every output element has exactly one writer: deterministic, no atomics.
+
+Scores are kept in base 2 (``s * log2 e``, the key bias pre-scaled by the host) so every
+exponential is an ``exp2``; the host converts the lse and the entropy back to nats.
+Masked scores are -inf; products with them are guarded (``e > 0``) so no 0 * inf appears.
+All block sizes, flags and stat slots are constexprs: a disabled statistic costs nothing.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+#: log2(e) and ln(2): scores live in base 2 inside the kernels (host code reads ``.value``).
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+
+
+@triton.jit
+def _visibility(offs_m, offs_n, pos_m, m_valid, n_valid, b, h, MASK,
+                stride_mb, stride_mh, stride_mm, stride_mn, SLIDE,
+                CAUSAL: tl.constexpr, HAS_SLIDE: tl.constexpr, HAS_MASK: tl.constexpr):
+    """Who may attend to whom in one tile: key bounds, causal, sliding window, the caller's mask."""
+    vis = m_valid[:, None] & n_valid[None, :]
+    if CAUSAL:
+        vis = vis & (offs_n[None, :] <= pos_m[:, None])
+    if HAS_SLIDE:
+        vis = vis & (pos_m[:, None] - offs_n[None, :] < SLIDE)
+    if HAS_MASK:
+        mk = tl.load(MASK + b * stride_mb + h * stride_mh + offs_m.to(tl.int64)[:, None] * stride_mm
+                     + offs_n[None, :] * stride_mn, mask=vis, other=0)
+        vis = vis & (mk != 0)
+    return vis
+
+
+@triton.jit
+def attn_rows_kernel(
+    Q, K, V, BIAS, MASK, QMASK, TOK, GATE, ADD,
+    OUT, LSE, ROWS, TOPV, TOPI,
+    stride_qb, stride_qh, stride_qm,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_bb, stride_bh, stride_bn,
+    stride_mb, stride_mh, stride_mm, stride_mn,
+    stride_tb, stride_tn,
+    H, NQ, NK, OFFSET, SLIDE, qk_scale,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_SLIDE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
+    HAS_QMASK: tl.constexpr, HAS_GATE: tl.constexpr, HAS_ADD: tl.constexpr,
+    SINK_K: tl.constexpr, WAAD_W: tl.constexpr,
+    S_SINK: tl.constexpr, S_SINKK: tl.constexpr, S_ENT: tl.constexpr, S_DIST: tl.constexpr,
+    S_WAAD: tl.constexpr, S_PREV: tl.constexpr, S_DIAG: tl.constexpr, S_DUP: tl.constexpr,
+    S_IND: tl.constexpr, S_NVIS: tl.constexpr,
+    TOPK: tl.constexpr, TOPK_P: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """Output, lse, row statistics and top-k for one block of query rows of one head.
+
+    ROWS[slot, b, h, i] holds statistic slot ``S_*`` (-1 = not computed); row sums are
+    finished here (divided by l, zeroed on invalid rows), so the host only converts units.
+    """
+    # Heaviest causal blocks (the last rows) first: better tail balance on the GPU.
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    kvh = h // GROUP
+    b64, h64, kvh64 = b.to(tl.int64), h.to(tl.int64), kvh.to(tl.int64)
+
+    m0 = pid_m * BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    m_valid = offs_m < NQ
+    pos_m = OFFSET + offs_m  # absolute positions of the rows
+    pos_min = OFFSET + m0
+    pos_max = OFFSET + m0 + BLOCK_M - 1
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    offs_nl = tl.arange(0, BLOCK_N)
+
+    q = tl.load(Q + b64 * stride_qb + h64 * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
+                mask=m_valid[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    k_base = K + b64 * stride_kb + kvh64 * stride_kh
+    v_base = V + b64 * stride_vb + kvh64 * stride_vh
+
+    if S_DUP >= 0 or S_IND >= 0:
+        tok_q = tl.load(TOK + b64 * stride_tb + pos_m * stride_tn, mask=m_valid, other=-1)
+
+    # Keys [lo, hi) the rules let some row of the block see.
+    lo = 0
+    hi = NK
+    if CAUSAL:
+        hi = tl.minimum(NK, pos_max + 1)
+    if HAS_SLIDE:
+        lo = tl.maximum(0, pos_min - SLIDE + 1)
+        lo = (lo // BLOCK_N) * BLOCK_N
+
+    zero = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m_i = zero - float("inf")
+    l_i = zero
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    a_sink = zero    # sum_{j = 0} e
+    a_sinkk = zero   # sum_{j < SINK_K} e
+    a_ent = zero     # u = sum e (s - m)  (base 2)
+    a_dist = zero    # sum e (pos - j)
+    a_waad = zero    # sum e max(W - (pos - j), 0): waad = W - a_waad / l
+    a_prev = zero
+    a_diag = zero
+    a_dup = zero
+    a_ind = zero
+    n_vis = zero
+    slots = tl.arange(0, TOPK_P)
+    # Padded slots hold +inf so they are never the minimum that gets replaced.
+    top_v = tl.where(slots[None, :] < TOPK, float("-inf"), float("inf")) + tl.zeros([BLOCK_M, TOPK_P], tl.float32)
+    top_i = tl.zeros([BLOCK_M, TOPK_P], dtype=tl.int32) - 1
+    BAND: tl.constexpr = WAAD_W if WAAD_W > 2 else 2
+
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + offs_nl
+        n_valid = offs_n < NK
+        k = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None],
+                    mask=n_valid[None, :] & (offs_d[:, None] < HEAD_DIM), other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+        s = tl.dot(q, k, input_precision=DOT_PREC) * qk_scale
+        if HAS_BIAS:  # already in base 2, -inf on removed keys
+            bias = tl.load(BIAS + b64 * stride_bb + h64 * stride_bh + offs_n * stride_bn, mask=n_valid, other=0.0)
+            s = s + bias[None, :]
+
+        # Only tiles cut by a rule (or any tile under a caller mask) pay for the mask.
+        need = start_n + BLOCK_N > NK
+        if CAUSAL:
+            need = need | (start_n + BLOCK_N - 1 > pos_min)
+        if HAS_SLIDE:
+            need = need | (start_n <= pos_max - SLIDE)
+        if HAS_MASK or S_NVIS >= 0:
+            vis = _visibility(offs_m, offs_n, pos_m, m_valid, n_valid, b64, h64, MASK,
+                              stride_mb, stride_mh, stride_mm, stride_mn, SLIDE, CAUSAL, HAS_SLIDE, HAS_MASK)
+            s = tl.where(vis, s, float("-inf"))
+            if S_NVIS >= 0:
+                n_vis += tl.sum(vis.to(tl.float32), 1)
+        elif need:
+            vis = _visibility(offs_m, offs_n, pos_m, m_valid, n_valid, b64, h64, MASK,
+                              stride_mb, stride_mh, stride_mm, stride_mn, SLIDE, CAUSAL, HAS_SLIDE, HAS_MASK)
+            s = tl.where(vis, s, float("-inf"))
+
+        if TOPK > 0:  # the top-k wants the arg-max too: one reduction for both
+            tile_max, tile_arg = tl.max(s, 1, return_indices=True)
+        else:
+            tile_max = tl.max(s, 1)
+        m_new = tl.maximum(m_i, tile_max)
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw nothing yet
+        alpha = tl.exp2(m_i - m_use)
+        e = tl.exp2(s - m_use[:, None])  # 0 on masked entries
+        l_old = l_i
+        l_i = l_i * alpha + tl.sum(e, 1)
+
+        if S_ENT >= 0:
+            # u' = alpha (u - delta l_old) when the max moves by delta (KERNELS.md).
+            delta = tl.where(l_old > 0, m_use - m_i, 0.0)
+            a_ent = alpha * (a_ent - delta * l_old)
+            a_ent += tl.sum(e * tl.where(e > 0, s - m_use[:, None], 0.0), 1)
+        if S_DIST >= 0:
+            a_dist = a_dist * alpha + tl.sum(e * (pos_m[:, None] - offs_n[None, :]).to(tl.float32), 1)
+        if S_SINK >= 0 or S_SINKK >= 0:
+            a_sink = a_sink * alpha
+            a_sinkk = a_sinkk * alpha
+            if start_n < SINK_K:  # sinks live in the first tile(s) only
+                if S_SINK >= 0:
+                    a_sink += tl.sum(tl.where(offs_n[None, :] == 0, e, 0.0), 1)
+                if S_SINKK >= 0:
+                    a_sinkk += tl.sum(tl.where(offs_n[None, :] < SINK_K, e, 0.0), 1)
+        if S_WAAD >= 0 or S_PREV >= 0 or S_DIAG >= 0:
+            a_waad = a_waad * alpha
+            a_prev = a_prev * alpha
+            a_diag = a_diag * alpha
+            # min(d, W) = W - max(W - d, 0): only keys with d < W (a band) need work.
+            if start_n + BLOCK_N - 1 > pos_min - BAND:
+                dist = pos_m[:, None] - offs_n[None, :]
+                if S_WAAD >= 0:
+                    a_waad += tl.sum(e * tl.maximum(WAAD_W - dist, 0).to(tl.float32), 1)
+                if S_PREV >= 0:
+                    a_prev += tl.sum(tl.where(dist == 1, e, 0.0), 1)
+                if S_DIAG >= 0:
+                    a_diag += tl.sum(tl.where(dist == 0, e, 0.0), 1)
+        if S_DUP >= 0:
+            tok_k = tl.load(TOK + b64 * stride_tb + offs_n * stride_tn, mask=n_valid, other=-1)
+            hit = (tok_k[None, :] == tok_q[:, None]) & (offs_n[None, :] < pos_m[:, None])
+            a_dup = a_dup * alpha + tl.sum(tl.where(hit, e, 0.0), 1)
+        if S_IND >= 0:
+            # tok_{j-1}: a shifted direct load, not an indirect one.
+            tok_p = tl.load(TOK + b64 * stride_tb + (offs_n - 1) * stride_tn, mask=n_valid & (offs_n >= 1), other=-1)
+            hit = (tok_p[None, :] == tok_q[:, None]) & (offs_n[None, :] >= 1) & (offs_n[None, :] <= pos_m[:, None])
+            a_ind = a_ind * alpha + tl.sum(tl.where(hit, e, 0.0), 1)
+
+        if TOPK > 0:
+            # Running top-k of raw scores (softmax is monotone per row). A tile usually adds
+            # nothing, which costs one compare of its max against the current k-th best.
+            cand = s
+            c_max = tile_max
+            arg = tile_arg  # first maximum: ties go to the lower key
+            k_min, slot = tl.min(top_v, 1, return_indices=True)
+            go = tl.max(tl.where(c_max > k_min, 1, 0), 0) > 0
+            while go:
+                take = (slots[None, :] == slot[:, None]) & (c_max > k_min)[:, None]
+                top_v = tl.where(take, c_max[:, None], top_v)
+                top_i = tl.where(take, (start_n + arg)[:, None], top_i)
+                cand = tl.where(offs_nl[None, :] == arg[:, None], float("-inf"), cand)
+                c_max, arg = tl.max(cand, 1, return_indices=True)
+                k_min, slot = tl.min(top_v, 1, return_indices=True)
+                go = tl.max(tl.where(c_max > k_min, 1, 0), 0) > 0
+
+        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_dv[None, :],
+                    mask=n_valid[:, None] & (offs_dv[None, :] < V_DIM), other=0.0)
+        if UPCAST:
+            v = v.to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(e.to(v.dtype), v, input_precision=DOT_PREC)
+        m_i = m_new
+
+    # ---- epilogue: output, lse, finished row statistics
+    has_key = l_i > 0
+    l_safe = tl.where(has_key, l_i, 1.0)
+    inv_l = tl.where(has_key, 1.0 / l_safe, 0.0)
+    log2_l = tl.log2(l_safe)
+    lse2 = tl.where(has_key, m_i, 0.0) + log2_l  # finite everywhere (no -inf - -inf below)
+    row = bh.to(tl.int64) * NQ + offs_m  # index into [b, h, q]
+
+    out = acc * inv_l[:, None]
+    if HAS_GATE:
+        out = out * tl.load(GATE + h)
+    if HAS_ADD:
+        out = out + tl.load(ADD + h64 * V_DIM + offs_dv, mask=offs_dv < V_DIM, other=0.0)[None, :]
+    tl.store(OUT + row[:, None] * V_DIM + offs_dv[None, :], out.to(OUT.dtype.element_ty),
+             mask=m_valid[:, None] & (offs_dv[None, :] < V_DIM))
+    tl.store(LSE + row, tl.where(has_key, lse2 * LN2, float("-inf")), mask=m_valid)
+
+    ok = has_key & m_valid
+    if HAS_QMASK:
+        ok = ok & (tl.load(QMASK + b64 * NQ + offs_m, mask=m_valid, other=0) != 0)
+    w = tl.where(ok, inv_l, 0.0)  # 1/l on rows that enter the statistics, else 0
+    plane = tl.num_programs(1).to(tl.int64) * NQ  # elements of one ROWS slot: b * h * q
+    if S_SINK >= 0:
+        tl.store(ROWS + S_SINK * plane + row, a_sink * w, mask=m_valid)
+    if S_SINKK >= 0:
+        tl.store(ROWS + S_SINKK * plane + row, a_sinkk * w, mask=m_valid)
+    if S_ENT >= 0:  # H = ln l - u / l
+        tl.store(ROWS + S_ENT * plane + row, tl.where(ok, (log2_l - a_ent * inv_l) * LN2, 0.0), mask=m_valid)
+    if S_DIST >= 0:
+        tl.store(ROWS + S_DIST * plane + row, a_dist * w, mask=m_valid)
+    if S_WAAD >= 0:
+        tl.store(ROWS + S_WAAD * plane + row, tl.where(ok, WAAD_W - a_waad * inv_l, 0.0), mask=m_valid)
+    if S_PREV >= 0:
+        tl.store(ROWS + S_PREV * plane + row, a_prev * w, mask=m_valid)
+    if S_DIAG >= 0:
+        tl.store(ROWS + S_DIAG * plane + row, a_diag * w, mask=m_valid)
+    if S_DUP >= 0:
+        tl.store(ROWS + S_DUP * plane + row, a_dup * w, mask=m_valid)
+    if S_IND >= 0:
+        tl.store(ROWS + S_IND * plane + row, a_ind * w, mask=m_valid)
+    if S_NVIS >= 0:
+        tl.store(ROWS + S_NVIS * plane + row, n_vis, mask=m_valid)
+
+    if TOPK > 0:
+        # Emit best first; among equal scores the lower key first.
+        top_v = tl.where(slots[None, :] < TOPK, top_v, float("-inf"))
+        for r in tl.static_range(TOPK):
+            best = tl.max(top_v, 1)
+            tie = top_v == best[:, None]
+            pick = tl.min(tl.where(tie, top_i, 2147483647), 1)
+            good = ok & (best > float("-inf"))
+            tl.store(TOPV + row * TOPK + r, tl.where(good, tl.exp2(best - lse2), 0.0), mask=m_valid)
+            tl.store(TOPI + row * TOPK + r, tl.where(good, pick, -1).to(tl.int64), mask=m_valid)
+            top_v = tl.where(tie & (top_i == pick[:, None]), float("-inf"), top_v)
+
+
+@triton.jit
+def attn_columns_kernel(
+    Q, K, BIAS, MASK, QMASK, LSE,
+    RECV, POOL,
+    stride_qb, stride_qh, stride_qm,
+    stride_kb, stride_kh, stride_kn,
+    stride_bb, stride_bh, stride_bn,
+    stride_mb, stride_mh, stride_mm, stride_mn,
+    H, NQ, NK, OFFSET, SLIDE, qk_scale, POOL_Q, POOL_K,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_SLIDE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
+    HAS_QMASK: tl.constexpr, DO_RECV: tl.constexpr, DO_POOL: tl.constexpr,
+    POOL_F: tl.constexpr,
+    ROWS_PER_GROUP: tl.constexpr, Q_SUBS: tl.constexpr, GQ: tl.constexpr, GQ_P: tl.constexpr,
+    KEYS_PER_GROUP: tl.constexpr, K_SUBS: tl.constexpr, GK: tl.constexpr, GK_P: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, POOL_PREC: tl.constexpr,
+):
+    """Column sums of p and pooled f x f block sums for one key block of one head.
+
+    The key axis is cut into groups of KEYS_PER_GROUP keys (GK whole pooled columns, or
+    one pooled column split into K_SUBS sub-blocks) and the query axis into groups of
+    ROWS_PER_GROUP rows (GQ pooled rows, or one split into Q_SUBS chunks), so a pooled
+    cell never straddles two groups: each program writes POOL[b, h, sub, :, its columns]
+    once. Without pooling both groups are plain blocks.
+    """
+    kt = tl.program_id(0)  # key block 0 sees the most queries and starts first
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    kvh = h // GROUP
+    b64, h64, kvh64 = b.to(tl.int64), h.to(tl.int64), kvh.to(tl.int64)
+
+    cg = kt // K_SUBS
+    ks = kt % K_SUBS
+    kbase = cg * KEYS_PER_GROUP
+    kstart = kbase + ks * BLOCK_N
+    kend = tl.minimum(tl.minimum(kstart + BLOCK_N, kbase + KEYS_PER_GROUP), NK)
+    offs_nl = tl.arange(0, BLOCK_N)
+    offs_n = kstart + offs_nl
+    n_valid = offs_n < kend
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_ml = tl.arange(0, BLOCK_M)
+
+    k = tl.load(K + b64 * stride_kb + kvh64 * stride_kh + offs_n[None, :] * stride_kn + offs_d[:, None],
+                mask=n_valid[None, :] & (offs_d[:, None] < HEAD_DIM), other=0.0)
+    if UPCAST:
+        k = k.to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(BIAS + b64 * stride_bb + h64 * stride_bh + offs_n * stride_bn, mask=n_valid, other=0.0)
+
+    # Query rows that may see some key of the block.
+    q_lo = 0
+    q_hi = NQ
+    if CAUSAL:
+        q_lo = tl.maximum(kstart - OFFSET, 0)
+    if HAS_SLIDE:
+        q_hi = tl.minimum(NQ, kend - 1 + SLIDE - OFFSET)
+    g_lo = q_lo // ROWS_PER_GROUP
+    g_hi = (tl.maximum(q_hi, 0) + ROWS_PER_GROUP - 1) // ROWS_PER_GROUP
+
+    colsum = tl.zeros([BLOCK_N], dtype=tl.float32)
+    if DO_POOL:
+        gq = tl.arange(0, GQ_P)
+        gk = tl.arange(0, GK_P)
+        col_of = (offs_n - kbase) // POOL_F  # pooled column (within the group) of each key
+        onehot_k = (col_of[:, None] == gk[None, :]).to(tl.float32)  # [BLOCK_N, GK_P]
+    for g in range(g_lo, g_hi):
+        rbase = g * ROWS_PER_GROUP
+        rend = tl.minimum(rbase + ROWS_PER_GROUP, NQ)
+        if DO_POOL:
+            cells = tl.zeros([GQ_P, GK_P], dtype=tl.float32)
+        for t in range(Q_SUBS):
+            offs_m = rbase + t * BLOCK_M + offs_ml
+            m_valid = offs_m < rend
+            pos_m = OFFSET + offs_m
+            q = tl.load(Q + b64 * stride_qb + h64 * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
+                        mask=m_valid[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+            if UPCAST:
+                q = q.to(tl.float32)
+            lse = tl.load(LSE + bh.to(tl.int64) * NQ + offs_m, mask=m_valid, other=float("-inf"))
+            ok = m_valid & (lse > float("-inf"))
+            if HAS_QMASK:
+                ok = ok & (tl.load(QMASK + b64 * NQ + offs_m, mask=m_valid, other=0) != 0)
+            lse2 = tl.where(ok, lse * LOG2E, float("inf"))  # invalid rows: p = 2^(s - inf) = 0
+
+            s = tl.dot(q, k, input_precision=DOT_PREC) * qk_scale
+            if HAS_BIAS:
+                s = s + bias[None, :]
+            # Rows outside [rbase, rend) already get p = 0 from lse2 = inf; mask only cut tiles.
+            need = kend < kstart + BLOCK_N
+            if CAUSAL:
+                need = need | (kstart + BLOCK_N - 1 > OFFSET + rbase + t * BLOCK_M)
+            if HAS_SLIDE:
+                need = need | (kstart <= OFFSET + rbase + t * BLOCK_M + BLOCK_M - 1 - SLIDE)
+            if HAS_MASK:
+                vis = _visibility(offs_m, offs_n, pos_m, m_valid, n_valid, b64, h64, MASK,
+                                  stride_mb, stride_mh, stride_mm, stride_mn, SLIDE, CAUSAL, HAS_SLIDE, HAS_MASK)
+                s = tl.where(vis, s, float("-inf"))
+            elif need:
+                vis = _visibility(offs_m, offs_n, pos_m, m_valid, n_valid, b64, h64, MASK,
+                                  stride_mb, stride_mh, stride_mm, stride_mn, SLIDE, CAUSAL, HAS_SLIDE, HAS_MASK)
+                s = tl.where(vis, s, float("-inf"))
+            p = tl.exp2(s - lse2[:, None])
+            part = tl.sum(p, 0)
+            colsum += part
+            if DO_POOL:
+                if GQ_P == 1:
+                    rows_sum = part[None, :]
+                else:
+                    row_of = (offs_m - rbase) // POOL_F
+                    onehot_q = (gq[:, None] == row_of[None, :]).to(tl.float32)  # [GQ_P, BLOCK_M]
+                    rows_sum = tl.dot(onehot_q, p, input_precision=POOL_PREC)  # [GQ_P, BLOCK_N]
+                if GK_P == 1:
+                    cells += tl.sum(rows_sum, 1)[:, None]
+                elif GQ_P == 1:
+                    cells += tl.sum(tl.trans(rows_sum) * onehot_k, 0)[None, :]
+                else:
+                    cells += tl.dot(rows_sum, onehot_k, input_precision=POOL_PREC)
+        if DO_POOL:
+            prow = g * GQ + gq
+            pcol = cg * GK + gk
+            dst = POOL + ((bh.to(tl.int64) * K_SUBS + ks) * POOL_Q + prow[:, None]) * POOL_K + pcol[None, :]
+            tl.store(dst, cells, mask=((gq < GQ) & (prow < POOL_Q))[:, None] & ((gk < GK) & (pcol < POOL_K))[None, :])
+    if DO_RECV:
+        tl.store(RECV + bh.to(tl.int64) * NK + offs_n, colsum, mask=n_valid)
