@@ -90,6 +90,19 @@ class Subject:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def edited(self, *edits, backend: str = "auto"):
+        """Context manager: inside the block ``model`` runs with ``edits`` (``lens.edits``) applied.
+
+        Attention is routed through ``lens._hook.routed`` with a session that applies the
+        edits and records no statistics; row edits (ACT, VAR) and residual edits add hooks.
+        Everything is removed on exit, also when the body raises. Edits on heads or layers
+        that do not exist fail here, before the model runs. Blocks nest (edits add up);
+        ``lens.capture`` inside the block sees only the edits passed to it.
+        """
+        from lens._edits_apply import edited
+
+        return edited(self, edits, backend=backend)
+
     # --- views --------------------------------------------------------------------------
     def _shared_clone(self):
         """A new module tree that shares every parameter and buffer tensor with ``model``."""
