@@ -5,11 +5,15 @@ The flow: ``lens.load`` -> ``Subject`` -> ``lens.capture`` -> ``Capture`` -> ana
 a capture or an edit asks for it (``lens._hook.register`` says what it changes).
 """
 
-from lens import edits
+from lens import edits, organisms
+from lens.analyzers import Atlas, Findings, analyze
 from lens._capture import DEFAULT_STATS, capture
 from lens._capture_data import Capture
 from lens._models import BUILTIN, load
 from lens._subject import Subject
 from lens._summary import summarize
 
-__all__ = ["BUILTIN", "DEFAULT_STATS", "Capture", "Subject", "capture", "edits", "load", "summarize"]
+__all__ = [
+    "BUILTIN", "DEFAULT_STATS", "Atlas", "Capture", "Findings", "Subject",
+    "analyze", "capture", "edits", "load", "organisms", "summarize",
+]
