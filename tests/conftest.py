@@ -61,3 +61,19 @@ def _toy_tokenizer(vocab: int):
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.post_processor = processors.TemplateProcessing(single="w1 $A", special_tokens=[("w1", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="w1", eos_token="w2", pad_token="w0", unk_token="w3")
+
+
+@pytest.fixture(scope="session")
+def bigram_backcopy():
+    """The Bigram-Backcopy organism (seed 0): trained once per machine, then read from the cache."""
+    from lens import organisms
+
+    return organisms.train("bigram_backcopy", seed=0, progress=False)
+
+
+@pytest.fixture(scope="session")
+def induction_organism():
+    """The two-layer induction organism (seed 0); ``info`` names its previous-token and induction heads."""
+    from lens import organisms
+
+    return organisms.train("induction", seed=0, progress=False)
