@@ -1,1 +1,27 @@
-"""probes: see README."""
+"""probes: linear and attentive probes on residual streams and head outputs, with control tasks.
+
+Public API (names are stable)::
+
+    probe_layers(subject, inputs, labels, layers=None)   -> DataFrame, one row per layer
+    probe_capture(capture, labels, layers=None)          -> same, from lens.capture(..., resid_layers=[...])
+    probe_heads(subject, tokens, labels)                  -> DataFrame, one row per (layer, head)
+        columns: layer, [head,] accuracy, control_accuracy, selectivity, train_accuracy, majority,
+                 n_train, n_test   (.attrs: kind, test_frac, seed, c, site, n_tokens)
+    fit_probe(x [n, d], y [n], seq=, types=, kind="logistic"|"ridge") -> ProbeResult
+    control_labels(types, y, seed)                        # Hewitt & Liang control task
+    fit_attentive_probe(x [n, pos, d], mask [n, pos], y [n]) -> AttentiveResult (accuracy, test_weights)
+    AttentiveProbe(d_model, n_classes)                    # torch module: learned query over positions
+
+Labels are ``[batch, pos]`` integer arrays aligned with the tokens (< 0 = ignore that token).
+Held-out splits are by sequence; selectivity = accuracy - control accuracy, where the
+control task gives each token type a random label from the real labels' distribution.
+"""
+
+from probes._attentive import AttentiveProbe, AttentiveResult, fit_attentive_probe
+from probes._curves import COLUMNS, probe_capture, probe_heads, probe_layers
+from probes._linear import ProbeResult, control_labels, fit_probe, split_by_sequence, token_rows
+
+__all__ = [
+    "COLUMNS", "AttentiveProbe", "AttentiveResult", "ProbeResult", "control_labels", "fit_attentive_probe",
+    "fit_probe", "probe_capture", "probe_heads", "probe_layers", "split_by_sequence", "token_rows",
+]
