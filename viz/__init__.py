@@ -1,1 +1,22 @@
-"""viz: see README."""
+"""viz: plotly figures from Findings and Captures (no model calls).
+
+Every builder is a pure function ``(Findings | Capture | table) -> plotly.graph_objects.Figure``;
+the dashboard and the notebooks use the same ones. Head grids, patterns and token strips
+read the analyzers' tables and the Capture's statistics (``lens._capture_data`` lists
+their shapes); ``export`` writes PNG/SVG offline through kaleido and the system chromium.
+"""
+
+from viz._activations import massive_profile
+from viz._compare import distribution_shift, next_token_comparison
+from viz._export import export, find_browser
+from viz._graphs import circuit_graph, node_layer, probe_curves
+from viz._heads import active_dormant_matrix, entropy_by_layer, head_grid
+from viz._patterns import PatternView, attention_pattern, pattern_comparison, pattern_heatmap, pattern_view
+from viz._tokens import reasoning_profile, token_strip
+
+__all__ = [
+    "PatternView", "active_dormant_matrix", "attention_pattern", "circuit_graph", "distribution_shift",
+    "entropy_by_layer", "export", "find_browser", "head_grid", "massive_profile", "next_token_comparison",
+    "node_layer", "pattern_comparison", "pattern_heatmap", "pattern_view", "probe_curves", "reasoning_profile",
+    "token_strip",
+]

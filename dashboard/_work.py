@@ -1,0 +1,246 @@
+"""The lens calls behind the pages: check input, capture and analyze, generate, edit, write a spec.
+
+No analysis is defined here: these functions call ``lens`` and hand its Captures and
+Findings to ``viz``. Everything the page sends is plain data (text, numbers, names from a
+fixed list); nothing is read from a path or evaluated as code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+import lens
+from lens import edits as E
+from lens.analyzers import dormant_inputs
+
+# Display pooling: inputs up to this many tokens get exact patterns for every head from
+# the ``pooled`` statistic (pool factor 1); longer ones are block-averaged to this size.
+POOL_MAX = 128
+DEFAULT_MAX_TOKENS = 2048
+
+
+@dataclass
+class Analysis:
+    """One text's capture, its atlas and the per-input dormant table, as the pages read them."""
+
+    text: str
+    capture: lens.Capture
+    atlas: lens.Atlas
+    dormant: object  # Findings from dormant_inputs
+    seconds: float
+
+
+def check_text(subject: lens.Subject, text: str | None, max_tokens: int) -> int:
+    """Number of tokens of ``text``; ValueError with a message for the page when it is empty or too long."""
+    if text is None or not str(text).strip():
+        raise ValueError("The text is empty: type or paste some text to analyze.")
+    n = len(subject.tokenizer(str(text), add_special_tokens=True)["input_ids"])
+    limit = min(int(max_tokens), int(subject.n_ctx))
+    if n > limit:
+        why = "the model's context" if limit == subject.n_ctx else "this dashboard's limit"
+        raise ValueError(f"The text has {n} tokens; {subject.name} takes at most {limit} here ({why}). "
+                         "Shorten it.")
+    return n
+
+
+@contextlib.contextmanager
+def layer_progress(subject: lens.Subject, progress, label: str, passes: int = 1) -> Iterator[None]:
+    """Report "label: layer i/L" to ``progress`` as the blocks run (forward hooks, removed on exit)."""
+    total = subject.n_layers * passes
+    count = [0]
+
+    def hook(*_):
+        count[0] += 1
+        progress.update(f"{label}: layer {min(count[0], total)}/{total}", count[0] / total)
+
+    handles = [blk.register_forward_hook(hook) for blk in subject.blocks]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def stat_options():
+    from kernels import StatOptions
+
+    return StatOptions(pool_max=POOL_MAX)
+
+
+def analyze_text(subject: lens.Subject, text: str, progress=None) -> Analysis:
+    """``lens.capture`` (every default statistic, display pooling) then ``lens.analyze``."""
+    import time
+
+    t0 = time.perf_counter()
+    ctx = layer_progress(subject, progress, "capturing") if progress is not None else contextlib.nullcontext()
+    with ctx:
+        cap = lens.capture(subject, text, options=stat_options())
+    if progress is not None:
+        progress.update("analyzing", 1.0)
+    atlas = lens.analyze(cap)
+    return Analysis(text, cap, atlas, dormant_inputs(cap), time.perf_counter() - t0)
+
+
+def generate(subject: lens.Subject, prompt: str, max_new_tokens: int, progress=None) -> str:
+    """Greedy continuation of ``prompt`` (through the chat template when the tokenizer has one).
+
+    Returns the text to analyze: the prompt followed by the generated tokens.
+    """
+    if not prompt or not prompt.strip():
+        raise ValueError("The prompt is empty: type a question to generate a reasoning trace from.")
+    max_new_tokens = int(max_new_tokens)
+    if not 1 <= max_new_tokens <= 512:
+        raise ValueError(f"new tokens must be between 1 and 512, got {max_new_tokens}")
+    tok = subject.tokenizer
+    if getattr(tok, "chat_template", None):
+        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                      return_tensors="pt", return_dict=True)["input_ids"]
+    else:
+        ids = torch.tensor([tok(prompt, add_special_tokens=True)["input_ids"]])
+    if ids.shape[1] + max_new_tokens > subject.n_ctx:
+        raise ValueError(f"prompt ({ids.shape[1]} tokens) + {max_new_tokens} new tokens exceed "
+                         f"{subject.name}'s context of {subject.n_ctx}")
+    step = [0]
+
+    def hook(*_):  # the last block runs once per generated token
+        step[0] += 1
+        if progress is not None:
+            done = min(step[0], max_new_tokens)
+            progress.update(f"generating: token {done}/{max_new_tokens}", done / max_new_tokens)
+
+    handles = [subject.blocks[-1].register_forward_hook(hook)]
+    try:
+        with torch.no_grad():
+            out = subject.model.generate(ids.to(subject.device), attention_mask=torch.ones_like(ids).to(subject.device),
+                                         max_new_tokens=max_new_tokens, do_sample=False,
+                                         pad_token_id=subject.pad_token_id)
+    finally:
+        for h in handles:
+            h.remove()
+    new = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    return f"{prompt.strip()}\n{new.strip()}"
+
+
+# --- edits from the page -------------------------------------------------------------------
+# type -> (label, the value field's meaning or None). Only edits lens.capture applies directly.
+EDIT_TYPES = {
+    "scale_attention": ("scale attention to keys by a factor (ZeroTuning: keys 0)", "factor"),
+    "key_bias": ("add a bias to the pre-softmax scores of keys", "bias"),
+    "move_to_bos": ("move all attention to position 0", None),
+    "ablate": ("zero-ablate the head's output", None),
+    "gate": ("multiply the head's output by a factor", "factor"),
+}
+
+
+def _index(value, what: str):
+    """"all"/empty -> None; "3" or "1,2" -> int or list of ints."""
+    s = "" if value is None else str(value).strip()
+    if s in ("", "all", "*"):
+        return None
+    try:
+        items = [int(x) for x in s.replace(" ", "").split(",") if x != ""]
+    except ValueError:
+        raise ValueError(f"{what} must be 'all', a number or numbers separated by commas, got {value!r}") from None
+    if not items:
+        return None
+    return items[0] if len(items) == 1 else items
+
+
+def edit_fields(kind: str, layer, head, keys, value) -> dict:
+    """Check the page's edit fields and return them as a spec-style dict (``type``, ``layer``, ...)."""
+    if kind not in EDIT_TYPES:
+        raise ValueError(f"unknown edit type {kind!r}; choose one of {list(EDIT_TYPES)}")
+    out: dict = {"type": kind, "layer": _index(layer, "layer"), "head": _index(head, "head")}
+    if kind in ("scale_attention", "key_bias"):
+        k = _index(keys if keys not in (None, "") else "0", "keys")
+        out["keys"] = 0 if k is None else k
+    field = EDIT_TYPES[kind][1]
+    if field is not None:
+        try:
+            out[field] = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{field} must be a number, got {value!r}") from None
+        if field == "factor" and kind == "scale_attention" and out[field] < 0:
+            raise ValueError(f"factor must be >= 0, got {out[field]}")
+    return out
+
+
+def build_edit(fields: dict) -> E.Edit:
+    """A ``lens.edits`` object from checked fields (see ``edit_fields``)."""
+    where = {"layer": fields.get("layer"), "head": fields.get("head")}
+    kind = fields["type"]
+    if kind == "scale_attention":
+        return E.ScaleAttention(**where, keys=fields["keys"], factor=fields["factor"])
+    if kind == "key_bias":
+        return E.KeyBias(**where, keys=fields["keys"], bias=fields["bias"])
+    if kind == "move_to_bos":
+        return E.MoveToBOS(**where)
+    if kind == "ablate":
+        return E.AblateHead(**where)
+    if kind == "gate":
+        return E.GateHead(**where, factor=fields["factor"])
+    raise ValueError(f"unknown edit type {kind!r}")
+
+
+def describe(fields: dict) -> str:
+    def sel(v):
+        return "all" if v is None else ",".join(map(str, v)) if isinstance(v, list) else str(v)
+
+    extra = "".join(f", {k}={v}" for k, v in fields.items() if k not in ("type", "layer", "head"))
+    return f"{fields['type']}(layer={sel(fields.get('layer'))}, head={sel(fields.get('head'))}{extra})"
+
+
+def run_edits(subject: lens.Subject, text: str, edit_list: list[dict], progress=None) -> lens.Capture:
+    """The same capture as ``analyze_text`` but with the edits applied (their statistics describe the edited model)."""
+    if not edit_list:
+        raise ValueError("No edit to apply: add at least one edit.")
+    edits = [build_edit(f) for f in edit_list]
+    for e in edits:
+        e.targets(subject.n_layers, subject.n_heads)  # a head that does not exist fails here, clearly
+    ctx = layer_progress(subject, progress, "edited pass") if progress is not None else contextlib.nullcontext()
+    with ctx:
+        return lens.capture(subject, text, edits=edits, options=stat_options())
+
+
+def spec_toml(model: str, edit_list: list[dict], *, task: str, n_test: int, seed: int = 0,
+              name: str = "dashboard-edit") -> str:
+    """An experiment spec (``lens run``) with these edits on a built-in task, checked by ``parse_spec`` when available."""
+    lines = [f'name = "{name}"', f'model = "{model}"', f"seed = {int(seed)}", 'metrics = ["accuracy", "logit_diff"]',
+             "", "[task]", f'name = "{task}"', "calibration = 0", f"test = {int(n_test)}"]
+    for f in edit_list:
+        lines += ["", "[[edits]]"]
+        for k, v in f.items():
+            if v is None:
+                continue
+            if k in ("factor", "bias"):
+                v = float(v)  # the page's JSON round trip turns 0.0 into 0
+            lines.append(f"{k} = {_toml(v)}")
+    text = "\n".join(lines) + "\n"
+    try:
+        from lens.experiments import parse_spec
+    except ImportError:  # the experiments package is optional for the dashboard
+        return text
+    parse_spec(text, source="dashboard spec")
+    return text
+
+
+def _toml(v) -> str:
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    return repr(v)
+
+
+def task_names() -> list[str]:
+    try:
+        from lens.experiments import TASKS
+    except ImportError:
+        return []
+    return list(TASKS)

@@ -1,0 +1,353 @@
+"""The dashboard in a real browser: Playwright driving Debian's chromium (never Playwright's own download).
+
+The app runs in a thread on a free port. What is checked: the figures the page draws hold
+the numbers lens computes for the same text (read from the plotly div), switching layer or
+head redraws the pattern of that head, an edit changes the before/after comparison the
+way the edit says (attention to key 0 scaled to zero), bad input shows a message and the
+app keeps working, two tabs keep their own results. The timings asked for in issue 8 are
+printed (run with -s to see them), not asserted.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import math
+import shutil
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import lens
+
+CHROMIUM = Path("/usr/bin/chromium")
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+needs_browser = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
+                                   "(apt-get install chromium); Playwright's own browser is not used")
+
+BB_TEXT = "t03 t17 t42 t05 t11 t30 t08 t03 t21 t09 t14 t30 t02 t44 t07 t19"  # 16 tokens + <bos>
+
+
+@contextlib.contextmanager
+def served(app):
+    """Serve a Dash app on 127.0.0.1 and a free port in a thread; yields its URL."""
+    import logging
+
+    from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = make_server("127.0.0.1", 0, app.server, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        app._lens_context.jobs.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright python package")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _decode(v):
+    """Plotly's base64 typed arrays ({"dtype", "bdata", "shape"}) as nested lists; everything else as is."""
+    if isinstance(v, dict) and "bdata" in v and "dtype" in v:
+        arr = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        if v.get("shape"):
+            arr = arr.reshape([int(x) for x in str(v["shape"]).split(",")])
+        return arr.tolist()
+    if isinstance(v, dict):
+        return {k: _decode(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_decode(x) for x in v]
+    return v
+
+
+def plot_data(page, graph_id: str):
+    """The plotly traces drawn inside the dcc.Graph ``graph_id`` (as the browser holds them)."""
+    raw = page.evaluate(f"""() => JSON.parse(JSON.stringify(document.querySelector('#{graph_id} .js-plotly-plot').data,
+                                  (k, v) => ArrayBuffer.isView(v) ? Array.from(v) : v))""")
+    return _decode(raw)
+
+
+def wait_plot(page, graph_id: str, predicate: str = "true", timeout: float = 60_000):
+    """Wait until the graph has traces and ``predicate`` (JS over ``d`` = data, ``t`` = title) holds."""
+    page.wait_for_function(
+        f"""() => {{ const g = document.querySelector('#{graph_id} .js-plotly-plot');
+                   if (!g || !g.data || !g.data.length) return false;
+                   const d = g.data, t = (g.layout && g.layout.title && g.layout.title.text) || '';
+                   return {predicate}; }}""", timeout=timeout)
+
+
+def analyze(page, text: str, expect: str, timeout: float = 60_000) -> float:
+    """Type ``text``, press Analyze, wait for the overview line to contain ``expect``; seconds it took."""
+    page.fill("#text-input", text)
+    t0 = time.perf_counter()
+    page.click("#analyze-button")
+    page.wait_for_function(f"() => (document.querySelector('#overview-meta') || {{}}).textContent?.includes({expect!r})",
+                           timeout=timeout)
+    wait_plot(page, "overview-head-grid")
+    return time.perf_counter() - t0
+
+
+def go_to(page, name: str) -> None:
+    page.click(f"#nav-{name}")
+    page.wait_for_selector(f"#page-{name}", state="visible")
+
+
+def screenshots(page, out: Path, tag: str) -> dict[str, Path]:
+    shots = {}
+    for name in ("overview", "attention", "reasoning", "interventions", "circuits", "probes"):
+        go_to(page, name)
+        page.wait_for_timeout(400)
+        shots[name] = out / f"{tag}-{name}.png"
+        page.screenshot(path=str(shots[name]), full_page=True)
+    return shots
+
+
+@pytest.mark.browser
+@needs_browser
+@pytest.mark.organism
+def test_dashboard_on_bigram_backcopy(bigram_backcopy, browser, tmp_path):
+    import dashboard
+    from lens.analyzers import sink_rate
+
+    subject = bigram_backcopy
+    app = dashboard.create_app(subject)
+    ref = lens.capture(subject, BB_TEXT)
+    alpha = float(sink_rate(ref).frame["sink_alpha"].iloc[0])
+    with served(app) as url:
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        page.goto(url)
+        page.wait_for_selector("#analyze-button")
+
+        # bad input: a message in the page, not a dead app
+        page.fill("#text-input", "   ")
+        page.click("#analyze-button")
+        page.wait_for_function("() => document.querySelector('#message').textContent.includes('empty')")
+        page.fill("#text-input", " ".join(["t01"] * 70))
+        page.click("#analyze-button")
+        page.wait_for_function("() => document.querySelector('#message').textContent.includes('at most 64')")
+
+        # a good text: the head grid holds lens' own sink_alpha for the single head
+        analyze(page, BB_TEXT, "17 tokens")
+        assert page.text_content("#message") == ""
+        z = plot_data(page, "overview-head-grid")[0]["z"]
+        assert z[0][0] == pytest.approx(alpha, abs=1e-6)
+
+        # attention page: the exact 17 x 17 pattern, rows sum to 1
+        go_to(page, "attention")
+        wait_plot(page, "attention-pattern", "t.includes('L0 H0')")
+        pat = torch.tensor(plot_data(page, "attention-pattern")[0]["z"])
+        assert pat.shape == (17, 17)
+        assert torch.allclose(pat.sum(-1), torch.ones(17), atol=1e-4)
+        # a head that does not exist: a note, the app stays alive
+        page.fill("#attention-head", "3")
+        page.wait_for_function("() => document.querySelector('#attention-note').textContent.includes('No head L0H3')")
+        page.fill("#attention-head", "0")
+
+        # interventions: scale attention to key 0 by 0 on L0H0, then by 0.5: the comparison changes
+        go_to(page, "interventions")
+        page.fill("#edit-value", "0")
+        page.click("#edit-add")
+        page.wait_for_function("() => document.querySelector('#edit-list-view').textContent.includes('factor=0)')")
+        page.click("#edit-run")
+        wait_plot(page, "edit-patterns", "d.length === 3")
+        before, after, diff = (torch.tensor(t["z"], dtype=torch.float64) for t in plot_data(page, "edit-patterns"))
+        assert after[1:, 0].abs().max() < 1e-6  # no attention left on key 0 (rows >= 1 see other keys)
+        assert torch.allclose(after[1:].sum(-1), torch.ones(16, dtype=torch.float64), atol=1e-4)
+        assert torch.allclose(diff, after - before, atol=1e-9)
+        title_zero = page.evaluate("() => document.querySelector('#edit-next-token .js-plotly-plot').layout.title.text")
+        spec = page.input_value("#spec-text")
+        assert "[[edits]]" in spec and 'type = "scale_attention"' in spec and "factor = 0.0" in spec
+
+        page.click("#edit-clear")
+        page.fill("#edit-value", "0.5")
+        page.click("#edit-add")
+        page.click("#edit-run")
+        page.wait_for_function(
+            "(old) => { const g = document.querySelector('#edit-next-token .js-plotly-plot');"
+            " return g.layout.title.text !== old; }", arg=title_zero)
+        after_half = torch.tensor(plot_data(page, "edit-patterns")[1]["z"], dtype=torch.float64)
+        # ScaleAttention(0.5) on key 0: p'_i0 = 0.5 p_i0 / (1 - 0.5 p_i0)
+        p0 = before[1:, 0]
+        assert torch.allclose(after_half[1:, 0], 0.5 * p0 / (1 - 0.5 * p0), atol=1e-4)
+        # reasoning: generate a continuation; the page's preplan/anchor marks are lens' own
+        go_to(page, "reasoning")
+        page.fill("#reasoning-prompt", "t03 t17 t42")
+        page.fill("#reasoning-new-tokens", "8")
+        page.click("#reasoning-generate")
+        wait_plot(page, "reasoning-profile", "d[0].x.length === 12")  # <bos> + 3 + 8 tokens
+        generated = page.input_value("#text-input")
+        assert generated.startswith("t03 t17 t42") and len(generated.split()) == 11
+        from lens.analyzers import preplan_anchor
+
+        ref = preplan_anchor(lens.capture(subject, generated)).frame
+        drawn = plot_data(page, "reasoning-profile")
+        assert drawn[1]["x"] == ref.loc[ref["preplan"], "pos"].tolist()
+        assert drawn[3]["x"] == ref.loc[ref["anchor"], "pos"].tolist()
+        assert drawn[2]["y"][:5] == pytest.approx(ref["fai"].tolist()[:5], abs=1e-6)
+        shots = screenshots(page, tmp_path, "bigram_backcopy")
+
+        # two tabs with different texts keep their own results
+        other = browser.new_page(viewport={"width": 1300, "height": 900})
+        other.goto(url)
+        other.wait_for_selector("#analyze-button")
+        analyze(other, "t05 t06 t07 t08", "5 tokens")
+        page.goto(url)  # a fresh session in this tab
+        page.wait_for_selector("#analyze-button")
+        analyze(page, BB_TEXT, "17 tokens")  # from the cache, in a fresh session
+        assert "5 tokens" in other.text_content("#overview-meta")
+        assert "17 tokens" in page.text_content("#overview-meta")
+        other.close()
+        page.close()
+    for p in shots.values():
+        assert p.stat().st_size > 5_000
+
+
+def _text_of(subject, n_tokens: int) -> str:
+    """A natural text of exactly ``n_tokens`` tokens for ``subject``."""
+    base = ("The committee met on Tuesday to review the budget for the new library. After a long discussion about "
+            "staffing, opening hours and the cost of books, the members agreed to postpone the final vote until "
+            "the next meeting, when the treasurer would present revised figures. Meanwhile, volunteers offered to "
+            "organise a fundraising fair in the spring, with music, food stalls and a second-hand book sale. ") * 4
+    ids = subject.tokenizer(base, add_special_tokens=False)["input_ids"]
+    extra = 1 if subject.prepends_bos else 0
+    text = subject.tokenizer.decode(ids[: n_tokens - extra])
+    for cut in range(n_tokens - extra, 0, -1):  # decoding can merge tokens; shrink until it fits exactly
+        text = subject.tokenizer.decode(ids[:cut])
+        if len(subject.tokenizer(text, add_special_tokens=True)["input_ids"]) <= n_tokens:
+            break
+    return text
+
+
+@pytest.mark.browser
+@needs_browser
+@pytest.mark.smollm2
+def test_dashboard_on_smollm2(smollm2, browser, tmp_path):
+    import dashboard
+
+    subject = smollm2
+    text = _text_of(subject, 128)
+    n = len(subject.tokenizer(text, add_special_tokens=True)["input_ids"])
+    app = dashboard.create_app(subject)
+    ctx = app._lens_context
+    with served(app) as url:
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        page.goto(url)
+        page.wait_for_selector("#analyze-button")
+        seconds = analyze(page, text, f"{n} tokens", timeout=120_000)
+        print(f"\n[timing] SmolLM2, {n}-token text: submit -> Overview drawn in {seconds:.2f} s (goal < 5 s)")
+        analysis = ctx.analysis(ctx.analysis_key(text))
+        grid = plot_data(page, "overview-head-grid")[0]["z"]
+        table = analysis.atlas.to_frame()
+        assert len(grid) == 30 and len(grid[0]) == 9
+        row = table[(table["layer"] == 7) & (table["head"] == 4)].iloc[0]
+        assert grid[7][4] == pytest.approx(float(row["sink_alpha"]), abs=1e-6)
+        # time again from the cache: going back to a text is instant
+        page.fill("#text-input", "A different short text.")
+        page.click("#analyze-button")
+        page.wait_for_function("() => !document.querySelector('#overview-meta').textContent.includes('128 tokens')",
+                               timeout=60_000)
+        cached = analyze(page, text, f"{n} tokens")
+        print(f"[timing] SmolLM2, same text again (cached): {cached:.2f} s")
+
+        go_to(page, "attention")
+        wait_plot(page, "attention-pattern", "t.includes('L0 H0')")
+        times = []
+        for layer, head in ((3, 5), (12, 2), (29, 8), (7, 4)):
+            page.fill("#attention-layer", str(layer))
+            t0 = time.perf_counter()
+            page.fill("#attention-head", str(head))
+            wait_plot(page, "attention-pattern", f"t.includes('L{layer} H{head}')", timeout=20_000)
+            times.append(time.perf_counter() - t0)
+        print(f"[timing] SmolLM2: switch head -> pattern redrawn in {1000 * statistics.median(times):.0f} ms "
+              f"median (all: {', '.join(f'{1000 * t:.0f}' for t in times)} ms; goal < 500 ms)")
+        z = torch.tensor(plot_data(page, "attention-pattern")[0]["z"], dtype=torch.float64)
+        ref = analysis.capture.stats["pooled"][0, 7, 4, :n, :n].double()
+        assert z.shape == (n, n) and torch.allclose(z, ref, atol=1e-6)
+
+        shots = screenshots(page, tmp_path, "smollm2")
+        go_to(page, "overview")
+        page.screenshot(path=str(shots["overview"]), full_page=False)
+        DOCS.mkdir(exist_ok=True)
+        shutil.copy(shots["overview"], DOCS / "dashboard.png")
+        page.close()
+    assert (DOCS / "dashboard.png").stat().st_size > 10_000
+
+
+# --- callbacks as plain functions (no browser) -------------------------------------------------
+
+
+def _wait(ctx, key, timeout=120.0):
+    t0 = time.perf_counter()
+    while ctx.jobs.status(key)["state"] == "running":
+        assert time.perf_counter() - t0 < timeout, "job did not finish"
+        time.sleep(0.05)
+    return ctx.jobs.status(key)
+
+
+def test_long_input_window_gets_exact_rows(tiny_gpt2, monkeypatch):
+    """A pooled input: a short query window is captured exactly in the background, then drawn exactly."""
+    import dashboard
+    from dashboard import _work
+    from dashboard._app import analyze_request
+    from dashboard.pages import attention
+
+    monkeypatch.setattr(_work, "POOL_MAX", 4)  # n tokens -> pool factor ceil(n / 4)
+    app = dashboard.create_app(tiny_gpt2)
+    ctx = app._lens_context
+    text = " ".join(f"w{i}" for i in (5, 9, 14, 22, 7, 31, 40, 2, 11, 60))
+    key, note = analyze_request(ctx, text)
+    assert _wait(ctx, key)["state"] == "done"
+    n = int(ctx.analysis(key).capture.lengths[0])
+    f = math.ceil(n / 4)
+    assert f >= 2
+    fig, _, note, done = attention.render(ctx, key, 1, 3, None, None, "received")
+    assert f"pooled {f}x{f}" in fig.layout.title.text and done
+    fig, _, note, done = attention.render(ctx, key, 1, 3, 4, 8, "received")
+    assert not done and "capturing the exact rows 4-7" in note
+    wkey = attention.exact_window(ctx, ctx.analysis(key), 1, 3, (4, 8))[1]
+    assert _wait(ctx, wkey)["state"] == "done"
+    fig, _, note, done = attention.render(ctx, key, 1, 3, 4, 8, "received")
+    assert done and "exact rows 4-7" in note
+    ref = lens.capture(tiny_gpt2, text, patterns=[(1, 3)]).patterns[(1, 3)][0, 4:8, :8]
+    assert np.allclose(np.asarray(fig.data[0].z, dtype=float), ref.double().numpy(), atol=1e-6)
+    # bad fields give messages, not exceptions
+    assert "No head L2H0" in attention.render(ctx, key, 2, 0, None, None, "received")[2]
+    assert "window must" in attention.render(ctx, key, 0, 0, 9, 3, "received")[2]
+    ctx.jobs.shutdown()
+
+
+def test_edit_fields_and_spec_are_checked(tiny_gpt2):
+    from dashboard._work import build_edit, edit_fields, spec_toml
+
+    f = edit_fields("scale_attention", "1", "0,2", "0", "0.5")
+    assert f == {"type": "scale_attention", "layer": 1, "head": [0, 2], "keys": 0, "factor": 0.5}
+    assert build_edit(f) == lens.edits.ScaleAttention(layer=1, head=(0, 2), keys=0, factor=0.5)
+    assert build_edit(edit_fields("ablate", "all", "4", None, None)) == lens.edits.AblateHead(layer=None, head=4)
+    for bad in (("scale_attention", "x", "0", "0", "1"), ("gate", "0", "0", None, "abc"), ("eval", "0", "0", "0", "1")):
+        with pytest.raises(ValueError):
+            edit_fields(*bad)
+    pytest.importorskip("lens.experiments")
+    text = spec_toml("smollm2", [f], task="sentiment", n_test=20)
+    from lens.experiments import parse_spec
+
+    spec = parse_spec(text)
+    assert spec.task == "sentiment" and spec.n_test == 20
+    assert spec.edits[0]["factor"] == 0.5 and spec.edits[0]["head"] in ([0, 2], (0, 2))
