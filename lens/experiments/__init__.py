@@ -1,0 +1,24 @@
+"""Scripted intervention experiments: tasks, scoring, calibration, specs, runs and their database.
+
+The flow of ``lens run SPEC.toml``: ``load_spec`` (checked before any model loads) ->
+``make_task`` (disjoint calibration and test splits by seed) -> ``zerotuning`` /
+``zerotuning_profiled`` / ``act_search`` on the calibration split, or the spec's fixed
+edits -> ``score`` on the test split with and without the edits -> bootstrap intervals ->
+the DuckDB results database (``list_runs``, ``compare_runs``, ``load_run``).
+"""
+
+from lens.experiments._bootstrap import bootstrap_ci, paired_bootstrap_ci
+from lens.experiments._calibrate import Calibration, act_search, zerotuning, zerotuning_edits, zerotuning_profiled
+from lens.experiments._commands import run_command, runs_command
+from lens.experiments._db import DEFAULT_DB, compare_runs, list_runs, load_run
+from lens.experiments._runner import RunResult, build_edits, run_spec
+from lens.experiments._scoring import choice_token_ids, last_logits, score
+from lens.experiments._spec import Spec, SpecError, load_spec, parse_spec
+from lens.experiments._tasks import TASKS, Example, TaskData, TaskFileError, load_jsonl, make_task, read_jsonl
+
+__all__ = [
+    "DEFAULT_DB", "TASKS", "Calibration", "Example", "RunResult", "Spec", "SpecError", "TaskData", "TaskFileError",
+    "act_search", "bootstrap_ci", "build_edits", "choice_token_ids", "compare_runs", "last_logits", "list_runs",
+    "load_jsonl", "load_run", "load_spec", "make_task", "paired_bootstrap_ci", "parse_spec", "read_jsonl",
+    "run_command", "run_spec", "runs_command", "score", "zerotuning", "zerotuning_edits", "zerotuning_profiled",
+]

@@ -1,0 +1,307 @@
+"""``lens run SPEC.toml``: check the spec, load the model, calibrate or build the edits, score the
+held-out test set with and without them, bootstrap the differences, record everything.
+
+Order matters for honesty: the spec (and any task file) is checked before the model loads;
+calibration sees only the calibration split; the test split is scored once for the
+unedited model and once with the chosen edits, and nothing is chosen after that.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+from lens._edits import (
+    AblateHead,
+    CalibrateSinks,
+    Edit,
+    GateHead,
+    KeyBias,
+    MoveToBOS,
+    RedistributeAttention,
+    ScaleAttention,
+)
+from lens.experiments import _db
+from lens.experiments._bootstrap import bootstrap_ci, paired_bootstrap_ci
+from lens.experiments._calibrate import Calibration, act_search, zerotuning, zerotuning_profiled
+from lens.experiments._scoring import metric_values, score
+from lens.experiments._spec import Spec, SpecError, find_line, load_spec
+
+
+@dataclass
+class RunResult:
+    """What a run produced (also written to the database unless told not to)."""
+
+    run_id: str
+    spec: Spec
+    edits: tuple[Edit, ...]
+    summary: pd.DataFrame
+    examples: pd.DataFrame
+    calibration: Calibration | None = None
+    seconds: float = 0.0
+    db: str | None = None
+    provenance: dict = field(default_factory=dict)
+
+    def value(self, metric: str = "accuracy", condition: str = "edited") -> float:
+        row = self.summary[(self.summary["metric"] == metric) & (self.summary["condition"] == condition)]
+        if not len(row):
+            raise KeyError(f"no {condition} {metric} in this run")
+        return float(row["value"].iloc[0])
+
+    def table(self) -> str:
+        return format_result(self)
+
+
+def run_spec(spec: Spec | str | Path, *, subject=None, db: str | Path | None | bool = None, progress: bool = True,
+             echo=print) -> RunResult:
+    """Run an experiment spec (a path or a checked ``Spec``); returns the results.
+
+    subject: an already loaded model to use instead of ``spec.model`` (tests, notebooks).
+    db: the DuckDB file (default: the spec's ``output.db``, else ``runs.duckdb``); False
+    writes nothing. echo: where progress lines and the final table go (None: nowhere).
+    """
+    spec = spec if isinstance(spec, Spec) else load_spec(spec)
+    say = echo or (lambda *_: None)
+    t0 = time.perf_counter()
+    task = spec.build_task()
+    if subject is None:
+        import lens
+
+        say(f"loading {spec.model} ...")
+        subject = lens.load(spec.model)
+    score_kw = {"batch_size": spec.eval["batch_size"], "prefix_cache": spec.eval["prefix_cache"],
+                "backend": spec.eval["backend"]}
+    _check_targets(spec, subject)
+
+    calibration = None
+    if spec.calibration is not None:
+        calibration = _calibrate(spec, subject, task.calibration, score_kw, progress)
+        edits = calibration.edits
+        say(f"calibration ({calibration.method}, {calibration.objective}) chose: {_describe(calibration)}")
+    else:
+        edits = build_edits(spec, subject, [e.prompt for e in task.calibration])
+
+    base = score(subject, task.test, progress=progress, desc="test: baseline", **score_kw)
+    frames = [_tag(base, task.test, "baseline")]
+    edited = None
+    if edits:
+        edited = score(subject, task.test, edits=edits, progress=progress, desc="test: edited", **score_kw)
+        frames.append(_tag(edited, task.test, "edited"))
+    summary = summarize(spec, base, edited)
+    seconds = time.perf_counter() - t0
+
+    run_id = f"{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+    examples = pd.concat(frames, ignore_index=True)
+    examples.insert(0, "run_id", run_id)
+    summary.insert(0, "run_id", run_id)
+    prov = provenance()
+    result = RunResult(run_id, spec, tuple(edits), summary, examples, calibration, seconds, None, prov)
+    if db is not False:
+        path = str(db if db not in (None, True) else spec.db or _db.DEFAULT_DB)
+        _db.write_run(path, _run_row(result, task, subject), examples, summary, _trials_frame(run_id, calibration))
+        result.db = path
+    say(format_result(result))
+    return result
+
+
+def _tag(df: pd.DataFrame, examples, condition: str) -> pd.DataFrame:
+    out = df.copy()
+    out.insert(0, "condition", condition)
+    out.insert(0, "split", "test")
+    out["prompt"] = [e.prompt for e in examples]
+    out["choices"] = [json.dumps(list(e.choices)) for e in examples]
+    out["choice_logits"] = out["choice_logits"].map(json.dumps)
+    return out
+
+
+def summarize(spec: Spec, base: pd.DataFrame, edited: pd.DataFrame | None) -> pd.DataFrame:
+    """Mean and bootstrap CI of each metric for baseline and edited, and the paired difference."""
+    kw = {"n_boot": spec.eval["bootstrap"], "confidence": spec.eval["confidence"], "seed": spec.seed}
+    rows = []
+    for metric in spec.metrics:
+        b = metric_values(base, metric)
+        rows.append(("baseline", metric, *bootstrap_ci(b, **kw), len(b)))
+        if edited is not None:
+            e = metric_values(edited, metric)
+            rows.append(("edited", metric, *bootstrap_ci(e, **kw), len(e)))
+            rows.append(("delta", metric, *paired_bootstrap_ci(b, e, **kw), len(e)))
+    return pd.DataFrame(rows, columns=["condition", "metric", "value", "ci_low", "ci_high", "n"])
+
+
+# --- edits from a spec ------------------------------------------------------------------------
+def _heads_of(table: dict, subject) -> list[tuple[int, int]]:
+    sel = lambda v, n: list(range(n)) if v is None else [v] if isinstance(v, int) else list(v)  # noqa: E731
+    return [(l, h) for l in sel(table.get("layer"), subject.n_layers) for h in sel(table.get("head"), subject.n_heads)]
+
+
+def _check_targets(spec: Spec, subject) -> None:
+    """Layers and heads named in the spec exist in the loaded model (named by key path if not)."""
+    def check(values, n, keypath, what):
+        items = [values] if isinstance(values, int) else list(values or [])
+        for i, v in enumerate(items):
+            if not 0 <= v < n:
+                kp = keypath if isinstance(values, int) else f"{keypath}[{i}]"
+                line = find_line(spec.text, kp)
+                raise SpecError(f"{spec.path or '<spec>'}: {kp}: {what} {v} does not exist in {subject.name} "
+                                f"({what}s 0..{n - 1}){f' (line {line})' if line else ''}")
+
+    for i, e in enumerate(spec.edits):
+        check(e.get("layer"), subject.n_layers, f"edits[{i}].layer", "layer")
+        check(e.get("head"), subject.n_heads, f"edits[{i}].head", "head")
+    if spec.calibration:
+        check(spec.calibration.get("layers"), subject.n_layers, "calibration.layers", "layer")
+        check(spec.calibration.get("heads"), subject.n_heads, "calibration.heads", "head")
+
+
+def build_edits(spec: Spec, subject, reference_prompts) -> tuple[Edit, ...]:
+    """The spec's ``[[edits]]`` as edit objects (mean ablation averages over ``reference_prompts``)."""
+    from lens._edits_apply import mean_ablation
+
+    out: list[Edit] = []
+    for e in spec.edits:
+        kind, where = e["type"], {"layer": e.get("layer"), "head": e.get("head")}
+        if kind == "scale_attention":
+            out.append(ScaleAttention(**where, keys=e["keys"], factor=e["factor"]))
+        elif kind == "key_bias":
+            out.append(KeyBias(**where, keys=e["keys"], bias=e["bias"]))
+        elif kind == "move_to_bos":
+            out.append(MoveToBOS(**where))
+        elif kind == "gate":
+            out.append(GateHead(**where, factor=e["factor"]))
+        elif kind == "ablate":
+            if e["mode"] == "mean":
+                out.extend(mean_ablation(subject, _heads_of(e, subject), list(reference_prompts)))
+            else:
+                out.append(AblateHead(**where))
+        elif kind == "act":
+            out.append(CalibrateSinks(**where, beta=e["beta"], theta=e["theta"], alpha=e["alpha"],
+                                      renormalise=e["renormalise"]))
+        elif kind == "var":
+            out.append(RedistributeAttention(**where, sinks=e["sinks"], target=e["target"], keep=e["keep"],
+                                             min_target=e["min_target"], max_sink_share=e["max_sink_share"]))
+        else:  # the spec checker knows every type; this is a programming error
+            raise AssertionError(kind)
+    return tuple(out)
+
+
+def _calibrate(spec: Spec, subject, examples, score_kw: dict, progress: bool) -> Calibration:
+    cal = spec.calibration
+    common = {"objective": cal["objective"], "score_kw": score_kw, "progress": progress}
+    if cal["method"] == "zerotuning":
+        return zerotuning(subject, examples, scopes=cal["scopes"], gammas=cal["gammas"], layers=cal["layers"],
+                          heads=cal["heads"], **common)
+    if cal["method"] == "zerotuning_profiled":
+        return zerotuning_profiled(subject, examples, unit=cal["unit"], up=cal["up"], down=cal["down"],
+                                   gammas=cal["gammas"], layers=cal["layers"], heads=cal["heads"], **common)
+    layers = cal["layers"] if cal["layers"] is not None else range(subject.n_layers)
+    heads = cal["heads"] if cal["heads"] is not None else range(subject.n_heads)
+    return act_search(subject, examples, heads=[(l, h) for l in layers for h in heads], beta=cal["beta"],
+                      theta=cal["theta"], alpha=cal["alpha"], max_heads=cal["max_heads"], **common)
+
+
+def _describe(cal: Calibration) -> str:
+    c = cal.chosen
+    if cal.method == "act":
+        return f"{len(c['kept_heads'])} head(s) {c['kept_heads']}" if c["kept_heads"] else "no head (baseline)"
+    return c["label"] if c["label"] != "baseline" else "no edit (baseline was best)"
+
+
+# --- provenance and storage -------------------------------------------------------------------------
+VERSIONED = ("attention-workbench", "torch", "transformers", "nnsight", "tokenizers", "numpy", "pandas", "duckdb")
+
+
+def provenance() -> dict:
+    """Library versions and the git commit of the workbench that ran."""
+    versions = {"python": platform.python_version()}
+    for dist in VERSIONED:
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    repo = Path(__file__).resolve().parents[2]
+    commit, dirty = None, None
+    try:
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip() or None
+        status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout
+        dirty = bool(status.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"versions": versions, "git_commit": commit, "git_dirty": dirty}
+
+
+def _jsonable(x):
+    return json.loads(json.dumps(x, default=repr))
+
+
+def _run_row(result: RunResult, task, subject) -> dict:
+    spec = result.spec
+    cal = result.calibration
+    return {
+        "run_id": result.run_id, "created": datetime.now(), "name": spec.name, "model": spec.model,
+        "task": task.name, "seed": spec.seed, "n_calibration": len(task.calibration), "n_test": len(task.test),
+        "spec_path": spec.path, "spec_toml": spec.text, "config": json.dumps(_jsonable(spec.config())),
+        "method": cal.method if cal else ("edits" if spec.edits else "baseline"),
+        "edits": json.dumps([repr(e) for e in result.edits]),
+        "calibration": json.dumps(_jsonable(cal.chosen)) if cal else None,
+        "versions": json.dumps({**result.provenance["versions"], "model": subject.name,
+                                "model_source": subject.source}),
+        "git_commit": result.provenance["git_commit"], "git_dirty": result.provenance["git_dirty"],
+        "seconds": result.seconds,
+    }
+
+
+def _trials_frame(run_id: str, cal: Calibration | None) -> pd.DataFrame | None:
+    if cal is None or not len(cal.trials):
+        return None
+    t = cal.trials
+    base = ("label", "objective", "accuracy", "logprob_answer", "entropy", "entropy_vocab")
+    detail_cols = [c for c in t.columns if c not in base]
+    details = [json.dumps(_jsonable({c: row[c] for c in detail_cols})) for _, row in t.iterrows()]
+    return pd.DataFrame({"run_id": run_id, "method": cal.method, "label": t["label"], "objective": t["objective"],
+                         "accuracy": t["accuracy"], "logprob_answer": t["logprob_answer"], "entropy": t["entropy"],
+                         "entropy_vocab": t["entropy_vocab"], "details": details})
+
+
+# --- the printed table ------------------------------------------------------------------------------
+def format_result(result: RunResult) -> str:
+    spec, s = result.spec, result.summary
+    conf = int(round(spec.eval["confidence"] * 100))
+    lines = [f"run {result.run_id}: {spec.name} | model {spec.model} | task {Path(spec.task).name} | seed {spec.seed} "
+             f"| {spec.n_calibration} calibration, {spec.n_test} test examples | {result.seconds:.0f} s"]
+    if result.calibration is not None:
+        lines.append(f"calibration {result.calibration.method} ({result.calibration.objective}): "
+                     f"{_describe(result.calibration)}")
+    elif result.edits:
+        lines.append(f"edits: {len(result.edits)}: " + "; ".join(_short(e) for e in result.edits))
+    header = f"{'metric':<16}{'baseline':>26}{'edited':>26}{'edited - baseline':>28}"
+    lines += [header, "-" * len(header)]
+    for metric in spec.metrics:
+        cells = []
+        for cond in ("baseline", "edited", "delta"):
+            row = s[(s["metric"] == metric) & (s["condition"] == cond)]
+            if not len(row):
+                cells.append("-")
+                continue
+            v, lo, hi = row[["value", "ci_low", "ci_high"]].iloc[0]
+            sign = "+" if cond == "delta" else ""
+            cells.append(f"{v:{sign}.3f} [{lo:{sign}.3f}, {hi:{sign}.3f}]")
+        lines.append(f"{metric:<16}{cells[0]:>26}{cells[1]:>26}{cells[2]:>28}")
+    lines.append(f"({conf}% bootstrap intervals over test examples, {spec.eval['bootstrap']} resamples"
+                 + (f"; saved to {result.db})" if result.db else ")"))
+    return "\n".join(lines)
+
+
+def _short(e: Edit) -> str:
+    text = repr(e)
+    return text if len(text) <= 90 else text[:87] + "..."
