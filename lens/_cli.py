@@ -51,7 +51,10 @@ def analyze_cmd(
     """Run every analyzer on a saved Capture and print the atlas (or JSON)."""
     import lens
 
-    cap = lens.Capture.load(capture_dir)
+    try:
+        cap = lens.Capture.load(capture_dir)
+    except FileNotFoundError as err:
+        raise typer.BadParameter(str(err), param_hint="CAPTURE_DIR") from err
     atlas = lens.analyze(cap)
     typer.echo(atlas.to_json() if json_out else str(atlas))
 

@@ -12,47 +12,29 @@ Both return ``lens.analyzers.Findings``, like the pure analyzers.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from lens import _hook
 from lens._capture import _normalise_inputs
-from lens._edits import Edit, MoveToBOS, compile_edits
+from lens._edits import Edit, MoveToBOS
 from lens._subject import Subject
 from lens.analyzers._findings import Findings
 
-__all__ = ["confirm_dormant", "losses", "retrieval_scores"]
-
-
-class _EditSession:
-    """A minimal attention session: applies ``edits``, records nothing (see ``lens._hook``)."""
-
-    def __init__(self, subject: Subject, edits: Sequence[Edit]):
-        self.subject, self.edits = subject, tuple(edits)
-        self._compiled: dict[int, dict] = {}
-
-    def attention_kwargs(self, layer, module, n_keys):
-        if n_keys not in self._compiled:
-            s = self.subject
-            self._compiled[n_keys] = compile_edits(self.edits, n_layers=s.n_layers, n_heads=s.n_heads,
-                                                   d_head=s.d_head, n_keys=n_keys)
-        return {"edits": self._compiled[n_keys].get(layer)}
-
-    def record(self, layer, module, value, result):
-        pass
+__all__ = ["confirm_dormant", "losses", "needle_samples", "retrieval_scores"]
 
 
 @torch.no_grad()
 def _batch_logits(subject: Subject, ids: torch.Tensor, mask: torch.Tensor, edits: Sequence[Edit]) -> torch.Tensor:
-    model = subject.model
+    """Logits ``[batch, pos, vocab]`` (fp32) with ``edits`` applied through ``subject.edited``."""
     att = None if bool(mask.all()) else mask.long()
     if not edits:
-        return model(input_ids=ids, attention_mask=att, use_cache=False).logits.float()
-    with _hook.routed(model), _hook.active(_EditSession(subject, edits)):
-        return model(input_ids=ids, attention_mask=att, use_cache=False).logits.float()
+        return subject.model(input_ids=ids, attention_mask=att, use_cache=False).logits.float()
+    with subject.edited(*edits):
+        return subject.model(input_ids=ids, attention_mask=att, use_cache=False).logits.float()
 
 
 def losses(subject: Subject, inputs, edits: Sequence[Edit] = (), *, batch_size: int = 8) -> torch.Tensor:
@@ -128,34 +110,27 @@ def _pool(subject: Subject, vocab: Sequence[int] | None) -> torch.Tensor:
     return torch.tensor([i for i in range(n) if i not in special], dtype=torch.long)
 
 
-@torch.no_grad()
-def retrieval_scores(subject: Subject, *, n_samples: int = 16, haystack_len: int = 24, needle_len: int = 8,
-                     cue_len: int = 2, threshold: float = 0.1, seed: int = 0,
-                     vocab: Sequence[int] | None = None) -> Findings:
-    """Retrieval score per head from a needle-in-a-haystack copy run (METHODS sec 10, Wu et al.).
+def needle_samples(subject: Subject, *, n_samples: int = 16, haystack_len: int = 24, needle_len: int = 8,
+                   cue_len: int = 2, seed: int = 0, vocab: Sequence[int] | None = None
+                   ) -> tuple[list[list[int]], list[tuple[int, int]]]:
+    """The needle-in-a-haystack prompts ``retrieval_scores`` runs, and the span to recall in each.
 
-    Each sample: [BOS if the tokenizer adds one] + haystack (random tokens from ``vocab``,
-    default every non-special id) with a needle of ``needle_len`` distinct tokens that
-    occur nowhere else inserted at a random depth, then the needle's first ``cue_len``
-    tokens again. Greedy generation continues for the rest of the needle. At each generated
-    step, for each head: if the argmax key of the newest query lies in the needle span still
-    to recall, [s + cue_len, e), and the generated token equals the token there, the head
-    scores 1 / (e - s - cue_len). So a head that copies the whole needle scores 1; the table
-    gives the mean over samples and ``retrieval`` = score > ``threshold``.
-    ``summary["recall"]``: the share of samples whose generation reproduces at least half of
-    the needle's remaining tokens in place.
+    Each prompt: [BOS if the tokenizer adds one] + haystack (``haystack_len`` random tokens
+    from ``vocab``, default every non-special id) with a needle of ``needle_len`` distinct
+    tokens that occur nowhere else inserted at a random depth, then the needle's first
+    ``cue_len`` tokens again. Returns ``(prompts, spans)``: token ids (all the same length)
+    and, per prompt, the positions ``[s, e)`` of the needle tokens still to recall (the
+    ``needle_len - cue_len`` tokens after the cue). Seeded: same arguments, same prompts.
     """
-    import lens
-    from kernels import StatOptions
-
     if not 0 <= cue_len < needle_len:
         raise ValueError(f"need 0 <= cue_len < needle_len, got {cue_len}, {needle_len}")
+    if n_samples < 1 or haystack_len < 0:
+        raise ValueError(f"need n_samples >= 1 and haystack_len >= 0, got {n_samples}, {haystack_len}")
     pool = _pool(subject, vocab)
     if pool.numel() < needle_len + 2:
         raise ValueError(f"vocabulary of {pool.numel()} tokens is too small for a needle of {needle_len}")
     gen = torch.Generator().manual_seed(seed)
     bos = [subject.tokenizer.bos_token_id] if subject.prepends_bos else []
-    n_new = needle_len - cue_len
     prompts, spans = [], []
     for _ in range(n_samples):
         perm = pool[torch.randperm(pool.numel(), generator=gen)]
@@ -166,13 +141,43 @@ def retrieval_scores(subject: Subject, *, n_samples: int = 16, haystack_len: int
         start = len(bos) + depth
         prompts.append(ids)
         spans.append((start + cue_len, start + needle_len))
+    return prompts, spans
+
+
+@torch.no_grad()
+def retrieval_scores(subject: Subject, *, n_samples: int = 16, haystack_len: int = 24, needle_len: int = 8,
+                     cue_len: int = 2, threshold: float = 0.1, seed: int = 0,
+                     vocab: Sequence[int] | None = None) -> Findings:
+    """Retrieval score per head from a needle-in-a-haystack copy run (METHODS sec 10, Wu et al.).
+
+    Prompts from ``needle_samples`` (same arguments): a haystack of random tokens with a
+    needle of distinct tokens inside, then the needle's first ``cue_len`` tokens again.
+    Greedy generation continues for the rest of the needle. At each generated step, for
+    each head: if the argmax key of the newest query lies in the needle span still to
+    recall, [s + cue_len, e), and the generated token equals the token there, the head
+    scores 1 / (e - s - cue_len). So a head that copies the whole needle scores 1; the
+    table gives the mean over samples (``retrieval_score``, in [0, 1]) and ``retrieval`` =
+    score > ``threshold``. ``summary["recall"]``: the share of samples whose generation
+    reproduces at least half of the needle's remaining tokens in place;
+    ``summary["token_recall"]``: that fraction per sample.
+    """
+    import lens
+    from kernels import StatOptions
+
+    from lens.analyzers._common import head_frame, top_heads
+
+    prompts, spans = needle_samples(subject, n_samples=n_samples, haystack_len=haystack_len,
+                                    needle_len=needle_len, cue_len=cue_len, seed=seed, vocab=vocab)
+    n_new = needle_len - cue_len
     total = len(prompts[0]) + n_new - 1
     if total > subject.n_ctx:
         raise ValueError(f"samples need {total} positions; {subject.name} has {subject.n_ctx}")
 
     ids = torch.tensor(prompts, device=subject.device)
+    # Only the last position's logits are needed (saves the unembedding of every other position).
+    last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(subject.model.forward).parameters else {}
     for _ in range(n_new):  # greedy, whole prefix each step: short contexts, no cache to manage
-        nxt = subject.model(input_ids=ids, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+        nxt = subject.model(input_ids=ids, use_cache=False, **last).logits[:, -1].argmax(-1, keepdim=True)
         ids = torch.cat([ids, nxt], dim=1)
     generated = ids[:, -n_new:].cpu()
     # The query that produced generated token k is the position just before it.
@@ -191,14 +196,13 @@ def retrieval_scores(subject: Subject, *, n_samples: int = 16, haystack_len: int
         score[b] = hits.double().sum(-1) / (e - s)
         recall.append(float((generated[b] == seq[b, s:e]).double().mean()))
     per_head = score.mean(0)
-    from lens.analyzers._common import head_frame, top_heads
-
     frame = head_frame(subject.n_layers, subject.n_heads, retrieval_score=per_head, retrieval=per_head > threshold)
     recalled = sum(r >= 0.5 for r in recall) / n_samples
     params = {"n_samples": n_samples, "haystack_len": haystack_len, "needle_len": needle_len, "cue_len": cue_len,
-              "threshold": threshold, "seed": seed, "vocab_size": int(pool.numel())}
+              "threshold": threshold, "seed": seed, "vocab_size": int(_pool(subject, vocab).numel())}
     n_ret = int((per_head > threshold).sum())
-    summary = {"recall": recalled, "mean_token_recall": sum(recall) / n_samples, "n_retrieval_heads": n_ret,
+    summary = {"recall": recalled, "mean_token_recall": sum(recall) / n_samples, "token_recall": recall,
+               "n_retrieval_heads": n_ret,
                "share_retrieval_heads": n_ret / per_head.numel()}
     text = (f"{n_ret} retrieval head(s) (score > {threshold:g}); recall {100 * recalled:.0f}% of samples; "
             f"top: {top_heads(per_head)}")

@@ -115,6 +115,10 @@ def dormant_tokens(capture: Capture, *, tau: float = 0.5, heads: Sequence[tuple[
     """
     need(capture, "sink_mass", analyzer="dormant_tokens")
     heads = [(l, h) for l in range(capture.n_layers) for h in range(capture.n_heads)] if heads is None else list(heads)
+    bad = [(l, h) for l, h in heads if not (0 <= l < capture.n_layers and 0 <= h < capture.n_heads)]
+    if bad:
+        raise ValueError(f"dormant_tokens: no head {bad} in this capture "
+                         f"(layers 0..{capture.n_layers - 1}, heads 0..{capture.n_heads - 1})")
     mask = later_queries(capture)
     b_idx, p_idx = torch.nonzero(mask, as_tuple=True)
     frames = []

@@ -115,12 +115,13 @@ class Atlas:
         m = self.meta
         lines = [f"Atlas of {m.get('model', '?')}: {m.get('n_inputs', '?')} input(s), T = {m.get('T', '?')}, "
                  f"{m.get('n_layers', '?')} layers x {m.get('n_heads', '?')} heads"]
+        width = max([len(n) + 2 for n in (*self.findings, *self.skipped)] + [16])  # names line up, then one space
         for f in self.findings.values():
             if f.text:
                 for n, line in enumerate(f.text.splitlines()):
-                    lines.append(f"{f.name + ':' if n == 0 else '':<16}{line}")
+                    lines.append(f"{f.name + ':' if n == 0 else '':<{width}}{line}")
         for name, why in self.skipped.items():
-            lines.append(f"{name + ':':<16}skipped ({why})")
+            lines.append(f"{name + ':':<{width}}skipped ({why})")
         return "\n".join(lines)
 
 
