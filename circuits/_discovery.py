@@ -66,7 +66,7 @@ def eap_scores(subject, pairs: PromptPairs, *, metric: str = "logit_diff", ablat
         clean = torch.stack([s.detach() for s in st.senders])
         diff = (ref - clean) * mask[None, ..., None].to(clean.dtype)  # [S, b, t, d]
         g = torch.stack([torch.zeros_like(clean[0]) if x is None else x for x in grads])  # [R, b, t, d]
-        total += torch.einsum("sbtd,rbtd->rs", diff.double(), g.double()) * k
+        total += torch.einsum("snd,rnd->rs", diff.flatten(1, 2), g.flatten(1, 2)).double() * k
     total /= b.n
     rows = [(s, r, float(total[graph.receiver_index[r], graph.sender_index[s]])) for s, r in graph.edges]
     df = pd.DataFrame(rows, columns=["sender", "receiver", "score"])

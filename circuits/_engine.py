@@ -147,6 +147,21 @@ class _State:
         return z
 
 
+def _repeat_batch(obj, b: int, n: int):
+    """``obj`` with every tensor whose leading axis is the batch (size ``b``) tiled ``n`` times along it."""
+    if n == 1:
+        return obj
+    if isinstance(obj, torch.Tensor):
+        return obj.repeat(n, *([1] * (obj.ndim - 1))) if obj.ndim >= 2 and obj.shape[0] == b and b > 1 else obj
+    if isinstance(obj, tuple):
+        return tuple(_repeat_batch(o, b, n) for o in obj)
+    if isinstance(obj, list):
+        return [_repeat_batch(o, b, n) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _repeat_batch(v, b, n) for k, v in obj.items()}
+    return obj
+
+
 def _hidden_arg(args, kwargs):
     if "hidden_states" in kwargs:
         return kwargs["hidden_states"]
@@ -211,16 +226,20 @@ def _install(subject, st: _State, stack: contextlib.ExitStack) -> None:
                     inputs[h] = x
             if not inputs:
                 return None
-            outs = {}
+            # One batched re-run: the heads' inputs stacked along the batch axis (kwargs with a
+            # batch axis, e.g. the mask or rotary tables, repeated to match).
+            heads = list(inputs)
+            b = resid.shape[0]
+            stacked = ln1(torch.cat([inputs[h] for h in heads], dim=0))
+            a2, k2 = _with_hidden(_repeat_batch(args, b, len(heads)), _repeat_batch(kwargs, b, len(heads)), stacked)
             st.rerun = True
             try:
-                for h, x in inputs.items():
-                    a2, k2 = _with_hidden(args, kwargs, ln1(x))
-                    module.forward(*a2, **k2)
-                    outs[h] = st.captured[..., h * dh:(h + 1) * dh]
+                module.forward(*a2, **k2)
+                z = st.captured.unflatten(0, (len(heads), b))
             finally:
                 st.rerun = False
                 st.captured = None
+            outs = {h: z[i, ..., h * dh:(h + 1) * dh] for i, h in enumerate(heads)}
             st.head_inputs[layer] = outs
             return None
 

@@ -2,7 +2,7 @@
 
 Public API (names are stable)::
 
-    probe_layers(subject, inputs, labels, layers=None)   -> DataFrame, one row per layer
+    probe_layers(subject, inputs, labels, layers=None)   -> DataFrame, one row per layer (-1 = embeddings)
     probe_capture(capture, labels, layers=None)          -> same, from lens.capture(..., resid_layers=[...])
     probe_heads(subject, tokens, labels)                  -> DataFrame, one row per (layer, head)
         columns: layer, [head,] accuracy, control_accuracy, selectivity, train_accuracy, majority,
@@ -11,6 +11,8 @@ Public API (names are stable)::
     control_labels(types, y, seed)                        # Hewitt & Liang control task
     fit_attentive_probe(x [n, pos, d], mask [n, pos], y [n]) -> AttentiveResult (accuracy, test_weights)
     AttentiveProbe(d_model, n_classes)                    # torch module: learned query over positions
+    embeddings(subject, tokens, lengths)                  # residual before block 0 [batch, pos, d_model]
+    quotation_dataset(subject, n, seed) -> tokens, lengths, labels, texts   # "token is inside quotes"
 
 Labels are ``[batch, pos]`` integer arrays aligned with the tokens (< 0 = ignore that token).
 Held-out splits are by sequence; selectivity = accuracy - control accuracy, where the
@@ -18,10 +20,12 @@ control task gives each token type a random label from the real labels' distribu
 """
 
 from probes._attentive import AttentiveProbe, AttentiveResult, fit_attentive_probe
-from probes._curves import COLUMNS, probe_capture, probe_heads, probe_layers
+from probes._curves import COLUMNS, embeddings, probe_capture, probe_heads, probe_layers
+from probes._datasets import quotation_dataset, quotation_texts
 from probes._linear import ProbeResult, control_labels, fit_probe, split_by_sequence, token_rows
 
 __all__ = [
-    "COLUMNS", "AttentiveProbe", "AttentiveResult", "ProbeResult", "control_labels", "fit_attentive_probe",
-    "fit_probe", "probe_capture", "probe_heads", "probe_layers", "split_by_sequence", "token_rows",
+    "COLUMNS", "AttentiveProbe", "AttentiveResult", "ProbeResult", "control_labels", "embeddings", "fit_attentive_probe",
+    "fit_probe", "probe_capture", "probe_heads", "probe_layers", "quotation_dataset", "quotation_texts",
+    "split_by_sequence", "token_rows",
 ]

@@ -44,17 +44,31 @@ def probe_capture(capture, labels, *, layers: Sequence[int] | None = None, kind:
 
 def probe_layers(subject, inputs, labels, *, layers: Sequence[int] | None = None, batch_size: int = 16,
                  **options) -> pd.DataFrame:
-    """Capture the residual stream of ``inputs`` at ``layers`` (default all) and probe each layer.
+    """Capture the residual stream of ``inputs`` after each of ``layers`` (default all) and probe each.
 
     inputs: texts or token ids as ``lens.capture`` takes them; labels ``[batch, pos]`` aligned
-    with the captured tokens. Options as ``probe_capture``.
+    with the captured tokens. Layer ``-1`` is the embeddings (the residual before block 0),
+    the baseline a curve starts from. Options as ``probe_capture``.
     """
     import lens
 
     layers = list(range(subject.n_layers)) if layers is None else list(layers)
-    cap = lens.capture(subject, inputs, stats=["sink_mass"], resid_layers=layers, value_norm=False, resid_norm=False,
-                       massive=False, batch_size=batch_size, progress=False)
+    for layer in layers:
+        if not -1 <= layer < subject.n_layers:
+            raise ValueError(f"layer {layer} out of range -1..{subject.n_layers - 1}")
+    cap = lens.capture(subject, inputs, stats=["sink_mass"], resid_layers=[l for l in layers if l >= 0],
+                       value_norm=False, resid_norm=False, massive=False, batch_size=batch_size, progress=False)
+    if -1 in layers:
+        cap.resid[-1] = embeddings(subject, cap.tokens, cap.lengths)
     return probe_capture(cap, labels, layers=layers, **options)
+
+
+def embeddings(subject, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The residual stream before block 0 ``[batch, pos, d_model]`` (padding zeroed)."""
+    from circuits._engine import RunSpec, run
+
+    resid = run(subject, tokens, lengths, RunSpec(record=frozenset({"resid"})))[1].records["resid"][0].float()
+    return resid * (torch.arange(tokens.shape[1])[None, :] < lengths[:, None])[..., None]
 
 
 def probe_heads(subject, tokens: torch.Tensor, labels, *, lengths: torch.Tensor | None = None,

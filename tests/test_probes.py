@@ -1,0 +1,103 @@
+"""probes/: linear probes with control tasks, per-layer curves, attentive probe.
+
+Oracles: synthetic data with a known linear rule; the Bigram-Backcopy organism, whose single
+head is active (attends the previous token) only on trigger queries and dormant (parks on
+BOS) elsewhere; a context-dependent SmolLM2 label (inside a quotation) that token identity
+cannot give.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import probes
+
+
+def test_probe_on_a_known_linear_rule():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 7))
+    y = (x[:, 2] - 0.5 * x[:, 5] > 0).astype(int)
+    types = rng.integers(0, 300, size=600)  # labels unrelated to type: the control cannot learn them
+    res = probes.fit_probe(x, y, seq=np.arange(600) // 6, types=types)
+    assert res.accuracy > 0.95 and res.n_test == 150 * 1 and res.n_train == 450
+    assert res.control_accuracy < 0.7 and res.selectivity == pytest.approx(res.accuracy - res.control_accuracy)
+    ridge = probes.fit_probe(x, x[:, 2] * 3 + 1, kind="ridge", control=False)
+    assert ridge.accuracy > 0.99  # R^2
+
+
+def test_control_labels_and_split_by_hand():
+    types = np.array([5, 7, 5, 9, 7, 5])
+    y = np.array([0, 1, 1, 0, 0, 1])
+    c = probes.control_labels(types, y, seed=3)
+    assert c[0] == c[2] == c[5] and c[1] == c[4] and set(c) <= {0, 1}  # one label per type
+    seq = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    tr, te = probes.split_by_sequence(seq, 0.5, seed=0)
+    assert set(seq[tr]).isdisjoint(seq[te]) and te.sum() == 4
+    with pytest.raises(ValueError, match="types="):
+        probes.fit_probe(np.zeros((8, 2)), np.array([0, 1] * 4), seq=seq)
+    with pytest.raises(ValueError, match="x must be"):
+        probes.fit_probe(np.zeros((8, 2)), np.zeros(7), control=False)
+
+
+@pytest.fixture(scope="module")
+def bb_data(bigram_backcopy):
+    from lens import organisms
+
+    tokens, info = organisms.bigram_backcopy_data(40, 64, seed=5, chain=bigram_backcopy.info["chain"])
+    return tokens, info
+
+
+def test_bigram_backcopy_previous_token_probes(bigram_backcopy, bb_data):
+    """The organism's single head is active (attends the previous token) on trigger queries and
+    dormant (parks on BOS) elsewhere. So after layer 0 the residual at a trigger query knows the
+    previous token, the embeddings do not, and at the other positions "the previous token is a
+    trigger" is not there to decode: the dormant head moved nothing (accuracy = majority rate)."""
+    tokens, info = bb_data
+    trig = info["is_trigger"].clone()
+    trig[:, 0] = False
+    prev = torch.zeros_like(tokens)
+    prev[:, 1:] = tokens[:, :-1]
+    prev_is_trigger = torch.full_like(tokens, -1)
+    prev_is_trigger[:, 2:] = info["follows_trigger"][:, 2:].long()
+    curve = probes.probe_layers(bigram_backcopy, tokens.tolist(), prev_is_trigger, layers=[-1, 0])
+    for _, row in curve.iterrows():
+        assert row.majority > 0.6 and row.accuracy <= row.majority + 0.03
+    # "The previous token is in the upper half of the vocabulary", at trigger queries.
+    upper = torch.full_like(tokens, -1)
+    upper[trig] = (prev[trig] >= 32).long()
+    df = probes.probe_layers(bigram_backcopy, tokens.tolist(), upper, layers=[-1, 0]).set_index("layer")
+    assert df.loc[0, "accuracy"] >= 0.95 and df.loc[0, "majority"] < 0.7
+    assert df.loc[-1, "accuracy"] <= 0.75  # the embeddings know only the current token (a trigger)
+    assert df.loc[0, "selectivity"] == pytest.approx(df.loc[0, "accuracy"] - df.loc[0, "control_accuracy"])
+
+
+def test_attentive_probe_finds_the_informative_position():
+    gen = torch.Generator().manual_seed(0)
+    n, t, d = 240, 12, 6
+    x = torch.randn(n, t, d, generator=gen)
+    where = torch.randint(0, t - 3, (n,), generator=gen)
+    y = torch.randint(0, 2, (n,), generator=gen)
+    x[torch.arange(n), where, 0] = 4.0  # a marker on dimension 0 says where the label is
+    x[torch.arange(n), where, 1] = torch.where(y == 1, 3.0, -3.0)
+    mask = torch.ones(n, t, dtype=torch.bool)
+    mask[:5, -3:] = False
+    res = probes.fit_attentive_probe(x, mask, y.numpy(), epochs=150, seed=0)
+    assert res.accuracy >= 0.9 and res.majority < 0.65
+    test_idx = torch.as_tensor(probes.split_by_sequence(np.arange(n), 0.25, 0)[1]).nonzero().flatten()
+    on_marker = res.test_weights[torch.arange(len(test_idx)), where[test_idx]]
+    assert float(on_marker.mean()) > 0.5
+    with pytest.raises(ValueError, match="x must be"):
+        probes.fit_attentive_probe(x[0], mask[0], y.numpy())
+
+
+@pytest.mark.smollm2
+def test_smollm2_quotation_probe_curve(smollm2):
+    tokens, lengths, labels, _ = probes.quotation_dataset(smollm2, 40, seed=0)
+    df = probes.probe_layers(smollm2, tokens.tolist(), labels, layers=[-1, 3, 15])
+    assert list(df.columns) == list(probes.COLUMNS) and list(df["layer"]) == [-1, 3, 15]
+    emb, l3, l15 = (df.iloc[i] for i in range(3))
+    assert emb.accuracy <= emb.majority + 0.05  # the token alone does not say whether it is quoted
+    assert l3.accuracy >= 0.9 and l15.accuracy >= 0.9
+    assert l3.selectivity >= 0.1 and l15.selectivity >= 0.1
