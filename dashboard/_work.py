@@ -208,7 +208,10 @@ def run_edits(subject: lens.Subject, text: str, edit_list: list[dict], progress=
 
 def spec_toml(model: str, edit_list: list[dict], *, task: str, n_test: int, seed: int = 0,
               name: str = "dashboard-edit") -> str:
-    """An experiment spec (``lens run``) with these edits on a built-in task, checked by ``parse_spec`` when available."""
+    """An experiment spec (``lens run``) with these edits on a built-in task.
+
+    Checked by ``lens.experiments.parse_spec`` when that package is available.
+    """
     lines = [f'name = "{name}"', f'model = "{model}"', f"seed = {int(seed)}", 'metrics = ["accuracy", "logit_diff"]',
              "", "[task]", f'name = "{task}"', "calibration = 0", f"test = {int(n_test)}"]
     for f in edit_list:
@@ -244,3 +247,76 @@ def task_names() -> list[str]:
     except ImportError:
         return []
     return list(TASKS)
+
+
+# --- circuits and probes on built-in tasks ---------------------------------------------------------
+def is_organism(subject: lens.Subject) -> bool:
+    return subject.info.get("kind") in ("bigram_backcopy", "induction")
+
+
+def circuit_tasks(subject: lens.Subject) -> list[str]:
+    """Built-in pair tasks of ``circuits.make_pairs`` that fit this model's vocabulary."""
+    return ["induction"] if is_organism(subject) else ["ioi", "colored_objects"]
+
+
+def find_circuit(subject: lens.Subject, task: str, n_pairs: int, top_k: int, progress=None):
+    """``circuits.discover`` (EAP, top-k edges) on ``n_pairs`` built-in pairs, evaluated for faithfulness."""
+    import circuits
+
+    if task not in circuit_tasks(subject):
+        raise ValueError(f"task {task!r} does not fit {subject.name}; choose one of {circuit_tasks(subject)}")
+    if not 2 <= int(n_pairs) <= 64 or not 1 <= int(top_k) <= 500:
+        raise ValueError("pairs must be 2-64 and edges 1-500")
+    if progress is not None:
+        progress.update(f"making {n_pairs} {task} pairs")
+    pairs = circuits.make_pairs(subject, task, int(n_pairs), seed=0)
+    if progress is not None:
+        progress.update(f"attribution patching (EAP) over {len(pairs)} pairs, then evaluating the circuit")
+    return circuits.discover(subject, pairs, method="eap", top_k=int(top_k))
+
+
+def probe_tasks(subject: lens.Subject) -> list[str]:
+    """Built-in probing tasks: repeated tokens (organisms) or the answer of an experiments task (at the last token)."""
+    return ["repeats"] if is_organism(subject) else [t for t in task_names() if t not in ("induction", "needle")]
+
+
+def probe_task(subject: lens.Subject, task: str, n: int, seed: int = 0):
+    """(inputs, labels [batch, pos]) for a built-in probing task; labels < 0 are ignored.
+
+    repeats: repeated random sequences (``lens.organisms`` data); label 1 where the token
+    repeats the one a period earlier, 0 in the first period, -1 on BOS.
+    an experiments task: its test prompts; label = the answer's index at each prompt's last
+    token, -1 elsewhere (does the residual stream at the end already hold the answer?).
+    """
+    if task not in probe_tasks(subject):
+        raise ValueError(f"task {task!r} does not fit {subject.name}; choose one of {probe_tasks(subject)}")
+    if task == "repeats":
+        from lens._organisms_data import induction_data, repeat_mask
+
+        tokens, periods = induction_data(int(n), 48, seed=seed)
+        labels = repeat_mask(periods, 48).long()
+        labels[:, 0] = -1
+        return tokens, labels
+    from lens.experiments import make_task
+
+    data = make_task(task, 0, int(n), seed)
+    prompts = [e.prompt for e in data.test]
+    lengths = [len(subject.tokenizer(p, add_special_tokens=True)["input_ids"]) for p in prompts]
+    labels = torch.full((len(prompts), max(lengths)), -1, dtype=torch.long)
+    for i, (e, n_tok) in enumerate(zip(data.test, lengths)):
+        labels[i, n_tok - 1] = int(e.answer)
+    return prompts, labels
+
+
+def run_probes(subject: lens.Subject, task: str, n: int, progress=None):
+    """``probes.probe_layers`` on a built-in task: one row per layer with accuracy, control accuracy, selectivity."""
+    import probes
+
+    if not 8 <= int(n) <= 512:
+        raise ValueError(f"examples must be 8-512, got {n}")
+    inputs, labels = probe_task(subject, task, int(n))
+    passes = -(-int(n) // 16)  # probe_layers captures in batches of 16
+    ctx = layer_progress(subject, progress, "capturing residual streams", passes) if progress is not None \
+        else contextlib.nullcontext()
+    with ctx:
+        return probes.probe_layers(subject, inputs, labels)

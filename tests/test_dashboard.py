@@ -99,7 +99,8 @@ def analyze(page, text: str, expect: str, timeout: float = 60_000) -> float:
     page.fill("#text-input", text)
     t0 = time.perf_counter()
     page.click("#analyze-button")
-    page.wait_for_function(f"() => (document.querySelector('#overview-meta') || {{}}).textContent?.includes({expect!r})",
+    page.wait_for_function(f"() => (document.querySelector('#overview-meta') || {{}})"
+                           f".textContent?.includes({expect!r})",
                            timeout=timeout)
     wait_plot(page, "overview-head-grid")
     return time.perf_counter() - t0
@@ -125,6 +126,7 @@ def screenshots(page, out: Path, tag: str) -> dict[str, Path]:
 @pytest.mark.organism
 def test_dashboard_on_bigram_backcopy(bigram_backcopy, browser, tmp_path):
     import dashboard
+    from dashboard._jobs import make_key
     from lens.analyzers import sink_rate
 
     subject = bigram_backcopy
@@ -202,6 +204,26 @@ def test_dashboard_on_bigram_backcopy(bigram_backcopy, browser, tmp_path):
         assert drawn[1]["x"] == ref.loc[ref["preplan"], "pos"].tolist()
         assert drawn[3]["x"] == ref.loc[ref["anchor"], "pos"].tolist()
         assert drawn[2]["y"][:5] == pytest.approx(ref["fai"].tolist()[:5], abs=1e-6)
+        # circuits and probes on built-in tasks: the drawing is the circuits/probes API's result
+        ctx = app._lens_context
+        go_to(page, "circuits")
+        page.fill("#circuits-pairs", "8")
+        page.click("#circuits-run")
+        wait_plot(page, "circuits-graph", "t.includes('faithfulness')", timeout=120_000)
+        circuit = ctx.jobs.get(make_key("circuit", subject.name, "induction", 8, 20))
+        drawn = plot_data(page, "circuits-graph")
+        assert sorted(drawn[-1]["text"]) == sorted(circuit.nodes)
+        edges = {(c[0][0], c[0][1]): c[0][2] for c in (t["customdata"] for t in drawn[:-1])}
+        assert edges == pytest.approx({e: circuit.scores[e] for e in circuit.edges})
+        go_to(page, "probes")
+        page.fill("#probes-examples", "32")
+        page.click("#probes-run")
+        wait_plot(page, "probes-curves", "d.length === 2", timeout=120_000)
+        task, frame = ctx.jobs.get(make_key("probes", subject.name, "repeats", 32))
+        drawn = plot_data(page, "probes-curves")
+        assert task == "repeats"
+        assert drawn[0]["y"] == pytest.approx(frame["accuracy"].tolist())
+        assert drawn[1]["y"] == pytest.approx(frame["control_accuracy"].tolist())
         shots = screenshots(page, tmp_path, "bigram_backcopy")
 
         # two tabs with different texts keep their own results
@@ -278,6 +300,15 @@ def test_dashboard_on_smollm2(smollm2, browser, tmp_path):
             times.append(time.perf_counter() - t0)
         print(f"[timing] SmolLM2: switch head -> pattern redrawn in {1000 * statistics.median(times):.0f} ms "
               f"median (all: {', '.join(f'{1000 * t:.0f}' for t in times)} ms; goal < 500 ms)")
+        from dashboard.pages import attention
+
+        key = ctx.analysis_key(text)
+        server = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            attention.render(ctx, key, 7, 4, None, None, "received")
+            server.append(time.perf_counter() - t0)
+        print(f"[timing] SmolLM2: of which the server builds the figures in {1000 * statistics.median(server):.0f} ms")
         z = torch.tensor(plot_data(page, "attention-pattern")[0]["z"], dtype=torch.float64)
         ref = analysis.capture.stats["pooled"][0, 7, 4, :n, :n].double()
         assert z.shape == (n, n) and torch.allclose(z, ref, atol=1e-6)

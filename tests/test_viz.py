@@ -161,7 +161,9 @@ def test_next_token_comparison_probabilities_and_kl():
 
 def test_pattern_comparison_difference():
     a, b = _causal(6, 1), _causal(6, 2)
-    mk = lambda m: viz.PatternView(m.numpy(), list(range(6)), list(range(6)), 1, "pooled", TOKENS[:6], 2, 1, 6)  # noqa: E731
+    def mk(m):
+        return viz.PatternView(m.numpy(), list(range(6)), list(range(6)), 1, "pooled", TOKENS[:6], 2, 1, 6)
+
     fig = viz.pattern_comparison(mk(a), mk(b))
     assert len(fig.data) == 3
     assert np.allclose(fig.data[2].z, (b - a).numpy())

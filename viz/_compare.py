@@ -48,7 +48,8 @@ def next_token_comparison(before, after, labels: Sequence[str] | None = None, *,
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     p, q = (_softmax(b), _softmax(a)) if logits else (b, a)
-    top = list(dict.fromkeys([*np.argsort(-p, kind="stable")[:k].tolist(), *np.argsort(-q, kind="stable")[:k].tolist()]))
+    order_p, order_q = np.argsort(-p, kind="stable")[:k].tolist(), np.argsort(-q, kind="stable")[:k].tolist()
+    top = list(dict.fromkeys([*order_p, *order_q]))
     top.sort(key=lambda i: (-p[i], -q[i]))
     name = (lambda i: clean(labels[i])) if labels is not None else (lambda i: str(i))
     x = [f"{name(i)} ({i})" if labels is not None else name(i) for i in top]
@@ -61,7 +62,8 @@ def next_token_comparison(before, after, labels: Sequence[str] | None = None, *,
     ])
     t1b, t1a = name(shift["top1_before"]), name(shift["top1_after"])
     fig.update_layout(**LAYOUT, barmode="group",
-                      title=title or (f"next token: KL(before||after) = {shift['kl']:.4f} nats, TV = {shift['tv']:.3f}; "
+                      title=title or (f"next token: KL(before||after) = {shift['kl']:.4f} nats, "
+                                      f"TV = {shift['tv']:.3f}; "
                                       f"top-1 {t1b!r} \u2192 {t1a!r}"),
                       xaxis=dict(title="token", type="category", tickangle=-45), yaxis=dict(title="probability"))
     return fig

@@ -49,9 +49,10 @@ def head_grid(data, column: str | None = None, *, title: str | None = None, colo
     fig = go.Figure(go.Heatmap(z=z, x=list(range(n_heads)), y=list(range(n_layers)), customdata=custom,
                                hovertemplate=hover, colorscale=colorscale, zmin=zmin, zmax=zmax,
                                colorbar=dict(title=dict(text=column))))
-    fig.update_layout(**LAYOUT, title=title or f"{column} per head", height=int(min(760, max(260, 110 + 20 * n_layers))),
-                      xaxis=dict(title="head", dtick=1),
-                      yaxis=dict(title="layer", autorange="reversed", dtick=1 if n_layers <= 12 else max(1, n_layers // 10)))
+    height = int(min(760, max(260, 110 + 20 * n_layers)))
+    dtick = 1 if n_layers <= 12 else max(1, n_layers // 10)
+    fig.update_layout(**LAYOUT, title=title or f"{column} per head", height=height, xaxis=dict(title="head", dtick=1),
+                      yaxis=dict(title="layer", autorange="reversed", dtick=dtick))
     return fig
 
 
@@ -113,7 +114,8 @@ def entropy_by_layer(findings, *, column: str = "entropy_norm", title: str | Non
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=frame["layer"].tolist(), y=frame[column].astype(float).tolist(), mode="markers",
                              name="head", customdata=frame["head"].tolist(), marker=dict(size=6, opacity=0.6),
-                             hovertemplate="layer %{x}, head %{customdata}<br>" + column + " = %{y:.3f}<extra></extra>"))
+                             hovertemplate="layer %{x}, head %{customdata}<br>" + column
+                             + " = %{y:.3f}<extra></extra>"))
     fig.add_trace(go.Scatter(x=means.index.tolist(), y=means.astype(float).tolist(), mode="lines+markers",
                              name="layer mean", line=dict(width=3)))
     params = getattr(findings, "params", {}) or {}

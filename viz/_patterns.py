@@ -104,7 +104,7 @@ def _pool_note(view: PatternView) -> str:
 
 
 def attention_pattern(capture, layer: int, head: int, *, input: int = 0, window: tuple[int, int] | None = None,
-                      max_labels: int = 48, title: str | None = None) -> go.Figure:
+                      max_labels: int = 32, title: str | None = None) -> go.Figure:
     """One head's attention pattern with token labels (``pattern_view`` says which source is used).
 
     ``fig.data[0].z`` is the matrix drawn ([query rows, key columns]); the title gives the

@@ -102,7 +102,8 @@ def reasoning_profile(findings, *, input: int = 0, max_labels: int = 40, title: 
     summary = getattr(findings, "summary", {}) or {}
     sub = ""
     if summary.get("coupling") is not None and summary.get("chance") is not None:
-        sub = f": {100 * summary['coupling']:.0f}% of anchors at/after a preplan token (chance {100 * summary['chance']:.0f}%)"
+        sub = (f": {100 * summary['coupling']:.0f}% of anchors at/after a preplan token "
+               f"(chance {100 * summary['chance']:.0f}%)")
     fig.update_layout(**LAYOUT, height=520, title=title or f"preplan and anchor tokens{sub}")
     fig.update_layout(margin=dict(l=60, r=20, t=70, b=110))
     return fig

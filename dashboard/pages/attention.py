@@ -126,7 +126,7 @@ def render(ctx: Context, key, layer, head, start, stop, which):
                 f"of at most {EXACT_ROWS} rows to see its exact pattern, or zoom the figure.")
     fig = viz.attention_pattern(source, layer, head, window=window)
     values, label = strip_values(analysis, layer, head, which)
-    strip = viz.token_strip(cap.str_tokens[0][:n], values, name=label, per_row=32)
+    strip = viz.token_strip(cap.str_tokens[0][:n], values, name=label, per_row=16)
     return fig, strip, note, not waiting
 
 

@@ -1,24 +1,81 @@
-"""Circuits: run circuit discovery on a built-in task and see the graph (``circuits`` package)."""
+"""Circuits: discover a circuit on a built-in task (``circuits.discover``, EAP) and see its graph."""
 
 from __future__ import annotations
 
-from dash import html
+import dash
+from dash import Input, Output, State, dcc, html, no_update
 
-from dashboard._context import Context
+import viz
+from dashboard import ids
+from dashboard._context import Context, labelled, placeholder, status_text
+from dashboard._jobs import make_key
+from dashboard._work import circuit_tasks, find_circuit
 
 PATH = "/circuits"
 NAME = "Circuits"
 
 
-def available() -> str | None:
-    """None when the circuits API the page needs exists, else why not."""
-    return "the circuits package has no discovery API yet"
-
-
 def layout(ctx: Context) -> html.Div:
-    why = available()
-    return html.Div([html.H3("Circuits"), html.P(f"Not yet available: {why}.", id="circuits-unavailable")])
+    tasks = circuit_tasks(ctx.subject)
+    num = dict(type="number", step=1, style={"width": "90px"})
+    return html.Div([
+        html.H3("Circuits"),
+        html.P("Edge attribution patching (EAP) on clean/corrupted prompt pairs of a built-in task: the top edges "
+               "by |attribution| that lie on an input \u2192 logits path, then the circuit run alone "
+               "(faithfulness = circuit metric / full-model metric).", style={"fontSize": "13px"}),
+        html.Div([
+            labelled("task", dcc.Dropdown(id=ids.CI_TASK, options=tasks, value=tasks[0], clearable=False),
+                     width="200px"),
+            labelled("pairs", dcc.Input(id=ids.CI_PAIRS, value=16, **num)),
+            labelled("edges (top k)", dcc.Input(id=ids.CI_TOPK, value=20, **num)),
+            html.Button("Find circuit", id=ids.CI_RUN, n_clicks=0, style={"marginTop": "18px"}),
+        ]),
+        html.Div(id=ids.CI_STATUS, style={"fontSize": "13px", "color": "#555", "margin": "6px 0"}),
+        dcc.Interval(id=ids.CI_POLL, interval=400, disabled=True),
+        dcc.Store(id=ids.CI_PENDING, storage_type="memory"),
+        dcc.Store(id=ids.CI_KEY, storage_type="memory"),
+        dcc.Graph(id=ids.CI_GRAPH, figure=placeholder("circuit graph: choose a task and press Find circuit", 520)),
+    ])
+
+
+def render(ctx: Context, key):
+    circuit = ctx.jobs.get(key)
+    if circuit is None:
+        return placeholder("circuit graph: choose a task and press Find circuit", 520)
+    f = "?" if circuit.faithfulness is None else f"{circuit.faithfulness:.2f}"
+    fig = viz.circuit_graph(circuit.to_frame(), source="sender", target="receiver", weight="score",
+                            title=f"{circuit.task} circuit ({circuit.method}, {circuit.metric}): {len(circuit.nodes)} "
+                                  f"nodes, {len(circuit.edges)} edges, faithfulness {f}")
+    fig.update_layout(height=520)
+    return fig
 
 
 def register(app, ctx: Context) -> None:
-    return None
+    @app.callback(Output(ids.CI_PENDING, "data"), Output(ids.CI_POLL, "disabled"), Output(ids.CI_KEY, "data"),
+                  Output(ids.CI_STATUS, "children"), Input(ids.CI_RUN, "n_clicks"), Input(ids.CI_POLL, "n_intervals"),
+                  State(ids.CI_TASK, "value"), State(ids.CI_PAIRS, "value"), State(ids.CI_TOPK, "value"),
+                  State(ids.CI_PENDING, "data"), prevent_initial_call=True)
+    def _run(_n, _tick, task, n_pairs, top_k, pending):
+        if dash.ctx.triggered_id == ids.CI_RUN:
+            try:
+                n_pairs, top_k = int(n_pairs), int(top_k)
+            except (TypeError, ValueError):
+                return None, True, no_update, "pairs and edges must be whole numbers"
+            key = make_key("circuit", ctx.model, task, n_pairs, top_k)
+            if ctx.jobs.get(key) is not None:
+                return None, True, key, "from the cache"
+            ctx.jobs.submit(key, lambda progress: find_circuit(ctx.subject, task, n_pairs, top_k, progress))
+            return key, False, no_update, "queued"
+        st = ctx.jobs.status(pending)
+        if st["state"] == "running":
+            return no_update, False, no_update, status_text(st, "circuit")
+        if st["state"] == "error":
+            return None, True, no_update, st["message"]
+        if st["state"] == "done":
+            c = ctx.jobs.get(pending)
+            return None, True, pending, f"found {len(c.edges)} edges; {repr(c)}"
+        return None, True, no_update, ""
+
+    @app.callback(Output(ids.CI_GRAPH, "figure"), Input(ids.CI_KEY, "data"))
+    def _render(key):
+        return render(ctx, key)

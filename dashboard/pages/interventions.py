@@ -28,12 +28,14 @@ class _Decoder:
 def layout(ctx: Context) -> html.Div:
     s = ctx.subject
     txt = dict(type="text", debounce=False, style={"width": "80px"})
+    num = dict(type="number", step=1, style={"width": "80px"})
     tasks = task_names()
     return html.Div([
         html.H3("Interventions"),
         html.Div([
             labelled("edit", dcc.Dropdown(id=ids.IV_TYPE, value="scale_attention", clearable=False,
-                                          options=[{"label": f"{k}: {v[0]}", "value": k} for k, v in EDIT_TYPES.items()]),
+                                          options=[{"label": f"{k}: {v[0]}", "value": k}
+                                                   for k, v in EDIT_TYPES.items()]),
                      width="420px"),
             labelled(f"layer(s) 0-{s.n_layers - 1} / all", dcc.Input(id=ids.IV_LAYER, value="0", **txt)),
             labelled(f"head(s) 0-{s.n_heads - 1} / all", dcc.Input(id=ids.IV_HEAD, value="0", **txt)),
@@ -46,8 +48,8 @@ def layout(ctx: Context) -> html.Div:
         html.Ul(id=ids.IV_EDITS_VIEW, children=[html.Li("no edits yet")], style={"fontSize": "13px"}),
         html.Div([
             html.Button("Run edits on the text", id=ids.IV_RUN, n_clicks=0),
-            labelled("show layer", dcc.Input(id=ids.IV_SHOW_LAYER, type="number", value=0, step=1, style={"width": "80px"})),
-            labelled("show head", dcc.Input(id=ids.IV_SHOW_HEAD, type="number", value=0, step=1, style={"width": "80px"})),
+            labelled("show layer", dcc.Input(id=ids.IV_SHOW_LAYER, value=0, **num)),
+            labelled("show head", dcc.Input(id=ids.IV_SHOW_HEAD, value=0, **num)),
         ]),
         html.Div(id=ids.IV_STATUS, style={"fontSize": "13px", "color": "#555", "margin": "6px 0"}),
         dcc.Interval(id=ids.IV_POLL, interval=250, disabled=True),
@@ -155,8 +157,9 @@ def register(app, ctx: Context) -> None:
         if st["state"] == "error":
             return None, True, no_update, st["message"]
         if st["state"] == "done":
-            n = len(ctx.jobs.get(pending)["edits"])
-            return None, True, pending, f"{n} edit(s) applied"
+            res = ctx.jobs.get(pending)
+            return None, True, pending, (f"{len(res['edits'])} edit(s) applied to the "
+                                         f"{int(res['before'].lengths[0])}-token text analyzed when Run was pressed")
         return None, True, no_update, ""
 
     @app.callback(Output(ids.IV_NEXT, "figure"), Output(ids.IV_PATTERNS, "figure"), Input(ids.IV_KEY, "data"),

@@ -55,8 +55,10 @@ def render(ctx: Context, key):
                                       f"{_heads(f.summary['global_heads'])}", style={"fontSize": "12px"})]
     profile = viz.reasoning_profile(f)
     fai = viz.token_strip(toks, rows["fai"].to_numpy(), name="FAI", marks={"anchor": anc, "preplan": pre},
+                          per_row=20,
                           title="tokens coloured by FAI (stars: anchors, triangles: preplan)")
     waad = viz.token_strip(toks, rows["waad"].to_numpy(), name="WAAD", marks={"preplan": pre}, colorscale="Blues",
+                           per_row=20,
                            title="tokens coloured by WAAD (triangles: preplan)")
     return summary, profile, fai, waad
 
