@@ -62,7 +62,8 @@ def test_attention_pattern_exact_rows_and_window():
     win = viz.attention_pattern(cap, 1, 2, window=(3, 5))
     assert np.allclose(np.array(win.data[0].z), p[1, 2, 3:5, :5].numpy())  # causal: keys cut at the window's end
     assert list(win.data[0].y) == [3, 4]
-    assert "q 4 \u2423on \u2192 k 2 \u2423cat" in win.data[0].text[1][2]
+    assert win.data[0].text[1][2] == "\u2423on \u2192 \u2423cat"  # query 4, key 2
+    assert win.data[0].hovertemplate.startswith("q %{y} \u2192 k %{x}")
     # the capture's kept rows (pattern_window 2..6) win over the pooled map when they cover the window
     kept = {(0, 1): p[0, 1, 2:6][None] * 0 + 0.5}
     cap2 = _capture({"pooled": p[None]}, 2, 3, TOKENS, patterns=kept, pattern_window=[2, 6])

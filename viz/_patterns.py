@@ -76,17 +76,18 @@ def pattern_heatmap(view: PatternView, *, max_labels: int = 48, zmax: float | No
     """A heatmap trace of a PatternView: x = key position, y = query position, hover with tokens."""
     f = view.pool
     toks = view.tokens
-    if f == 1:
-        text = [[f"q {i} {clean(toks[i])!s} \u2192 k {j} {clean(toks[j])!s}" for j in view.cols] for i in view.rows]
+    if f == 1:  # positions come from x and y in the hover; the text holds only the two tokens (smaller payload)
+        text = [[f"{clean(toks[i])} \u2192 {clean(toks[j])}" for j in view.cols] for i in view.rows]
+        hover = "q %{y} \u2192 k %{x}: %{text}<br>p = %{z:.4f}<extra></extra>"
     else:
         last = view.n_tokens - 1
         text = [[f"q {i}-{min(i + f - 1, last)} \u2192 k {j}-{min(j + f - 1, last)} (block mean, {f}x{f})"
                  for j in view.cols] for i in view.rows]
+        hover = "%{text}<br>p = %{z:.4f}<extra></extra>"
     # numpy arrays, not lists: plotly validates and serialises them ~10x faster (base64 typed arrays)
     return go.Heatmap(z=np.asarray(view.matrix, dtype=float), x=view.cols, y=view.rows,
                       text=np.array(text, dtype=object), colorscale=colorscale,
-                      zmin=0, zmax=zmax, showscale=showscale,
-                      hovertemplate="%{text}<br>p = %{z:.4f}<extra></extra>")
+                      zmin=0, zmax=zmax, showscale=showscale, hovertemplate=hover)
 
 
 def _axes(fig: go.Figure, view: PatternView, max_labels: int, row: int | None = None, col: int | None = None):
@@ -139,7 +140,7 @@ def pattern_comparison(before: PatternView, after: PatternView, *, max_labels: i
     m = float(np.abs(diff).max(initial=0)) or 1.0
     d = pattern_heatmap(PatternView(diff, before.rows, before.cols, before.pool, before.source, before.tokens,
                                     before.layer, before.head, before.n_tokens), colorscale="RdBu_r")
-    d.update(zmin=-m, zmax=m, zmid=0, hovertemplate="%{text}<br>\u0394p = %{z:+.4f}<extra></extra>",
+    d.update(zmin=-m, zmax=m, zmid=0, hovertemplate=d.hovertemplate.replace("p = %{z:.4f}", "\u0394p = %{z:+.4f}"),
              colorbar=dict(title=dict(text="\u0394p")))
     fig.add_trace(d, row=1, col=3)
     for c in (1, 2, 3):
