@@ -48,7 +48,7 @@ def token_strip(tokens: Sequence[str], values, *, name: str = "value",
         z[r][c] = None if np.isnan(v) else v
         text[r][c] = clean(tokens[p])
         pos[r][c] = p
-    fig = go.Figure(go.Heatmap(z=z, text=text, customdata=pos, texttemplate="%{text}", colorscale=colorscale,
+    fig = go.Figure(go.Heatmap(z=z, text=text, customdata=pos, texttemplate="%{text}", textfont=dict(size=11), colorscale=colorscale,
                                xgap=2, ygap=2, colorbar=dict(title=dict(text=name)),
                                hovertemplate="pos %{customdata}: %{text}<br>" + name + " = %{z:.4g}<extra></extra>"))
     for k, (label, where) in enumerate((marks or {}).items()):
