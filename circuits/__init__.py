@@ -17,7 +17,7 @@ Public API (names are stable)::
 
     # discovery -> Circuit
     discover(subject, pairs, method="eap"|"acdc", ...)
-    eap_circuit(subject, pairs, top_k= | top_frac=)
+    eap_circuit(subject, pairs, top_k= | top_frac=, selection="greedy"|"top", evaluate=True)
     acdc(subject, pairs, threshold=, metric="kl")
     evaluate_circuit(subject, circuit, pairs)    # full, circuit, ablated, faithfulness, normalized
 

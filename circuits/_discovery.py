@@ -110,26 +110,60 @@ def evaluate_circuit(subject, circuit: Circuit | Sequence[tuple[str, str]], pair
             "n_edges": len(edges)}
 
 
+def greedy_edges(graph: Graph, scores: pd.DataFrame, k: int) -> set[tuple[str, str]]:
+    """Grow a circuit from the logits backwards: repeatedly add the strongest |score| edge into a node
+    already in it, until ``k`` edges (EAP-IG's "greedy" selection). Every node reaches the logits."""
+    import heapq
+
+    by_recv: dict[str, list[tuple[float, str]]] = {}
+    for s, r, v in zip(scores["sender"], scores["receiver"], scores["score"]):
+        by_recv.setdefault(r, []).append((-abs(float(v)), s))
+    heap: list[tuple[float, str, str]] = []
+    for neg, s in by_recv.get(LOGITS, []):
+        heapq.heappush(heap, (neg, s, LOGITS))
+    chosen: set[tuple[str, str]] = set()
+    inside = {LOGITS}
+    while heap and len(chosen) < k:
+        _, s, r = heapq.heappop(heap)
+        if (s, r) in chosen:
+            continue
+        chosen.add((s, r))
+        if s not in inside and s != INPUT:
+            inside.add(s)
+            for neg, s2 in by_recv.get(s, []):
+                heapq.heappush(heap, (neg, s2, s))
+    return chosen
+
+
 def eap_circuit(subject, pairs: PromptPairs, *, top_k: int | None = None, top_frac: float | None = None,
                 metric: str = "logit_diff", ablation: str = "resample", batch_size: int = 16,
-                scores: pd.DataFrame | None = None, evaluate: bool = True) -> Circuit:
-    """The ``top_k`` edges (or ``top_frac`` of all edges) by |EAP score|, kept where on an input -> logits path."""
+                selection: str = "greedy", scores: pd.DataFrame | None = None, evaluate: bool = True) -> Circuit:
+    """A circuit of ``top_k`` edges (or ``top_frac`` of all edges) chosen by |EAP score|.
+
+    selection: ``"greedy"`` grows it from the logits backwards (every edge leads to the logits);
+    ``"top"`` takes the k strongest edges and keeps those on an input -> logits path (can be
+    empty on a large graph). evaluate: compute faithfulness (two more patched passes).
+    """
     if (top_k is None) == (top_frac is None):
         raise ValueError("give exactly one of top_k and top_frac")
+    if selection not in ("greedy", "top"):
+        raise ValueError(f"selection must be 'greedy' or 'top', got {selection!r}")
     scores = eap_scores(subject, pairs, metric=metric, ablation=ablation, batch_size=batch_size) if scores is None \
         else scores
     k = top_k if top_k is not None else max(1, round(top_frac * len(scores)))
     if k < 1:
         raise ValueError(f"top_k must be >= 1, got {k}")
-    top = scores.reindex(scores["score"].abs().sort_values(ascending=False).index).head(k)
-    chosen = {(s, r) for s, r in zip(top["sender"], top["receiver"])}
     graph = Graph.of(subject)
-    kept = _connected(graph, chosen)
+    if selection == "greedy":
+        kept = greedy_edges(graph, scores, k)
+    else:
+        top = scores.reindex(scores["score"].abs().sort_values(ascending=False).index).head(k)
+        kept = _connected(graph, {(s, r) for s, r in zip(top["sender"], top["receiver"])})
     score_of = {(s, r): float(v) for s, r, v in zip(scores["sender"], scores["receiver"], scores["score"])}
     edges = [e for e in graph.edges if e in kept]
     circuit = Circuit(edges, {e: score_of[e] for e in edges}, task=pairs.task, metric=metric, method="eap",
-                      model=subject.name, params={"top_k": k, "ablation": ablation, "n_pairs": len(pairs),
-                                                  "selected": len(chosen)})
+                      model=subject.name, params={"top_k": k, "selection": selection, "ablation": ablation,
+                                                  "n_pairs": len(pairs)})
     if evaluate:
         circuit.metrics = evaluate_circuit(subject, circuit, pairs, metric="logit_diff" if metric == "kl" else metric,
                                            ablation=ablation, batch_size=batch_size)

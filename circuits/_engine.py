@@ -122,7 +122,7 @@ class _State:
         self.senders[i] = out
         if self.removed is not None and bool(self.send_used[i]):
             if self.diff is None:
-                self.diff = {}
+                self.diff = out.new_zeros(len(self.graph.senders), *out.shape)
             self.diff[i] = (self.spec.edge_ref[i].to(out.dtype) - out) * self.edge_mask
 
     def delta(self, receiver: str) -> torch.Tensor | None:
@@ -132,12 +132,8 @@ class _State:
         r = self.graph.receiver_index[receiver]
         if not bool(self.recv_touched[r]):
             return None
-        idx = self.removed[r].nonzero().flatten().tolist()
-        out = None
-        for i in idx:
-            d = self.diff[i]
-            out = d if out is None else out + d
-        return out
+        w = self.removed[r].to(self.diff.dtype)  # senders not run yet have no removed edge into r
+        return (w @ self.diff.flatten(1)).view(self.diff.shape[1:])
 
     def leaf(self, receiver: str, like: torch.Tensor) -> torch.Tensor | None:
         if not self.spec.grad_receivers:

@@ -64,13 +64,13 @@ def test_bigram_backcopy_previous_token_probes(bigram_backcopy, bb_data):
     curve = probes.probe_layers(bigram_backcopy, tokens.tolist(), prev_is_trigger, layers=[-1, 0])
     for _, row in curve.iterrows():
         assert row.majority > 0.6 and row.accuracy <= row.majority + 0.03
-    # "The previous token is in the upper half of the vocabulary", at trigger queries.
-    upper = torch.full_like(tokens, -1)
-    upper[trig] = (prev[trig] >= 32).long()
-    df = probes.probe_layers(bigram_backcopy, tokens.tolist(), upper, layers=[-1, 0]).set_index("layer")
-    assert df.loc[0, "accuracy"] >= 0.95 and df.loc[0, "majority"] < 0.7
-    assert df.loc[-1, "accuracy"] <= 0.75  # the embeddings know only the current token (a trigger)
-    assert df.loc[0, "selectivity"] == pytest.approx(df.loc[0, "accuracy"] - df.loc[0, "control_accuracy"])
+    # The identity of the previous token (64-way), at trigger queries.
+    ident = torch.full_like(tokens, -1)
+    ident[trig] = prev[trig]
+    df = probes.probe_layers(bigram_backcopy, tokens.tolist(), ident, layers=[-1, 0]).set_index("layer")
+    assert df.loc[0, "accuracy"] >= 0.95 and df.loc[0, "majority"] < 0.1
+    assert df.loc[-1, "accuracy"] <= 0.1  # the embeddings know only the current token (a trigger)
+    assert df.loc[0, "selectivity"] >= 0.2  # measured 0.975 - 0.686 = 0.288 (docs/readme/circuits.md)
 
 
 def test_attentive_probe_finds_the_informative_position():
