@@ -11,7 +11,6 @@ and the ``lens analyze`` command are tested here too.
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 
@@ -236,9 +235,10 @@ def test_bb_move_to_bos_barely_matters_without_triggers(bigram_backcopy, bb_inpu
     assert float(busy.frame["rel_change"].min()) > 0.05 and not busy.frame["dormant"].any()
     assert busy.summary["dormant_share"] == 0.0
     # losses() agrees with a plain forward pass with no edit
-    logits = bigram_backcopy.model(input_ids=plain[:2]).logits
+    with torch.no_grad():
+        logits = bigram_backcopy.model(input_ids=plain[:2]).logits
     direct = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), plain[:2, 1:], reduction="none").mean(1)
-    assert torch.allclose(losses(bigram_backcopy, plain[:2]), direct.detach(), atol=1e-5)
+    assert torch.allclose(losses(bigram_backcopy, plain[:2]), direct, atol=1e-5)
     why = organism_lacks_sink(bigram_backcopy.info)
     if why:
         pytest.xfail(f"{why}; confirm_dormant needs s(x) >= 0.5 too: s = {quiet.frame['sink_score'].mean():.2f}")
@@ -399,3 +399,20 @@ def test_cli_analyze_clear_errors(tmp_path):
     empty = runner.invoke(app, ["analyze", str(tmp_path / "empty")])
     assert empty.exit_code == 2 and "is not a saved Capture" in plain(empty.output)
     assert not isinstance(empty.exception, FileNotFoundError)
+
+
+def test_losses_ragged_batch_equals_one_by_one(tiny_llama):
+    """Padding never leaks into ``losses``: a ragged batch gives each input's own loss, edited or not."""
+    from lens.edits import MoveToBOS
+
+    texts = ["w5 w6 w7 w8 w9 w5 w6 w7 w8", "w11 w12 w13", "w20 w21 w22 w23 w24 w25"]
+    for edits in ((), (MoveToBOS(layer=1, head=4),)):
+        together = losses(tiny_llama, texts, edits)
+        alone = torch.cat([losses(tiny_llama, [t], edits) for t in texts])
+        assert torch.allclose(together, alone, atol=1e-5), edits
+    assert not torch.allclose(losses(tiny_llama, texts), losses(tiny_llama, texts, [MoveToBOS(layer=1, head=4)]))
+    ids = tiny_llama.to_tokens(texts[1])
+    with torch.no_grad():
+        logits = tiny_llama.model(input_ids=ids).logits
+    direct = torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:])
+    assert float(losses(tiny_llama, [texts[1]])[0]) == pytest.approx(float(direct), abs=1e-5)
