@@ -314,31 +314,33 @@ def induction_task():
 
 @pytest.mark.organism
 def test_organism_solves_induction_task(induction_organism, induction_task):
+    from lens.edits import AblateHead
+
     base = score(induction_organism, induction_task.calibration)
     assert base["correct"].mean() >= 0.9  # the organism copies by induction
-    ablated = score(induction_organism, induction_task.calibration,
-                    edits=[__import__("lens").edits.AblateHead(layer=1, head=None)])
+    ablated = score(induction_organism, induction_task.calibration, edits=[AblateHead(layer=1, head=None)])
     assert ablated["correct"].mean() < base["correct"].mean() - 0.3  # without layer 1 it cannot
 
 
 @pytest.mark.organism
 def test_zerotuning_finds_the_gamma_that_undoes_a_known_damage(induction_organism, induction_task):
-    """Scale first-token attention by 30 in every head (damage), then search: gamma = 1/30 cancels
-    it exactly (key biases add: ln 30 + ln(1/30) = 0), so it must win with the undamaged accuracy."""
+    """Scale first-token attention by 1e4 in every head (damage: every head parks on BOS), then
+    search: gamma = 1e-4 cancels it exactly (key biases add: ln 1e4 + ln 1e-4 = 0), so it must
+    win, with the undamaged model's accuracy."""
     from lens.edits import ScaleAttention
 
     cal = list(induction_task.calibration)
     clean = score(induction_organism, cal)
-    with induction_organism.edited(ScaleAttention(layer=None, head=None, keys=0, factor=30.0)):
+    with induction_organism.edited(ScaleAttention(layer=None, head=None, keys=0, factor=1e4)):
         damaged = score(induction_organism, cal)
         assert damaged["correct"].mean() < clean["correct"].mean()
-        result = zerotuning(induction_organism, cal, scopes=["all"], gammas=[0.25, 1 / 30, 4.0, 30.0], progress=False)
-    assert result.chosen["gamma"] == pytest.approx(1 / 30) and result.chosen["scope"] == "all"
+        result = zerotuning(induction_organism, cal, scopes=["all"], gammas=[0.01, 1e-4, 100.0, 1e4], progress=False)
+    assert result.chosen["gamma"] == pytest.approx(1e-4) and result.chosen["scope"] == "all"
     assert result.chosen["calibration_accuracy"] == clean["correct"].mean()
     assert result.chosen["baseline_accuracy"] == damaged["correct"].mean()
-    row = result.trials.set_index("label").loc["all:*:x0.0333333"]
+    row = result.trials.set_index("label").loc["all:*:x0.0001"]
     assert row["logprob_answer"] == pytest.approx(clean["logprob_answer"].mean(), abs=1e-5)
-    assert len(result.edits) == 1 and result.edits[0].factor == pytest.approx(1 / 30)
+    assert len(result.edits) == 1 and result.edits[0].factor == pytest.approx(1e-4)
 
 
 @pytest.mark.organism
