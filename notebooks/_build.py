@@ -738,7 +738,7 @@ fig.update_layout(title="pooled attention (log10 of the block mean)", height=450
 fig.show()
 """),
     md("""
-**What to take away.** An 8K capture of per-head statistics for all 270 heads needs about 2 GiB
+**What to take away.** An 8K capture of per-head statistics for all 270 heads needed 1.4-2.2 GiB
 on a CPU (when we ran it) instead of the 72 GB the full patterns would take, because no full
 pattern is kept. The sink survives at 8K: when we ran it a quarter of the heads still put more than
 half of their attention on position 0, and the pooled patterns show the sink column and the local
