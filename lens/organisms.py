@@ -7,6 +7,15 @@ head is *active* on trigger tokens (it attends the previous token to back-copy) 
 previous-token head and a layer-1 induction head form. Analyzer, circuit and probe tests
 use them as oracles: the heads and triggers to find are written in ``subject.info``.
 
+What the stock architecture changes: the Bigram-Backcopy GPT-2 learns the task (copy
+accuracy 1.00 at triggers, its head attends the previous token 0.84 there) but parks its
+idle attention diffusely instead of on BOS: held-out BOS attention from non-trigger
+queries is 0.20 (0.75 at position 2, 0.03 at position 63) and the value-drain ratio 0.36,
+where METHODS sec 2 reports 0.97-1.00 and ~0.19 for the paper's model. Its head is still
+functionally dormant without triggers (moving it to BOS changes the loss by < 1% there,
+by > 20% with triggers). The induction GPT-2 keeps LayerNorm and an MLP, which the
+attention-only recipe of METHODS sec 11 leaves out.
+
 Both are stock ``GPT2LMHeadModel``s, so every path of the workbench (capture through the
 transformers attention interface, the TransformerLens bridge, nnsight, patching) runs on
 them unchanged. Training is seeded and deterministic; the result is cached (see
