@@ -291,7 +291,9 @@ def test_retrieval_scores_find_the_induction_head(induction_organism):
     info = induction_organism.info
     table = f.frame.set_index(["layer", "head"])["retrieval_score"]
     assert f.summary["recall"] > 0.8  # the organism copies the needle
-    assert table.idxmax() == tuple(info["induction_head"]) and table.max() > 0.5
+    # Any of its induction heads (layer 1, induction score >= 0.5: there are several, near-equal).
+    ind = {(1, h) for h, sc in enumerate(info["metrics"]["induction_scores"]) if sc >= 0.5}
+    assert tuple(int(x) for x in table.idxmax()) in ind and table.max() > 0.5
     assert f.summary["n_retrieval_heads"] == int((table > 0.1).sum()) >= 1
     ids, spans = needle_samples(induction_organism, **kw)
     n_new = kw["needle_len"] - kw["cue_len"]
