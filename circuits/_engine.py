@@ -142,6 +142,17 @@ class _State:
         self.leaves[receiver] = z
         return z
 
+    def receive(self, receiver: str, x: torch.Tensor) -> torch.Tensor:
+        """What ``receiver`` reads: ``x`` plus the removed edges' delta plus its EAP leaf (``x`` itself if neither)."""
+        new = x
+        d = self.delta(receiver)
+        if d is not None:
+            new = new + d
+        z = self.leaf(receiver, x)
+        if z is not None:
+            new = new + z
+        return new
+
 
 def _repeat_batch(obj, b: int, n: int):
     """``obj`` with every tensor whose leading axis is the batch (size ``b``) tiled ``n`` times along it."""
@@ -210,14 +221,7 @@ def _install(subject, st: _State, stack: contextlib.ExitStack) -> None:
             resid = st.resid_pre[layer]
             inputs = {}
             for h in range(n_heads):
-                name = head_node(layer, h)
-                x = resid
-                d = st.delta(name)
-                if d is not None:
-                    x = x + d
-                z = st.leaf(name, resid)
-                if z is not None:
-                    x = x + z
+                x = st.receive(head_node(layer, h), resid)
                 if x is not resid:
                     inputs[h] = x
             if not inputs:
@@ -292,20 +296,9 @@ def _install(subject, st: _State, stack: contextlib.ExitStack) -> None:
             ln2 = getattr(block, ln2_name)
 
             def ln2_pre(module, args, kwargs, layer=layer):
-                x = _hidden_arg(args, kwargs) if kwargs.get("hidden_states") is not None else args[0]
-                name = mlp_node(layer)
-                new = x
-                d = st.delta(name)
-                if d is not None:
-                    new = new + d
-                z = st.leaf(name, x)
-                if z is not None:
-                    new = new + z
-                if new is x:
-                    return None
-                if args:
-                    return (new, *args[1:]), kwargs
-                return args, dict(kwargs, hidden_states=new)
+                x = _hidden_arg(args, kwargs)
+                new = st.receive(mlp_node(layer), x)
+                return None if new is x else _with_hidden(args, kwargs, new)
 
             def mlp_post(module, args, kwargs, output, layer=layer):
                 out = output
@@ -332,17 +325,8 @@ def _install(subject, st: _State, stack: contextlib.ExitStack) -> None:
             new = _where(p.mask, p.values, new)
         if "resid" in spec.record:
             st.records["resid"][subject.n_layers] = new.detach()
-        d = st.delta(LOGITS)
-        if d is not None:
-            new = new + d
-        z = st.leaf(LOGITS, x)
-        if z is not None:
-            new = new + z
-        if new is x:
-            return None
-        if args:
-            return (new, *args[1:]), kwargs
-        return args, dict(kwargs, hidden_states=new)
+        new = st.receive(LOGITS, new)
+        return None if new is x else _with_hidden(args, kwargs, new)
 
     hook(final, final_pre, pre=True)
 
