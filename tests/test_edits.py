@@ -35,9 +35,14 @@ def _logits(subject, text):
         return subject.model(input_ids=subject.to_tokens(text)).logits[0, -1]
 
 
-def _no_hooks_left(subject):
+def _hook_ids(subject) -> set[tuple[int, int]]:
+    """(module id, hook id) of every forward (pre-)hook on the model, its blocks and attention modules.
+
+    transformers 5 installs its own persistent hooks the first time ``output_hidden_states``
+    is asked for; what must hold is that an edit block leaves the set as it found it.
+    """
     mods = [subject.model, *subject.blocks, *(subject.attn_module(l) for l in range(subject.n_layers))]
-    return all(not m._forward_hooks and not m._forward_pre_hooks for m in mods)
+    return {(id(m), k) for m in mods for k in (*m._forward_hooks, *m._forward_pre_hooks)}
 
 
 def _values(subject, text, layer):
@@ -57,7 +62,7 @@ def _values(subject, text, layer):
 def test_edits_are_removed_even_when_the_body_raises(fixture, request):
     s = request.getfixturevalue(fixture)
     before = _logits(s, TEXT)
-    impl = s.model.config._attn_implementation
+    impl, hooks = s.model.config._attn_implementation, _hook_ids(s)
     edits = [ScaleAttention(layer=0, keys=0, factor=4.0), AblateHead(layer=1, head=2),
              CalibrateSinks(layer=1, head=0, theta=0.15), SteerResidual(layer=0, vector=torch.ones(s.d_model))]
     with pytest.raises(RuntimeError, match="boom"):
@@ -68,7 +73,7 @@ def test_edits_are_removed_even_when_the_body_raises(fixture, request):
     assert torch.equal(_logits(s, TEXT), before)
     assert s.model.config._attn_implementation == impl
     assert _hook._active.get() is None
-    assert _no_hooks_left(s)
+    assert _hook_ids(s) == hooks
 
 
 def test_key_bias_route_equals_post_softmax_scaling_and_renormalisation(tiny_llama):
@@ -218,6 +223,7 @@ def test_zero_and_mean_ablation_set_the_head_output(fixture, request):
 
 def test_edits_on_heads_that_do_not_exist_fail_before_the_model_runs(tiny_llama):
     s = tiny_llama
+    hooks = _hook_ids(s)
     for bad, match in ((AblateHead(layer=0, head=6), "head 6 does not exist"),
                        (ScaleAttention(layer=3, factor=2.0), "layer 3 does not exist"),
                        (CalibrateSinks(layer=0, head=[1, 17]), "head 17 does not exist"),
@@ -231,7 +237,7 @@ def test_edits_on_heads_that_do_not_exist_fail_before_the_model_runs(tiny_llama)
             pass
     with pytest.raises(ValueError, match="factor must be >= 0"):
         ScaleAttention(factor=-1.0)
-    assert _no_hooks_left(s)
+    assert _hook_ids(s) == hooks
 
 
 def test_capture_refuses_hook_edits_clearly(tiny_llama):
