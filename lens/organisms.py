@@ -151,9 +151,10 @@ def train(kind: str, seed: int = 0, *, steps: int | None = None, force: bool = F
         tokenizer.save_pretrained(tmp)
         if chain is not None:
             chain.save(tmp / CHAIN_FILE)
-    subject.info["cache"] = str(entry)
     last_train.update(kind=kind, seed=seed, how="trained", seconds=train_seconds, path=str(entry))
-    return subject
+    # Hand back what the cache holds, so a fresh and a cached organism are the same object
+    # kind (an in-memory tokenizer lacks the init kwargs TransformerLens' bridge reads).
+    return _load(entry)
 
 
 def evaluate(subject: Subject) -> dict:
