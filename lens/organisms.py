@@ -7,16 +7,17 @@ head is *active* on trigger tokens (it attends the previous token to back-copy) 
 previous-token head and a layer-1 induction head form. Analyzer, circuit and probe tests
 use them as oracles: the heads and triggers to find are written in ``subject.info``.
 
-What the stock architecture changes: the Bigram-Backcopy GPT-2 learns the task (copy
-accuracy 1.00 at triggers, its head attends the previous token 0.84 there) but parks its
-idle attention diffusely instead of on BOS: held-out BOS attention from non-trigger
-queries is 0.20 (0.75 at position 2, 0.03 at position 63) and the value-drain ratio 0.36,
-where METHODS sec 2 reports 0.97-1.00 and ~0.19 for the paper's model. Its head is still
-functionally dormant without triggers (moving it to BOS changes the loss by < 1% there,
-by > 20% with triggers). The induction GPT-2 keeps its LayerNorms, and its MLPs are
-zeroed and frozen (``Recipe.attention_only``): with a trainable MLP the stock model found no
-induction circuit in 2000 steps (every head's induction score <= 0.01), attention-only it
-forms by step 250.
+What the stock architecture changes: GPT-2's own initialisation (normal, std 0.02) keeps the
+Bigram-Backcopy head from forming its sink: trained so, it learns the task but spreads its idle
+attention (held-out BOS attention from non-trigger queries 0.20, value-drain ratio 0.36). With
+PyTorch's layer defaults instead (``Recipe.init = "torch"``: embeddings N(0, 1), the papers'
+hand-written models) the same stock GPT-2 parks on BOS as METHODS sec 2 reports: BOS attention
+0.995 from non-trigger queries, 0.97 to the previous token at triggers, value-drain ratio 0.20.
+A plain-torch copy of the paper's model (no biases, ReLU) gave 0.99 / 0.19 with torch init and
+0.15 / 0.50 with GPT-2's, so under torch init GPT-2's biases and GELU do not stop the sink.
+The induction GPT-2 keeps its LayerNorms, and its MLPs are zeroed and frozen
+(``Recipe.attention_only``): with a trainable MLP the stock model found no induction circuit
+in 2000 steps (every head's induction score <= 0.01), attention-only it forms by step 250.
 
 Both are stock ``GPT2LMHeadModel``s, so every path of the workbench (capture through the
 transformers attention interface, the TransformerLens bridge, nnsight, patching) runs on
@@ -97,12 +98,16 @@ class Recipe:
     # Zero and freeze every MLP weight, so each block adds only its attention output
     # (METHODS sec 11's attention-only model, inside the stock GPT-2 module tree).
     attention_only: bool = False
+    # "gpt2": transformers' GPT-2 init (normal, std 0.02); "torch": PyTorch's layer defaults
+    # (embeddings N(0, 1), linear weights and biases U(+-1/sqrt(fan_in))), as in the papers'
+    # hand-written models. The BOS sink of Bigram-Backcopy needs the latter (see the module doc).
+    init: str = "gpt2"
 
 
 RECIPES: dict[str, Recipe] = {
     "bigram_backcopy": Recipe(
         n_layer=1, n_head=1, n_embd=128, n_inner=None, seq_len=64,
-        steps=1000, batch=64, lr=1e-3, weight_decay=1e-4, betas=(0.9, 0.99),
+        steps=1000, batch=64, lr=1e-3, weight_decay=1e-4, betas=(0.9, 0.99), init="torch",
     ),
     "induction": Recipe(
         n_layer=2, n_head=4, n_embd=64, n_inner=None, seq_len=48,
@@ -265,6 +270,8 @@ def _fit(kind: str, recipe: Recipe, seed: int, steps: int, *, chain: BigramChain
     with torch.random.fork_rng(devices=[]), _deterministic():
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(_config(recipe)).train()
+        if recipe.init == "torch":
+            _torch_default_init(model)
         if recipe.attention_only:
             for block in model.transformer.h:
                 for p in block.mlp.parameters():
@@ -289,6 +296,22 @@ def _fit(kind: str, recipe: Recipe, seed: int, steps: int, *, chain: BigramChain
                 bar.set_postfix(loss=f"{loss_log[-1][1]:.3f}")
         bar.close()
     return model.eval(), loss_log
+
+
+def _torch_default_init(model) -> None:
+    """Re-draw every weight as PyTorch's own layers would (GPT-2's ``Conv1D`` stores ``[in, out]``)."""
+    import math
+
+    from transformers.pytorch_utils import Conv1D
+
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Embedding, torch.nn.Linear, torch.nn.LayerNorm)):
+                module.reset_parameters()
+            elif isinstance(module, Conv1D):
+                bound = 1.0 / math.sqrt(module.weight.shape[0])
+                module.weight.uniform_(-bound, bound)
+                module.bias.uniform_(-bound, bound)
 
 
 @contextlib.contextmanager

@@ -205,9 +205,8 @@ print(lens.analyze(cap_bb))
 `sink_scores(capture, queries=mask)` restricts `s(x)` to chosen queries. At trigger queries the
 head must look one token back (to copy `x_{t-1}` as the next token); everywhere else it has no
 job. `dormant_inputs` with the two masks turns the attention on BOS into a state per input
-(dormant when `s(x) >= 0.5`). How much of the idle attention lands on BOS depends on the
-training run (METHODS reports 0.55-1.0 for its recipes); the loss check further down is the
-decisive test of idleness.
+(dormant when `s(x) >= 0.5`). This organism parks almost all idle attention on BOS (0.995 on
+held-out data); the loss check further down is the decisive test that the parked head is idle.
 """),
     code("""
 trig = data["is_trigger"]
@@ -226,6 +225,7 @@ print(state)
 m = pd.DataFrame(rows).set_index("queries")
 assert m.loc["trigger queries", "attention to previous token"] > 0.5, "trigger queries should attend x_{t-1}"
 assert m.loc["trigger queries", "attention to BOS"] < m.loc["non-trigger queries", "attention to BOS"]
+assert m.loc["non-trigger queries", "attention to BOS"] > 0.5, "non-trigger queries should park on BOS"
 """),
     code("""
 b = 0
@@ -272,6 +272,7 @@ print(f"value-drain ratio of head (0, 0): {float(vd.frame['value_drain'][0]):.3f
 rel = table.set_index("targets")["relative change"]
 assert rel.iloc[0] > 1.0, "moving the head to BOS must break the back-copy"
 assert abs(rel.iloc[1]) < 0.01, "and cost (almost) nothing where the head is idle"
+assert float(vd.frame["value_drain"][0]) < 0.3, "the parked-on value should be drained"
 """),
     md("""
 **What to take away.** In SmolLM2 almost every head beyond the first layers parks most of its

@@ -128,22 +128,6 @@ def trigger_free(chain, n: int, seq_len: int, seed: int) -> torch.Tensor:
     return out
 
 
-def organism_lacks_sink(info: dict) -> str | None:
-    """Why this organism cannot show the must-show sink facts, from its own held-out ground truth.
-
-    METHODS sec 2 reports BOS attention 0.97-1.00 from non-trigger queries and a drain ratio
-    ~0.19 for the recipe; an organism measured (in plain torch, ``lens._organisms_eval``)
-    below the dormant threshold or above the drain bound cannot be classified so by any
-    correct analyzer, so those checks become expected failures that name the numbers.
-    """
-    m = info["metrics"]
-    if m["bos_attention_non_trigger"] < 0.5 or m["value_drain_ratio"] >= 0.3:
-        return (f"organism {info.get('cache', '')} formed no sink: held-out BOS attention from non-trigger "
-                f"queries {m['bos_attention_non_trigger']:.2f} (METHODS: 0.97-1.00), value-drain ratio "
-                f"{m['value_drain_ratio']:.2f} (METHODS: ~0.19)")
-    return None
-
-
 @pytest.fixture(scope="module")
 def bb_inputs(bigram_backcopy):
     """(trigger-free inputs, the organism's own held-out inputs with triggers)."""
@@ -204,9 +188,6 @@ def test_bb_sink_head_dormant_without_triggers(bigram_backcopy, bb_inputs, bb_ca
     per_input = dormant_inputs(cap_plain).frame
     rows = per_input[(per_input["layer"] == layer) & (per_input["head"] == head)]
     assert len(rows) == 16
-    why = organism_lacks_sink(info)
-    if why:
-        pytest.xfail(f"{why}; on trigger-free inputs s(x) = {rows['sink_score'].mean():.2f}")
     assert rows["dormant"].all(), rows["sink_score"].describe()
     trig = trigger_mask(bb_inputs[1], info["triggers"])
     both = dormant_heads(cap_plain, cap_trig, queries=[None, trig])
@@ -218,9 +199,6 @@ def test_bb_value_drain(bigram_backcopy, bb_captures):
     layer, head = bigram_backcopy.info["sink_head"]
     ratios = [float(value_drains(c).frame.set_index(["layer", "head"]).loc[(layer, head), "value_drain"])
               for c in bb_captures]
-    why = organism_lacks_sink(bigram_backcopy.info)
-    if why:
-        pytest.xfail(f"{why}; drain ratio here {ratios[0]:.2f} (trigger-free), {ratios[1]:.2f} (held-out)")
     assert max(ratios) < 0.3, ratios
 
 
@@ -239,9 +217,6 @@ def test_bb_move_to_bos_barely_matters_without_triggers(bigram_backcopy, bb_inpu
         logits = bigram_backcopy.model(input_ids=plain[:2]).logits
     direct = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), plain[:2, 1:], reduction="none").mean(1)
     assert torch.allclose(losses(bigram_backcopy, plain[:2]), direct, atol=1e-5)
-    why = organism_lacks_sink(bigram_backcopy.info)
-    if why:
-        pytest.xfail(f"{why}; confirm_dormant needs s(x) >= 0.5 too: s = {quiet.frame['sink_score'].mean():.2f}")
     assert quiet.frame["dormant"].all() and quiet.summary["dormant_share"] == 1.0
 
 

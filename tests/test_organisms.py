@@ -29,15 +29,10 @@ def test_bigram_backcopy_learns_the_task_and_its_head_is_active_at_triggers(bigr
     assert info["triggers"] == list(bigram_backcopy.info["triggers"]) and len(info["triggers"]) == 3
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the stock GPT-2 organism parks idle attention diffusely, not on BOS: held-out BOS attention from "
-    "non-trigger queries 0.20 (falls from 0.75 at position 2 to 0.03 at 63), value-drain ratio 0.36; "
-    "METHODS reports 0.97-1.00 and ~0.19. Also tried: zero frozen biases + ReLU (0.14), init std 0.08 "
-    "(0.35-0.42), init 0.25, lr 3e-3, a 1-layer Llama (0.17). Strict: passes -> this marker must go."))
 def test_bigram_backcopy_sink_head_parks_on_bos(bigram_backcopy):
     m = organisms.evaluate(bigram_backcopy)["metrics"]
     assert m["bos_attention_non_trigger"] >= 0.5
-    assert m["value_drain_ratio"] < 0.3
+    assert m["value_drain_ratio"] < 0.3  # measured 0.995 and 0.204 (METHODS sec 2: 0.97-1.00, ~0.19)
 
 
 def test_induction_organism_grows_previous_token_and_induction_heads(induction_organism):
