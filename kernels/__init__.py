@@ -11,7 +11,7 @@ Backends (one signature, one result type, held together by parity tests):
   * ``chunked`` pure torch, blockwise over query rows against only the keys they
                 can see; output and statistics from the same block probabilities;
                 memory linear in key_pos. The CPU choice for long inputs.
-  * ``auto``    chunked when statistics or edits are asked for and key_pos > 1024,
+  * ``auto``    chunked when statistics or edits are asked for and key_pos > 256,
                 else eager. A Triton backend for CUDA plugs into
                 ``kernels._api._choose_backend``.
 With no statistics asked for, both take the fast path: torch's fused CPU attention
