@@ -70,7 +70,7 @@ with torch.no_grad():
         _, cache = subject.bridge.run_with_cache(ids, names_filter=lambda name: name.endswith("hook_pattern"))
         assert len(cache) == subject.n_layers
     elif method == "d":
-        cap = lens.capture(subject, ids, backend="auto", progress=False)
+        cap = lens.capture(subject, ids, backend="auto", progress=False, allow_beyond_context=True)
         assert cap.stats["received"].shape[-1] == n
 seconds = time.perf_counter() - t0
 stop = True; t.join()
@@ -99,8 +99,10 @@ def run_child(method: str, n: int, threads: int, mem_limit_gb: float, timeout: f
     except subprocess.TimeoutExpired:
         return {"method": method, "n": n, "error": f"timeout after {timeout:.0f} s"}
     if out.returncode != 0:
-        tail = (out.stderr.strip().splitlines() or ["?"])[-1][:120]
-        return {"method": method, "n": n, "error": tail}
+        tail = (out.stderr.strip().splitlines() or ["?"])[-1]
+        if "can't allocate memory" in tail or "MemoryError" in tail:
+            tail = f"out of memory (address space capped at {mem_limit_gb:g} GB)"
+        return {"method": method, "n": n, "error": tail[:120]}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

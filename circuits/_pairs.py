@@ -101,6 +101,27 @@ def pairs_from_texts(subject, clean: Sequence[str], corrupted: Sequence[str], an
 
 
 # --- built-in tasks --------------------------------------------------------------------------
+class _Found:
+    """Pairs collected from templates until ``n`` are found (a pair whose answer and wrong
+    token coincide cannot score a logit difference and is skipped)."""
+
+    def __init__(self, n: int):
+        self.n, self.rows = n, []
+
+    def add(self, clean: list[int], corrupt: list[int], answer: int, wrong: int, prompt: str) -> bool:
+        """Keep the pair unless answer == wrong; True once ``n`` pairs are kept."""
+        if answer != wrong:
+            self.rows.append((clean, corrupt, answer, wrong, prompt))
+        return len(self.rows) == self.n
+
+    def pairs(self, subject, task: str, label: str, meta: dict) -> PromptPairs:
+        if len(self.rows) < self.n:
+            raise ValueError(f"only {len(self.rows)} {label} pairs of equal length could be built, {self.n} asked for")
+        clean, corrupt, ans, wrong, kept = (list(col) for col in zip(*self.rows))
+        return pairs_from_ids(clean, corrupt, ans, wrong, pad=subject.pad_token_id, task=task,
+                              meta={"prompts": kept, **meta})
+
+
 def ioi_pairs(subject, n: int, seed: int = 0) -> PromptPairs:
     """IOI prompts from ``make_task("ioi")``; corrupted = the second mention of S replaced by a third
     name C of the same token length ("ABC"). Answer IO, wrong S (metric: logit difference)."""
@@ -110,7 +131,7 @@ def ioi_pairs(subject, n: int, seed: int = 0) -> PromptPairs:
     enc = lambda t: subject.tokenizer(t, add_special_tokens=True)["input_ids"]  # noqa: E731
     rng = random.Random(seed)
     task = make_task("ioi", 0, 4 * n + 20, seed)
-    clean, corrupt, ans, wrong, kept = [], [], [], [], []
+    found = _Found(n)
     for ex in task.test:
         io, s = ex.meta["io"], ex.meta["s"]
         matches = list(re.finditer(rf"\b{re.escape(s)}\b", ex.prompt))
@@ -125,16 +146,9 @@ def ioi_pairs(subject, n: int, seed: int = 0) -> PromptPairs:
                 break
         else:
             continue
-        a, w = _first_token(subject, f" {io}"), _first_token(subject, f" {s}")
-        if a == w:
-            continue
-        clean.append(c_ids), corrupt.append(r_ids), ans.append(a), wrong.append(w), kept.append(ex.prompt)
-        if len(clean) == n:
+        if found.add(c_ids, r_ids, _first_token(subject, f" {io}"), _first_token(subject, f" {s}"), ex.prompt):
             break
-    if len(clean) < n:
-        raise ValueError(f"only {len(clean)} IOI pairs of equal length could be built, {n} asked for")
-    return pairs_from_ids(clean, corrupt, ans, wrong, pad=subject.pad_token_id, task="ioi",
-                          meta={"prompts": kept, "corruption": "ABC (S2 -> C)", "seed": seed})
+    return found.pairs(subject, "ioi", "IOI", {"corruption": "ABC (S2 -> C)", "seed": seed})
 
 
 _SCENE = re.compile(r"Q: On the table, I see (.+?), (.+?), and (.+?)\. What color is the (.+?)\?\nA:$")
@@ -149,7 +163,7 @@ def colored_objects_pairs(subject, n: int, seed: int = 0, *, shots: int = 1) -> 
     enc = lambda t: subject.tokenizer(t, add_special_tokens=True)["input_ids"]  # noqa: E731
     rng = random.Random(seed)
     task = make_task("colored_objects", 0, 3 * n + 20, seed, shots=shots)
-    clean, corrupt, ans, wrong, kept = [], [], [], [], []
+    found = _Found(n)
     for ex in task.test:
         start = ex.prompt.rfind("Q: On the table")
         prefix, question = ex.prompt[:start], ex.prompt[start:]
@@ -173,15 +187,9 @@ def colored_objects_pairs(subject, n: int, seed: int = 0, *, shots: int = 1) -> 
             continue
         a = _first_token(subject, f" {items[k][1].capitalize()}")
         w = _first_token(subject, f" {items[j][1].capitalize()}")
-        if a == w:
-            continue
-        clean.append(c_ids), corrupt.append(r_ids), ans.append(a), wrong.append(w), kept.append(ex.prompt)
-        if len(clean) == n:
+        if found.add(c_ids, r_ids, a, w, ex.prompt):
             break
-    if len(clean) < n:
-        raise ValueError(f"only {len(clean)} colored-objects pairs of equal length could be built, {n} asked for")
-    return pairs_from_ids(clean, corrupt, ans, wrong, pad=subject.pad_token_id, task="colored_objects",
-                          meta={"prompts": kept, "corruption": "colour swap", "seed": seed})
+    return found.pairs(subject, "colored_objects", "colored-objects", {"corruption": "colour swap", "seed": seed})
 
 
 def induction_pairs(n: int, seed: int = 0, *, seq_len: int = 48, min_period: int = 4, max_period: int = 24
