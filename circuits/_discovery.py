@@ -10,6 +10,7 @@ less than ``threshold`` (KL: increase in nats; other metrics: |change| / |clean 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import pandas as pd
@@ -44,36 +45,70 @@ class _Batches:
 
 
 def eap_scores(subject, pairs: PromptPairs, *, metric: str = "logit_diff", ablation: str = "resample",
-               batch_size: int = 16) -> pd.DataFrame:
+               batch_size: int = 16, ig_steps: int = 0) -> pd.DataFrame:
     """First-order estimate of each edge's ablation effect on the mean metric (EAP).
+
+    score(s -> r) = (a_s(ablated) - a_s(clean)) . dM/d(input of r), summed over positions.
+    ``ig_steps = 0``: the gradient at the clean run (plain EAP). ``ig_steps = k > 0``: EAP-IG
+    (Hanna et al. 2024), the gradient averaged over k runs whose token embeddings are
+    interpolated between the corrupted and the clean prompt (midpoints alpha = (i + 1/2) / k);
+    it needs clean and corrupted prompts of equal length.
 
     Returns one row per edge: ``sender, receiver, score`` (metric units; comparable to
     ``edge_patching_scores``) and ``normalized`` (score / (clean - corrupted)).
     """
+    if ig_steps < 0:
+        raise ValueError(f"ig_steps must be >= 0, got {ig_steps}")
+    if ig_steps and not (pairs.clean.shape == pairs.corrupted.shape
+                         and torch.equal(pairs.clean_lengths, pairs.corrupted_lengths)):
+        raise ValueError("ig_steps > 0 interpolates token embeddings: clean and corrupted prompts must have equal lengths")
     graph = Graph.of(subject)
     valid = valid_edges(graph)
     fn = get_metric(metric)
+    names = list(graph.receivers)
     total = torch.zeros(len(graph.receivers), len(graph.senders), dtype=torch.float64)
     b = _Batches(subject, pairs, metric, ablation, batch_size)
+    alphas = [None] if ig_steps == 0 else [(i + 0.5) / ig_steps for i in range(ig_steps)]
     for setup, ref, mask, k in b.items:
         p = setup.pairs
-        with torch.enable_grad():
-            logits, st = run(subject, p.clean, p.clean_lengths,
-                             RunSpec(grad_receivers=True, record=frozenset({"senders"})), graph=graph, grad=True)
-            m = fn(last_logits(logits, p.clean_lengths).float(), setup.answers, setup.clean_last).mean()
-            names = list(graph.receivers)
-            grads = torch.autograd.grad(m, [st.leaves[r] for r in names], allow_unused=True)
-        clean = torch.stack([s.detach() for s in st.senders])
+        g = 0.0
+        for alpha in alphas:
+            with torch.enable_grad(), _embeddings_mixed(subject, p.corrupted, alpha):
+                logits, st = run(subject, p.clean, p.clean_lengths,
+                                 RunSpec(grad_receivers=True, record=frozenset({"senders"})), graph=graph, grad=True)
+                m = fn(last_logits(logits, p.clean_lengths).float(), setup.answers, setup.clean_last).mean()
+                grads = torch.autograd.grad(m, [st.leaves[r] for r in names], allow_unused=True)
+            g = g + torch.stack([torch.zeros_like(st.senders[0]) if x is None else x for x in grads]) / len(alphas)
+        clean = torch.stack([x.detach() for x in setup.clean.senders])  # sender outputs of the clean run
         diff = (ref - clean) * mask[None, ..., None].to(clean.dtype)  # [S, b, t, d]
-        g = torch.stack([torch.zeros_like(clean[0]) if x is None else x for x in grads])  # [R, b, t, d]
         total += torch.einsum("snd,rnd->rs", diff.flatten(1, 2), g.flatten(1, 2)).double() * k
     total /= b.n
     rows = [(s, r, float(total[graph.receiver_index[r], graph.sender_index[s]])) for s, r in graph.edges]
     df = pd.DataFrame(rows, columns=["sender", "receiver", "score"])
     df["normalized"] = df["score"] / (b.m_clean - b.m_corr)
-    df.attrs.update(metric_name=metric, ablation=ablation, clean=b.m_clean, corrupted=b.m_corr)
+    df.attrs.update(metric_name=metric, ablation=ablation, clean=b.m_clean, corrupted=b.m_corr, ig_steps=ig_steps)
     assert bool(valid.any())
     return df
+
+
+@contextlib.contextmanager
+def _embeddings_mixed(subject, corrupted: torch.Tensor, alpha: float | None):
+    """Token embeddings of the next runs = corrupted + alpha (clean - corrupted); no-op for None."""
+    if alpha is None:
+        yield
+        return
+    emb = subject.model.get_input_embeddings()
+    with torch.no_grad():
+        other = emb(corrupted.to(subject.device))
+
+    def mix(module, args, out):
+        return other + alpha * (out - other)
+
+    handle = emb.register_forward_hook(mix)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _connected(graph: Graph, edges: set[tuple[str, str]]) -> set[tuple[str, str]]:
@@ -137,9 +172,11 @@ def greedy_edges(graph: Graph, scores: pd.DataFrame, k: int) -> set[tuple[str, s
 
 def eap_circuit(subject, pairs: PromptPairs, *, top_k: int | None = None, top_frac: float | None = None,
                 metric: str = "logit_diff", ablation: str = "resample", batch_size: int = 16,
-                selection: str = "greedy", scores: pd.DataFrame | None = None, evaluate: bool = True) -> Circuit:
+                selection: str = "greedy", scores: pd.DataFrame | None = None, evaluate: bool = True,
+                ig_steps: int = 0) -> Circuit:
     """A circuit of ``top_k`` edges (or ``top_frac`` of all edges) chosen by |EAP score|.
 
+    ig_steps: 0 for plain EAP scores, k > 0 for EAP-IG (see ``eap_scores``).
     selection: ``"greedy"`` grows it from the logits backwards (every edge leads to the logits);
     ``"top"`` takes the k strongest edges and keeps those on an input -> logits path (can be
     empty on a large graph). evaluate: compute faithfulness (two more patched passes).
@@ -148,8 +185,8 @@ def eap_circuit(subject, pairs: PromptPairs, *, top_k: int | None = None, top_fr
         raise ValueError("give exactly one of top_k and top_frac")
     if selection not in ("greedy", "top"):
         raise ValueError(f"selection must be 'greedy' or 'top', got {selection!r}")
-    scores = eap_scores(subject, pairs, metric=metric, ablation=ablation, batch_size=batch_size) if scores is None \
-        else scores
+    if scores is None:
+        scores = eap_scores(subject, pairs, metric=metric, ablation=ablation, batch_size=batch_size, ig_steps=ig_steps)
     k = top_k if top_k is not None else max(1, round(top_frac * len(scores)))
     if k < 1:
         raise ValueError(f"top_k must be >= 1, got {k}")
@@ -163,7 +200,7 @@ def eap_circuit(subject, pairs: PromptPairs, *, top_k: int | None = None, top_fr
     edges = [e for e in graph.edges if e in kept]
     circuit = Circuit(edges, {e: score_of[e] for e in edges}, task=pairs.task, metric=metric, method="eap",
                       model=subject.name, params={"top_k": k, "selection": selection, "ablation": ablation,
-                                                  "n_pairs": len(pairs)})
+                                                  "n_pairs": len(pairs), "ig_steps": scores.attrs.get("ig_steps", 0)})
     if evaluate:
         circuit.metrics = evaluate_circuit(subject, circuit, pairs, metric="logit_diff" if metric == "kl" else metric,
                                            ablation=ablation, batch_size=batch_size)

@@ -151,9 +151,11 @@ def induction_pairs():
 
 @pytest.fixture(scope="module")
 def induction_edges(induction_organism, induction_pairs):
+    """(edge patching, plain EAP, EAP-IG with 3 steps) scores of every edge."""
     ap = C.edge_patching_scores(induction_organism, induction_pairs)
     eap = C.eap_scores(induction_organism, induction_pairs, batch_size=24)
-    return ap, eap
+    eap_ig = C.eap_scores(induction_organism, induction_pairs, batch_size=24, ig_steps=3)
+    return ap, eap, eap_ig
 
 
 def _truth(info) -> tuple[set[str], set[str]]:
@@ -187,32 +189,44 @@ def test_induction_acdc_recovers_prev_token_to_induction(induction_organism, ind
     assert circuit.faithfulness >= 0.8
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "measured on the attention-only organism (four redundant induction heads): Spearman(EAP, edge "
-    "patching) = 0.48, below the 0.8 goal; the linear approximation is worst on input -> layer-0 edges"))
 def test_induction_eap_agrees_with_activation_patching(induction_organism, induction_edges):
+    """EAP-IG ranks the 54 edges as real edge patching does; plain EAP's linearisation at the
+    clean run does not (measured Spearman 0.918 vs 0.476: the K-composition edge a0 -> a1 acts
+    through the softmax, where one gradient at the clean point is a poor guide)."""
     from scipy.stats import spearmanr
 
-    ap, eap = induction_edges
-    assert list(ap["sender"]) == list(eap["sender"]) and list(ap["receiver"]) == list(eap["receiver"])
+    ap, eap, eap_ig = induction_edges
+    for scores in (eap, eap_ig):
+        assert list(ap["sender"]) == list(scores["sender"]) and list(ap["receiver"]) == list(scores["receiver"])
+    rho_ig = spearmanr(ap["score"], eap_ig["score"]).statistic
     rho = spearmanr(ap["score"], eap["score"]).statistic
-    assert rho >= 0.8, rho
+    assert rho_ig >= 0.8 and rho_ig > rho + 0.2, (rho_ig, rho)
+    assert eap_ig.attrs["ig_steps"] == 3 and eap.attrs["ig_steps"] == 0
     prev, ind = _truth(induction_organism.info)
-    heads = eap[eap.sender.str.startswith("a") & eap.receiver.str.startswith("a")]
+    heads = eap_ig[eap_ig.sender.str.startswith("a") & eap_ig.receiver.str.startswith("a")]
     top = heads.loc[heads["score"].abs().idxmax()]
     assert top.sender in prev and top.receiver in ind
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "measured: the 8-edge EAP top-k circuit keeps faithfulness -0.01 on the attention-only organism, "
-    "whose copying is spread over four induction heads; ACDC's circuit is the faithful one"))
 def test_induction_eap_circuit_faithful(induction_organism, induction_pairs, induction_edges):
-    _, eap = induction_edges
-    circuit = C.eap_circuit(induction_organism, induction_pairs, top_k=8, scores=eap)
+    """16 edges (ACDC keeps 18): room for input -> previous-token head -> each of the four
+    induction heads -> logits. Measured faithfulness: EAP-IG 0.97, plain EAP 0.62."""
+    _, eap, eap_ig = induction_edges
+    circuit = C.eap_circuit(induction_organism, induction_pairs, top_k=16, scores=eap_ig)
     prev, ind = _truth(induction_organism.info)
-    assert any(e[0] in prev and e[1] in ind for e in circuit.edges)
-    assert circuit.faithfulness >= 0.8
+    assert {i for i in ind if any((p, i) in circuit.edges for p in prev)} == ind
+    assert circuit.faithfulness >= 0.8 and circuit.params["ig_steps"] == 3
     assert not math.isnan(circuit.metrics["normalized"])
+    plain = C.eap_circuit(induction_organism, induction_pairs, top_k=16, scores=eap)
+    assert plain.faithfulness < circuit.faithfulness
+
+
+def test_eap_ig_needs_equal_lengths(induction_organism):
+    pairs = C.pairs_from_ids([[0, 5, 6, 7], [0, 5, 6, 7]], [[0, 8, 6], [0, 9, 6, 7]], [7, 7], [6, 6], pad=1)
+    with pytest.raises(ValueError, match="equal lengths"):
+        C.eap_scores(induction_organism, pairs, ig_steps=2)
+    with pytest.raises(ValueError, match="ig_steps must be >= 0"):
+        C.eap_scores(induction_organism, pairs, ig_steps=-1)
 
 
 def test_induction_head_patching_finds_the_heads(induction_organism, induction_pairs):
