@@ -259,20 +259,23 @@ def circuit_tasks(subject: lens.Subject) -> list[str]:
     return ["induction"] if is_organism(subject) else ["ioi", "colored_objects"]
 
 
-def find_circuit(subject: lens.Subject, task: str, n_pairs: int, top_k: int, progress=None):
-    """``circuits.discover`` (EAP, top-k edges) on ``n_pairs`` built-in pairs, evaluated for faithfulness."""
+def find_circuit(subject: lens.Subject, task: str, n_pairs: int, top_k: int, progress=None, ig_steps: int = 0):
+    """``circuits.discover`` (EAP, top-k edges) on ``n_pairs`` built-in pairs, evaluated for faithfulness.
+
+    ig_steps > 0 scores edges with EAP-IG (the built-in pairs have equal lengths)."""
     import circuits
 
     if task not in circuit_tasks(subject):
         raise ValueError(f"task {task!r} does not fit {subject.name}; choose one of {circuit_tasks(subject)}")
-    if not 2 <= int(n_pairs) <= 64 or not 1 <= int(top_k) <= 500:
-        raise ValueError("pairs must be 2-64 and edges 1-500")
+    if not 2 <= int(n_pairs) <= 64 or not 1 <= int(top_k) <= 500 or not 0 <= int(ig_steps) <= 16:
+        raise ValueError("pairs must be 2-64, edges 1-500 and IG steps 0-16")
     if progress is not None:
         progress.update(f"making {n_pairs} {task} pairs")
     pairs = circuits.make_pairs(subject, task, int(n_pairs), seed=0)
     if progress is not None:
-        progress.update(f"attribution patching (EAP) over {len(pairs)} pairs, then evaluating the circuit")
-    return circuits.discover(subject, pairs, method="eap", top_k=int(top_k))
+        how = "EAP" if not ig_steps else f"EAP-IG, {int(ig_steps)} steps"
+        progress.update(f"attribution patching ({how}) over {len(pairs)} pairs, then evaluating the circuit")
+    return circuits.discover(subject, pairs, method="eap", top_k=int(top_k), ig_steps=int(ig_steps))
 
 
 def probe_tasks(subject: lens.Subject) -> list[str]:

@@ -210,7 +210,8 @@ def test_dashboard_on_bigram_backcopy(bigram_backcopy, browser, tmp_path):
         page.fill("#circuits-pairs", "8")
         page.click("#circuits-run")
         wait_plot(page, "circuits-graph", "t.includes('faithfulness')", timeout=120_000)
-        circuit = ctx.jobs.get(make_key("circuit", subject.name, "induction", 8, 20))
+        circuit = ctx.jobs.get(make_key("circuit", subject.name, "induction", 8, 20, 3))
+        assert circuit.params["ig_steps"] == 3  # the organism's default: EAP-IG
         drawn = plot_data(page, "circuits-graph")
         assert sorted(drawn[-1]["text"]) == sorted(circuit.nodes)
         edges = {(c[0][0], c[0][1]): c[0][2] for c in (t["customdata"] for t in drawn[:-1])}

@@ -9,7 +9,7 @@ import viz
 from dashboard import ids
 from dashboard._context import Context, labelled, placeholder, status_text
 from dashboard._jobs import make_key
-from dashboard._work import circuit_tasks, find_circuit
+from dashboard._work import circuit_tasks, find_circuit, is_organism
 
 PATH = "/circuits"
 NAME = "Circuits"
@@ -22,12 +22,15 @@ def layout(ctx: Context) -> html.Div:
         html.H3("Circuits"),
         html.P("Edge attribution patching (EAP) on clean/corrupted prompt pairs of a built-in task: the top edges "
                "by |attribution| that lie on an input \u2192 logits path, then the circuit run alone "
-               "(faithfulness = circuit metric / full-model metric).", style={"fontSize": "13px"}),
+               "(faithfulness = circuit metric / full-model metric). IG steps > 0: EAP-IG, gradients averaged "
+               "over runs interpolated between corrupted and clean prompts (closer to real patching, one "
+               "backward pass per step).", style={"fontSize": "13px"}),
         html.Div([
             labelled("task", dcc.Dropdown(id=ids.CI_TASK, options=tasks, value=tasks[0], clearable=False),
                      width="200px"),
             labelled("pairs", dcc.Input(id=ids.CI_PAIRS, value=16, **num)),
             labelled("edges (top k)", dcc.Input(id=ids.CI_TOPK, value=20, **num)),
+            labelled("IG steps", dcc.Input(id=ids.CI_IG, value=3 if is_organism(ctx.subject) else 0, **num)),
             html.Button("Find circuit", id=ids.CI_RUN, n_clicks=0, style={"marginTop": "18px"}),
         ]),
         html.Div(id=ids.CI_STATUS, style={"fontSize": "13px", "color": "#555", "margin": "6px 0"}),
@@ -54,17 +57,17 @@ def register(app, ctx: Context) -> None:
     @app.callback(Output(ids.CI_PENDING, "data"), Output(ids.CI_POLL, "disabled"), Output(ids.CI_KEY, "data"),
                   Output(ids.CI_STATUS, "children"), Input(ids.CI_RUN, "n_clicks"), Input(ids.CI_POLL, "n_intervals"),
                   State(ids.CI_TASK, "value"), State(ids.CI_PAIRS, "value"), State(ids.CI_TOPK, "value"),
-                  State(ids.CI_PENDING, "data"), prevent_initial_call=True)
-    def _run(_n, _tick, task, n_pairs, top_k, pending):
+                  State(ids.CI_IG, "value"), State(ids.CI_PENDING, "data"), prevent_initial_call=True)
+    def _run(_n, _tick, task, n_pairs, top_k, ig_steps, pending):
         if dash.ctx.triggered_id == ids.CI_RUN:
             try:
-                n_pairs, top_k = int(n_pairs), int(top_k)
+                n_pairs, top_k, ig_steps = int(n_pairs), int(top_k), int(ig_steps)
             except (TypeError, ValueError):
-                return None, True, no_update, "pairs and edges must be whole numbers"
-            key = make_key("circuit", ctx.model, task, n_pairs, top_k)
+                return None, True, no_update, "pairs, edges and IG steps must be whole numbers"
+            key = make_key("circuit", ctx.model, task, n_pairs, top_k, ig_steps)
             if ctx.jobs.get(key) is not None:
                 return None, True, key, "from the cache"
-            ctx.jobs.submit(key, lambda progress: find_circuit(ctx.subject, task, n_pairs, top_k, progress))
+            ctx.jobs.submit(key, lambda progress: find_circuit(ctx.subject, task, n_pairs, top_k, progress, ig_steps))
             return key, False, no_update, "queued"
         st = ctx.jobs.status(pending)
         if st["state"] == "running":
