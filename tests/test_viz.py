@@ -61,9 +61,9 @@ def test_attention_pattern_exact_rows_and_window():
     assert "L1 H2" in fig.layout.title.text and "exact" in fig.layout.title.text
     win = viz.attention_pattern(cap, 1, 2, window=(3, 5))
     assert np.allclose(np.array(win.data[0].z), p[1, 2, 3:5, :5].numpy())  # causal: keys cut at the window's end
-    assert list(win.data[0].y) == [3, 4]
-    assert win.data[0].text[1][2] == "\u2423on \u2192 \u2423cat"  # query 4, key 2
-    assert win.data[0].hovertemplate.startswith("q %{y} \u2192 k %{x}")
+    assert list(win.data[0].y) == ["3 \u2423sat", "4 \u2423on"]
+    assert win.data[0].x[2] == "2 \u2423cat"  # the hover of query 4, key 2 reads "q 4 on -> k 2 cat"
+    assert win.data[0].hovertemplate.startswith("q %{y} \u2192 k %{x}") and win.data[0].text is None
     # the capture's kept rows (pattern_window 2..6) win over the pooled map when they cover the window
     kept = {(0, 1): p[0, 1, 2:6][None] * 0 + 0.5}
     cap2 = _capture({"pooled": p[None]}, 2, 3, TOKENS, patterns=kept, pattern_window=[2, 6])
@@ -86,13 +86,13 @@ def test_pooled_pattern_is_the_block_mean_of_the_real_one(tiny_gpt2):
     fig = viz.attention_pattern(cap, 1, 3)
     f = 3
     assert "pooled 3x3" in fig.layout.title.text
-    assert list(fig.data[0].x) == [0, 3, 6, 9] and list(fig.data[0].y) == [0, 3, 6, 9]
+    assert list(fig.data[0].x) == ["0-2", "3-5", "6-8", "9-10"] and list(fig.data[0].y) == list(fig.data[0].x)
     z = np.array(fig.data[0].z)
     for bi in range(4):
         for bj in range(4):
             block = full[bi * f:(bi + 1) * f, bj * f:(bj + 1) * f]
             assert z[bi, bj] == pytest.approx(float(block.sum() / block.numel()), abs=1e-6)
-    assert "block mean, 3x3" in fig.data[0].text[1][0]
+    assert "block mean, 3x3" in fig.data[0].hovertemplate
 
 
 def test_token_strip_wraps_and_marks():

@@ -2,17 +2,19 @@
 
 Convention (lens._capture_data): a pattern is ``[query_pos, key_pos]`` for one input and
 head. A *pooled* map (the ``pooled`` statistic) has one cell per f x f block of positions,
-holding the block mean; the figure says so in its title and in every hover, and its axes
-are in token positions (each cell starts at ``f * index``).
+holding the block mean; the figure says so in its title and in every hover. Its axes are
+categorical: "pos token" per row/column, or "first-last" positions per pooled block.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from viz._common import LAYOUT, clean, tick_labels
+from viz._common import LAYOUT, clean
 
 __all__ = ["PatternView", "attention_pattern", "pattern_comparison", "pattern_heatmap", "pattern_view"]
 
@@ -73,29 +75,36 @@ def pattern_view(capture, layer: int, head: int, *, input: int = 0,
 
 def pattern_heatmap(view: PatternView, *, max_labels: int = 48, zmax: float | None = None,
                     colorscale: str = "Blues", showscale: bool = True) -> go.Heatmap:
-    """A heatmap trace of a PatternView: x = key position, y = query position, hover with tokens."""
-    f = view.pool
-    toks = view.tokens
-    if f == 1:  # positions come from x and y in the hover; the text holds only the two tokens (smaller payload)
-        text = [[f"{clean(toks[i])} \u2192 {clean(toks[j])}" for j in view.cols] for i in view.rows]
-        hover = "q %{y} \u2192 k %{x}: %{text}<br>p = %{z:.4f}<extra></extra>"
-    else:
-        last = view.n_tokens - 1
-        text = [[f"q {i}-{min(i + f - 1, last)} \u2192 k {j}-{min(j + f - 1, last)} (block mean, {f}x{f})"
-                 for j in view.cols] for i in view.rows]
-        hover = "%{text}<br>p = %{z:.4f}<extra></extra>"
+    """A heatmap trace of a PatternView: x = key labels, y = query labels, hover with tokens.
+
+    The axes are categorical with one unique label per row/column ("pos token" for exact
+    maps, "first-last" position ranges for pooled ones), so the hover reads the tokens from
+    x and y: no per-cell text, which kept a 128-token map at 0.7 MB of JSON and slowed
+    every redraw in the browser.
+    """
+    pooled = f" (block mean, {view.pool}x{view.pool})" if view.pool > 1 else ""
+    hover = f"q %{{y}} \u2192 k %{{x}}{pooled}<br>p = %{{z:.4f}}<extra></extra>"
     # numpy arrays, not lists: plotly validates and serialises them ~10x faster (base64 typed arrays)
-    return go.Heatmap(z=np.asarray(view.matrix, dtype=float), x=view.cols, y=view.rows,
-                      text=np.array(text, dtype=object), colorscale=colorscale,
+    return go.Heatmap(z=np.asarray(view.matrix, dtype=float), x=axis_labels(view, view.cols),
+                      y=axis_labels(view, view.rows), colorscale=colorscale,
                       zmin=0, zmax=zmax, showscale=showscale, hovertemplate=hover)
 
 
+def axis_labels(view: PatternView, positions) -> list[str]:
+    """One unique category label per row or column: "pos token", or "first-last" when pooled."""
+    if view.pool == 1:
+        return [f"{p} {clean(view.tokens[p])}" if p < len(view.tokens) else str(p) for p in positions]
+    last = view.n_tokens - 1
+    return [f"{p}-{min(p + view.pool - 1, last)}" for p in positions]
+
+
 def _axes(fig: go.Figure, view: PatternView, max_labels: int, row: int | None = None, col: int | None = None):
-    xv, xt = tick_labels(view.tokens, view.cols, max_labels)
-    yv, yt = tick_labels(view.tokens, view.rows, max_labels)
     kw = {} if row is None else dict(row=row, col=col)
-    fig.update_xaxes(tickvals=xv, ticktext=xt, tickangle=-60, title_text="key", **kw)
-    fig.update_yaxes(tickvals=yv, ticktext=yt, autorange="reversed", title_text="query", **kw)
+    for update, positions, title in ((fig.update_xaxes, view.cols, "key"), (fig.update_yaxes, view.rows, "query")):
+        labels = axis_labels(view, positions)
+        step = max(1, math.ceil(len(labels) / max_labels))
+        extra = dict(tickangle=-60) if title == "key" else dict(autorange="reversed")
+        update(type="category", tickvals=labels[::step], ticktext=labels[::step], title_text=title, **extra, **kw)
 
 
 def _pool_note(view: PatternView) -> str:
