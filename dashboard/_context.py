@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import plotly.graph_objects as go
-from dash import html
+from dash import dcc, html, no_update
 
 import lens
 from dashboard._jobs import Jobs, make_key
@@ -67,3 +68,35 @@ def labelled(label: str, component, width: str | None = None) -> html.Div:
         style["width"] = width
     return html.Div([html.Label(label, style={"display": "block", "fontSize": "12px", "color": "#555"}), component],
                     style=style)
+
+
+# --- background jobs on a page --------------------------------------------------------------
+# A job page keeps four things: a status line, a poll timer, the key of the job it waits for
+# ("pending") and the key of the result it shows. Its run callback returns
+# (pending, poll disabled, shown key, status text).
+def job_slots(status: str, poll: str, pending: str, key: str, interval_ms: int = 400) -> list:
+    """The status line, poll timer and the two per-tab stores of a job page."""
+    return [html.Div(id=status, style={"fontSize": "13px", "color": "#555", "margin": "6px 0"}),
+            dcc.Interval(id=poll, interval=interval_ms, disabled=True),
+            dcc.Store(id=pending, storage_type="memory"),
+            dcc.Store(id=key, storage_type="memory")]
+
+
+def start_job(ctx: Context, key: str, work: Callable, *, cached: str = "from the cache", queued: str = "queued"):
+    """Show a cached result at once, else submit ``work(progress)`` and start polling."""
+    if ctx.jobs.get(key) is not None:
+        return None, True, key, cached
+    ctx.jobs.submit(key, work)
+    return key, False, no_update, queued
+
+
+def poll_job(ctx: Context, pending: str | None, what: str, done: Callable[[object], str]):
+    """One poll tick: progress while running, the error or ``done(result)`` when it ends."""
+    st = ctx.jobs.status(pending)
+    if st["state"] == "running":
+        return no_update, False, no_update, status_text(st, what)
+    if st["state"] == "error":
+        return None, True, no_update, st["message"]
+    if st["state"] == "done":
+        return None, True, pending, done(ctx.jobs.get(pending))
+    return None, True, no_update, ""

@@ -7,7 +7,7 @@ from dash import Input, Output, State, dcc, html, no_update
 
 import viz
 from dashboard import ids
-from dashboard._context import Context, labelled, placeholder, status_text
+from dashboard._context import Context, job_slots, labelled, placeholder, poll_job, start_job
 from dashboard._jobs import make_key
 from dashboard._work import circuit_tasks, find_circuit, is_organism
 
@@ -33,10 +33,7 @@ def layout(ctx: Context) -> html.Div:
             labelled("IG steps", dcc.Input(id=ids.CI_IG, value=3 if is_organism(ctx.subject) else 0, **num)),
             html.Button("Find circuit", id=ids.CI_RUN, n_clicks=0, style={"marginTop": "18px"}),
         ]),
-        html.Div(id=ids.CI_STATUS, style={"fontSize": "13px", "color": "#555", "margin": "6px 0"}),
-        dcc.Interval(id=ids.CI_POLL, interval=400, disabled=True),
-        dcc.Store(id=ids.CI_PENDING, storage_type="memory"),
-        dcc.Store(id=ids.CI_KEY, storage_type="memory"),
+        *job_slots(ids.CI_STATUS, ids.CI_POLL, ids.CI_PENDING, ids.CI_KEY),
         dcc.Graph(id=ids.CI_GRAPH, figure=placeholder("circuit graph: choose a task and press Find circuit", 520)),
     ])
 
@@ -65,19 +62,9 @@ def register(app, ctx: Context) -> None:
             except (TypeError, ValueError):
                 return None, True, no_update, "pairs, edges and IG steps must be whole numbers"
             key = make_key("circuit", ctx.model, task, n_pairs, top_k, ig_steps)
-            if ctx.jobs.get(key) is not None:
-                return None, True, key, "from the cache"
-            ctx.jobs.submit(key, lambda progress: find_circuit(ctx.subject, task, n_pairs, top_k, progress, ig_steps))
-            return key, False, no_update, "queued"
-        st = ctx.jobs.status(pending)
-        if st["state"] == "running":
-            return no_update, False, no_update, status_text(st, "circuit")
-        if st["state"] == "error":
-            return None, True, no_update, st["message"]
-        if st["state"] == "done":
-            c = ctx.jobs.get(pending)
-            return None, True, pending, f"found {len(c.edges)} edges; {repr(c)}"
-        return None, True, no_update, ""
+            return start_job(ctx, key, lambda progress: find_circuit(ctx.subject, task, n_pairs, top_k, progress,
+                                                                     ig_steps))
+        return poll_job(ctx, pending, "circuit", lambda c: f"found {len(c.edges)} edges; {repr(c)}")
 
     @app.callback(Output(ids.CI_GRAPH, "figure"), Input(ids.CI_KEY, "data"))
     def _render(key):

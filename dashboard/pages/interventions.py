@@ -7,7 +7,7 @@ from dash import Input, Output, State, dcc, html, no_update
 
 import viz
 from dashboard import ids
-from dashboard._context import Context, labelled, placeholder, status_text
+from dashboard._context import Context, job_slots, labelled, placeholder, poll_job, start_job
 from dashboard._jobs import make_key
 from dashboard._work import EDIT_TYPES, describe, edit_fields, run_edits, spec_toml, task_names
 
@@ -51,10 +51,7 @@ def layout(ctx: Context) -> html.Div:
             labelled("show layer", dcc.Input(id=ids.IV_SHOW_LAYER, value=0, **num)),
             labelled("show head", dcc.Input(id=ids.IV_SHOW_HEAD, value=0, **num)),
         ]),
-        html.Div(id=ids.IV_STATUS, style={"fontSize": "13px", "color": "#555", "margin": "6px 0"}),
-        dcc.Interval(id=ids.IV_POLL, interval=250, disabled=True),
-        dcc.Store(id=ids.IV_PENDING, storage_type="memory"),
-        dcc.Store(id=ids.IV_KEY, storage_type="memory"),
+        *job_slots(ids.IV_STATUS, ids.IV_POLL, ids.IV_PENDING, ids.IV_KEY, interval_ms=250),
         dcc.Graph(id=ids.IV_NEXT, figure=placeholder("next-token distributions: add an edit and run it")),
         dcc.Graph(id=ids.IV_PATTERNS, figure=placeholder("patterns before / after", 460)),
         html.H4("Save as an experiment spec"),
@@ -142,25 +139,16 @@ def register(app, ctx: Context) -> None:
             if not edits:
                 return None, True, no_update, "Add at least one edit first."
             key = make_key("edit", ctx.model, analysis.text, edits)
-            if ctx.jobs.get(key) is not None:
-                return None, True, key, f"{len(edits)} edit(s) applied (cached)"
             before, text = analysis.capture, analysis.text
 
             def job(progress):
                 return {"before": before, "after": run_edits(ctx.subject, text, edits, progress), "edits": edits}
 
-            ctx.jobs.submit(key, job)
-            return key, False, no_update, "running the edited pass..."
-        st = ctx.jobs.status(pending)
-        if st["state"] == "running":
-            return no_update, False, no_update, status_text(st, "edits")
-        if st["state"] == "error":
-            return None, True, no_update, st["message"]
-        if st["state"] == "done":
-            res = ctx.jobs.get(pending)
-            return None, True, pending, (f"{len(res['edits'])} edit(s) applied to the "
-                                         f"{int(res['before'].lengths[0])}-token text analyzed when Run was pressed")
-        return None, True, no_update, ""
+            return start_job(ctx, key, job, cached=f"{len(edits)} edit(s) applied (cached)",
+                             queued="running the edited pass...")
+        return poll_job(ctx, pending, "edits", lambda res: (
+            f"{len(res['edits'])} edit(s) applied to the {int(res['before'].lengths[0])}-token text analyzed "
+            "when Run was pressed"))
 
     @app.callback(Output(ids.IV_NEXT, "figure"), Output(ids.IV_PATTERNS, "figure"), Input(ids.IV_KEY, "data"),
                   Input(ids.IV_SHOW_LAYER, "value"), Input(ids.IV_SHOW_HEAD, "value"))

@@ -7,7 +7,7 @@ from dash import Input, Output, State, dcc, html, no_update
 
 import viz
 from dashboard import ids
-from dashboard._context import Context, labelled, placeholder, status_text
+from dashboard._context import Context, job_slots, labelled, placeholder, poll_job, start_job
 from dashboard._jobs import make_key
 from dashboard._work import probe_tasks, run_probes
 
@@ -28,10 +28,7 @@ def layout(ctx: Context) -> html.Div:
             labelled("examples", dcc.Input(id=ids.PR_N, type="number", value=64, step=1, style={"width": "90px"})),
             html.Button("Run probes", id=ids.PR_RUN, n_clicks=0, style={"marginTop": "18px"}),
         ]),
-        html.Div(id=ids.PR_STATUS, style={"fontSize": "13px", "color": "#555", "margin": "6px 0"}),
-        dcc.Interval(id=ids.PR_POLL, interval=400, disabled=True),
-        dcc.Store(id=ids.PR_PENDING, storage_type="memory"),
-        dcc.Store(id=ids.PR_KEY, storage_type="memory"),
+        *job_slots(ids.PR_STATUS, ids.PR_POLL, ids.PR_PENDING, ids.PR_KEY),
         dcc.Graph(id=ids.PR_CURVES, figure=placeholder("probe curves: choose a task and press Run probes", 420)),
     ])
 
@@ -61,19 +58,9 @@ def register(app, ctx: Context) -> None:
             except (TypeError, ValueError):
                 return None, True, no_update, "examples must be a whole number"
             key = make_key("probes", ctx.model, task, n)
-            if ctx.jobs.get(key) is not None:
-                return None, True, key, "from the cache"
-            ctx.jobs.submit(key, lambda progress: (task, run_probes(ctx.subject, task, n, progress)))
-            return key, False, no_update, "queued"
-        st = ctx.jobs.status(pending)
-        if st["state"] == "running":
-            return no_update, False, no_update, status_text(st, "probes")
-        if st["state"] == "error":
-            return None, True, no_update, st["message"]
-        if st["state"] == "done":
-            _, frame = ctx.jobs.get(pending)
-            return None, True, pending, f"{len(frame)} layers probed on {int(frame['n_test'].iloc[0])} held-out tokens"
-        return None, True, no_update, ""
+            return start_job(ctx, key, lambda progress: (task, run_probes(ctx.subject, task, n, progress)))
+        return poll_job(ctx, pending, "probes", lambda result: (
+            f"{len(result[1])} layers probed on {int(result[1]['n_test'].iloc[0])} held-out tokens"))
 
     @app.callback(Output(ids.PR_CURVES, "figure"), Input(ids.PR_KEY, "data"))
     def _render(key):
