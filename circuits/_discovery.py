@@ -74,11 +74,11 @@ def eap_scores(subject, pairs: PromptPairs, *, metric: str = "logit_diff", ablat
         g = 0.0
         for alpha in alphas:
             with torch.enable_grad(), _embeddings_mixed(subject, p.corrupted, alpha):
-                logits, st = run(subject, p.clean, p.clean_lengths,
-                                 RunSpec(grad_receivers=True, record=frozenset({"senders"})), graph=graph, grad=True)
+                logits, st = run(subject, p.clean, p.clean_lengths, RunSpec(grad_receivers=True), graph=graph,
+                                 grad=True)
                 m = fn(last_logits(logits, p.clean_lengths).float(), setup.answers, setup.clean_last).mean()
                 grads = torch.autograd.grad(m, [st.leaves[r] for r in names], allow_unused=True)
-            g = g + torch.stack([torch.zeros_like(st.senders[0]) if x is None else x for x in grads]) / len(alphas)
+            g = g + torch.stack([torch.zeros_like(ref[0]) if x is None else x for x in grads]) / len(alphas)
         clean = torch.stack([x.detach() for x in setup.clean.senders])  # sender outputs of the clean run
         diff = (ref - clean) * mask[None, ..., None].to(clean.dtype)  # [S, b, t, d]
         total += torch.einsum("snd,rnd->rs", diff.flatten(1, 2), g.flatten(1, 2)).double() * k
