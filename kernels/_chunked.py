@@ -2,32 +2,30 @@
 
 Query rows are processed in blocks; each block scores only the keys it can see
 (causal rows stop at their own position, a sliding window starts W - 1 before the
-first row) and holds its unnormalised probabilities ``e = exp(s - m)`` for all heads
-at once, [batch, head, block_q, visible_keys], with m the row max and l = sum e.
-The output ``(e @ v) / l`` and every statistic come from that same ``e`` (one pass:
-no second kernel recomputing scores), so chunked and eager differ only by rounding.
+first row) and holds its probabilities ``p`` for all heads at once, [batch, head,
+block_q, visible_keys]. The output ``p @ v`` and every statistic come from that same
+``p`` (one pass: no second kernel recomputing scores), so chunked and eager differ
+only by rounding.
 
 Cost model: on a CPU each elementwise pass over a score block costs about as much
 as a slice of the q.k matmul, so the block body makes as few passes as it can:
   * masks touch only the strips where the causal/sliding rules cut the block;
-  * the row max comes from the top-k (two-stage over strided chunks on long rows);
-  * one fused pass makes e, l and ``sum e (s - m)`` (entropy = ln l - that / l);
-    with ``KERNELS_COMPILE=1`` it is a torch.compile'd loop, else three torch ops;
-  * nothing divides e by l: every linear statistic is computed from e and scaled
-    per row (a [b, h, block_q] multiply), column statistics weight rows by 1 / l
-    inside their matmul (``received``, ``pooled``);
-  * ``distance`` and ``sink_mass_k`` are matvecs, ``waad``/``prev_token``/``diag_mass``
-    read a diagonal band of width W, token masses are one einsum each.
+  * ``torch.softmax`` makes p in one fused pass; the row max (and where it is) comes
+    from the top-k, and ``ln l = -ln p[argmax]``, so the lse costs no pass;
+  * ``distance`` and ``sink_mass_k`` ride on the output matmul as extra columns of v
+    (key position, j < S), so ``p @ [v | cols]`` sums them;
+  * entropy is ``ln l - sum_j p (s - m)``: one dot product of p with the scores;
+  * one matmul gives the pooled map's row-group sums and, summed over the groups,
+    ``received``; one einsum gives both token masses; ``waad``/``prev_token``/
+    ``diag_mass`` read a diagonal band of width W.
 Blocks are sized to a cache-friendly budget (``SCORE_BUDGET_BYTES``), not to fill
 memory: small blocks stay in cache between the passes. Peak extra memory is about
-three blocks (scores, e, one temporary) plus the statistics themselves.
+three blocks (scores, p, one temporary) plus the statistics themselves.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import warnings
 
 import torch
 from jaxtyping import Float
@@ -47,8 +45,6 @@ MIN_BLOCK_Q, MAX_BLOCK_Q = 8, 1024
 #: Rows of at least TOPK_MIN_KEYS keys take the two-stage top-k over TOPK_CHUNKS
 #: strided chunks; shorter rows use torch.topk directly (its cost is mostly per row).
 TOPK_CHUNKS, TOPK_MIN_KEYS = 8, 4096
-#: Fuse the exp / row-sum / entropy pass with torch.compile (inductor C++ on a CPU).
-USE_COMPILE = os.environ.get("KERNELS_COMPILE", "0") == "1"
 
 
 def run(call: Call) -> AttentionResult:
@@ -58,11 +54,14 @@ def run(call: Call) -> AttentionResult:
     dev = call.q.device
     q = (call.q.float() * call.scale).reshape(b, kv, g, nq, call.q.shape[-1])
     k, v = call.k.float(), call.v.float()
+    dv = v.shape[-1]
     bias = None if call.key_bias is None else call.key_bias.clamp_min(NEG)
     f = pool_factor(nq, nk, opt.pool_max)
     stats = BlockStats(call, f)
-    want_dot = stats.needs_entropy
-    out = q.new_zeros(b, h, nq, v.shape[-1])
+    # Per-key columns appended to v, so the output matmul also sums p over them.
+    cols = stats.key_columns()
+    vx = v if cols is None else torch.cat([v, cols.expand(b, kv, nk, -1)], dim=-1)
+    out = q.new_zeros(b, h, nq, dv)
     lse = q.new_full((b, h, nq), float("-inf"))
     align = f if stats.needs_pool_alignment else 1
 
@@ -83,19 +82,25 @@ def run(call: Call) -> AttentionResult:
         if bias is not None:
             s.add_(bias[:, :, None, lo:hi])
 
+        # The row max and where it is: from the top-k when asked, else one max pass.
         top = _topk_scores(s, min(stats.topk, nkb)) if stats.topk_wanted else None
-        m = top[0][..., 0] if top is not None else s.amax(-1)  # row max = best score
+        if top is not None:
+            m, arg = top[0][..., 0], top[1][..., :1]
+        else:
+            m, arg = s.max(-1, keepdim=True)
+            m = m.squeeze(-1)
         has_key = m > NEG / 2
-        e, l, e_dot_t = _exp_rows(s, m, want_dot)
-        inv_l = 1.0 / l
-        lse[:, :, a:c] = (m + torch.log(l)).masked_fill_(~has_key, float("-inf"))
+        p = torch.softmax(s, dim=-1)  # one fused pass; rows with no key come out uniform, dropped below
+        # ln l = -ln p[argmax] (p at the max is exp(m - L)), so L = m + ln l needs no extra pass.
+        ln_l = -torch.log(p.gather(-1, arg).squeeze(-1))
+        lse[:, :, a:c] = (m + ln_l).masked_fill_(~has_key, float("-inf"))
 
-        o = torch.matmul(e.view(b, kv, g * bq, nkb), v[:, :, lo:hi]).view(b, h, bq, -1)
-        out[:, :, a:c] = o.mul_((inv_l * has_key)[..., None])
+        o = torch.matmul(p.view(b, kv, g * bq, nkb), vx[:, :, lo:hi]).view(b, h, bq, -1)
+        out[:, :, a:c] = o[..., :dv] * has_key[..., None]
         if stats.want:
             if top is not None:
-                top = (top[0] - m[..., None], top[1])  # centred like e
-            stats.add_block(a, c, lo, e, inv_l, l, e_dot_t, has_key, top, vis)
+                top = (top[0] - m[..., None], top[1])  # centred: p = exp(val - ln l)
+            stats.add_block(a, c, lo, p, s, m, ln_l, o[..., dv:], has_key, top, vis)
 
     out = apply_head_edits(out, call)
     return AttentionResult(output=out.to(call.q.dtype), lse=lse, stats=stats.finish(),
@@ -139,10 +144,10 @@ def _topk_scores(s: Float[Tensor, "b h q k"], kk: int) -> tuple[Tensor, Tensor]:
     tail columns). Strided chunks keep the chunk-max reduction vectorised.
     """
     n = s.shape[-1]
-    if n < TOPK_MIN_KEYS:
-        return torch.topk(s, kk, dim=-1)
     c = TOPK_CHUNKS
     width = n // c
+    if n < TOPK_MIN_KEYS or width < 2 * kk:  # short rows, or a top-k too wide for chunks to prune
+        return torch.topk(s, kk, dim=-1)
     chunk_max = s[..., : c * width].unflatten(-1, (c, width)).amax(-2)  # [..., width]
     best = torch.topk(chunk_max, kk, dim=-1).indices
     cols = (best[..., None] + width * torch.arange(c, device=s.device)).flatten(-2)
@@ -151,35 +156,3 @@ def _topk_scores(s: Float[Tensor, "b h q k"], kk: int) -> tuple[Tensor, Tensor]:
         cols = torch.cat([cols, tail], dim=-1)
     val, pick = torch.topk(s.gather(-1, cols), kk, dim=-1)
     return val, cols.gather(-1, pick)
-
-
-def _exp_rows_eager(s: Tensor, m: Tensor, want_dot: bool) -> tuple[Tensor, Tensor, Tensor | None]:
-    """e = exp(s - m), l = sum e, and sum e (s - m) when asked; centres s in place."""
-    t = s.sub_(m[..., None])  # t <= 0: the dot below does not cancel large numbers
-    e = torch.exp(t)
-    return e, e.sum(-1), (torch.linalg.vecdot(e, t) if want_dot else None)
-
-
-def _exp_rows_fused(s: Tensor, m: Tensor, want_dot: bool) -> tuple[Tensor, Tensor, Tensor | None]:
-    """The same as _exp_rows_eager, written for inductor to fuse into one loop nest."""
-    t = s - m[..., None]
-    e = torch.exp(t)
-    return e, e.sum(-1), ((e * t).sum(-1) if want_dot else None)
-
-
-_compiled = None
-
-
-def _exp_rows(s: Tensor, m: Tensor, want_dot: bool) -> tuple[Tensor, Tensor, Tensor | None]:
-    """The exp pass of a block: compiled when USE_COMPILE and it compiles, else eager."""
-    global _compiled, USE_COMPILE
-    if USE_COMPILE:
-        try:
-            if _compiled is None:
-                _compiled = torch.compile(_exp_rows_fused, dynamic=True)
-            return _compiled(s, m, want_dot)
-        except Exception as err:  # no compiler, unsupported device...: stay correct
-            warnings.warn(f"kernels: torch.compile of the chunked block failed ({err!r}); using eager ops",
-                          RuntimeWarning, stacklevel=2)
-            USE_COMPILE = False
-    return _exp_rows_eager(s, m, want_dot)

@@ -1,9 +1,10 @@
 """Statistics of the chunked backend, accumulated one query block at a time.
 
-Each block arrives as unnormalised probabilities ``e = exp(s - m)`` with ``inv_l =
-1 / sum e`` per row, so ``p = e * inv_l``. Every statistic is linear in p except
-entropy, so each is computed from e with the cheapest reduction and scaled per row
-afterwards; column statistics fold the row scale into the weights of a matmul.
+Each block arrives as probabilities ``p`` (one softmax), with its scores and the
+output matmul's sums of p over extra key columns. Every statistic but entropy is
+linear in p, so each is the cheapest reduction over the block: a gather for the
+diagonal band, one einsum for both token patterns, one matmul for the pooled map and
+the column sums together; entropy is ``ln l - sum_j p (s - m)``, one dot product.
 Definitions are in ``kernels._stats``; the eager backend is the reference.
 """
 
@@ -21,9 +22,9 @@ __all__ = ["BlockStats"]
 #: Scores at or below this are masked (the chunked backend masks with -1e30).
 MASKED = -5e29
 
-#: Per-row statistics that are sums of p over chosen keys (scaled by 1 / l per row).
-_LINEAR_ROWS = ("sink_mass", "sink_mass_k", "prev_token", "diag_mass", "dup_token", "induction")
-_ROW_STATS = _LINEAR_ROWS + ("entropy", "entropy_norm", "distance", "waad")
+#: Per-row statistics, [b, h, q] each.
+_ROW_STATS = ("sink_mass", "sink_mass_k", "prev_token", "diag_mass", "dup_token", "induction",
+              "entropy", "entropy_norm", "distance", "waad")
 
 
 class BlockStats:
@@ -56,142 +57,183 @@ class BlockStats:
             self.prow = pattern_rows(nq, opt)
             self.pattern = zeros(b, len(self.heads), self.prow[1] - self.prow[0], nk)
 
-    def add_block(self, a: int, c: int, lo: int, e: Float[Tensor, "b h bq bk"], inv_l: Float[Tensor, "b h bq"],
-                  l: Float[Tensor, "b h bq"], e_dot_t: Tensor | None, has_key: Tensor,
-                  top: tuple[Tensor, Tensor] | None, vis: Tensor | None) -> None:
+    def key_columns(self) -> Tensor | None:
+        """Per-key columns [nk, x] the caller appends to v: ``p @ [v | cols]`` then sums p over them.
+
+        ``distance`` takes the key position j (sum_j p j), ``sink_mass_k`` the indicator
+        j < S; the output matmul computes both at almost no extra cost (a few more columns).
+        """
+        nk, dev = self.geo.key_pos, self.call.q.device
+        cols = []
+        if "distance" in self.want:
+            cols.append(torch.arange(nk, device=dev, dtype=torch.float32))
+        if "sink_mass_k" in self.want:
+            cols.append((torch.arange(nk, device=dev) < self.opt.sink_k).float())
+        self.n_cols = len(cols)
+        return torch.stack(cols, dim=-1) if cols else None
+
+    def add_block(self, a: int, c: int, lo: int, p: Float[Tensor, "b h bq bk"], s: Float[Tensor, "b h bq bk"],
+                  m: Float[Tensor, "b h bq"], ln_l: Float[Tensor, "b h bq"], summed: Float[Tensor, "b h bq x"],
+                  has_key: Tensor, top: tuple[Tensor, Tensor] | None, vis: Tensor | None) -> None:
         """Fold rows [a, c) x keys [lo, lo + bk) into every statistic.
 
-        e_dot_t: sum_j e (s - m) per row (entropy); top: (centred top scores s - m,
+        p: the block's probabilities; s: its scores (masked ones at -1e30), m their row max
+        and ln_l = L - m; summed: p summed over ``key_columns()``; top: (top scores minus m,
         block columns); vis: the combined mask of the block when the caller gave one.
         """
         geo, opt, want, call = self.geo, self.opt, self.want, self.call
-        b, h, bq, nkb = e.shape
-        dev = e.device
+        b, h, bq, nkb = p.shape
+        dev = p.device
         ok = has_key if call.query_mask is None else has_key & call.query_mask[:, None, a:c]
-        w = ok.to(e.dtype)  # valid rows
-        r = w * inv_l  # valid rows, normalised: p = e * inv_l
+        w = ok.to(p.dtype)  # valid rows
         qpos = torch.arange(geo.offset + a, geo.offset + c, device=dev)
-        lin, rows = {}, {}  # lin: sums of e (scaled by r below); rows: final per-row values
+        rows = {}  # final per-row values of valid rows (masked by w below)
 
         if "sink_mass" in want and lo == 0:
-            lin["sink_mass"] = e[..., 0]
-        if "sink_mass_k" in want and lo < opt.sink_k:
-            lin["sink_mass_k"] = e[..., : opt.sink_k - lo].sum(-1)
+            rows["sink_mass"] = p[..., 0]
+        col = 0
+        if "distance" in want:  # sum_j p (pos_i - j) = pos_i - sum_j p j
+            rows["distance"] = qpos.to(p.dtype) - summed[..., col]
+            col += 1
+        if "sink_mass_k" in want:
+            rows["sink_mass_k"] = summed[..., col]
         if self.needs_entropy:
-            entropy = torch.log(l) - e_dot_t * inv_l  # H = L - sum_j p s, centred at the row max
+            # H = L - sum_j p s = ln l - sum_j p (s - m): masked scores have p = 0 and add 0.
+            entropy = ln_l - (torch.linalg.vecdot(p, s) - m)
             if "entropy" in want:
-                rows["entropy"] = entropy * w
+                rows["entropy"] = entropy
             if "entropy_norm" in want:
-                n_vis = geo.rule_counts(a, c, dev) if vis is None else vis.sum(-1).to(e.dtype)
-                rows["entropy_norm"] = torch.where(n_vis > 1, entropy / torch.log(n_vis.clamp_min(2.0)), 0.0) * w
-        if "distance" in want:  # sum_j p (pos_i - j) = (pos_i - lo) - p @ (j - lo)
-            rel = torch.arange(nkb, device=dev, dtype=e.dtype)[:, None]
-            rows["distance"] = ((qpos - lo).to(e.dtype) - torch.matmul(e, rel)[..., 0] * inv_l) * w
-        diag = None
+                n_vis = geo.rule_counts(a, c, dev) if vis is None else vis.sum(-1).to(p.dtype)
+                rows["entropy_norm"] = torch.where(n_vis > 1, entropy / torch.log(n_vis.clamp_min(2.0)), 0.0)
         if want & {"waad", "prev_token", "diag_mass"} or ("dup_token" in want and geo.causal):
-            diag = self._band(lin, rows, e, inv_l, w, qpos, lo)
+            diag = self._band(rows, p, qpos, lo)
+        else:
+            diag = None
         if want & {"dup_token", "induction"}:
-            self._token_masses(lin, e, qpos, lo, lo + nkb, diag)
-        for name, value in lin.items():
-            self.rows[name][:, :, a:c] = value * r
+            self._token_masses(rows, p, qpos, lo, lo + nkb, diag)
         for name, value in rows.items():
-            self.rows[name][:, :, a:c] = value
+            self.rows[name][:, :, a:c] = value * w
 
-        if self.received is not None:
-            self.received[:, :, lo:lo + nkb] += torch.matmul(r[:, :, None, :], e)[:, :, 0]
+        pooled = "pooled" in want
+        if self.received is not None and not (pooled and self.f > 1):
+            self.received[:, :, lo:lo + nkb] += torch.matmul(w[:, :, None, :], p)[:, :, 0]
         if self.visible is not None:
-            qm = None if call.query_mask is None else call.query_mask[:, a:c].to(e.dtype)
+            qm = None if call.query_mask is None else call.query_mask[:, a:c].to(p.dtype)
             if vis is None:  # rules only: count rows in closed form, no [bq, nkb] mask
                 self.visible[:, 0, lo:lo + nkb] += geo.rule_seen_counts(a, c, lo, lo + nkb, qm, b, dev)
             else:
                 qm = torch.ones(b, bq, device=dev) if qm is None else qm
-                seen = vis.to(e.dtype).expand(b, -1, bq, nkb)
+                seen = vis.to(p.dtype).expand(b, -1, bq, nkb)
                 self.visible[:, :, lo:lo + nkb] += torch.einsum("bq,bhqk->bhk", qm, seen)
         if top is not None:
             val, idx = top
             good = (val > MASKED) & ok[..., None]
             kb = val.shape[-1]
-            self.topk_val[:, :, a:c, :kb] = (torch.exp(val) * inv_l[..., None]).masked_fill_(~good, 0.0)
+            self.topk_val[:, :, a:c, :kb] = torch.exp(val - ln_l[..., None]).masked_fill_(~good, 0.0)
             self.topk_idx[:, :, a:c, :kb] = (idx + lo).masked_fill_(~good, -1)
-        if "pooled" in want:
-            self._pool(a, c, lo, e, r)
+        if pooled:
+            self._pool(a, c, lo, p, w)
         if "pattern" in want:
             r0, r1 = max(a, self.prow[0]), min(c, self.prow[1])
             if r0 < r1:
-                rows_p = e[:, self.heads, r0 - a:r1 - a] * r[:, self.heads, r0 - a:r1 - a, None]
+                rows_p = p[:, self.heads, r0 - a:r1 - a] * w[:, self.heads, r0 - a:r1 - a, None]
                 self.pattern[:, :, r0 - self.prow[0]:r1 - self.prow[0], lo:lo + nkb] = rows_p
 
-    def _band(self, lin, rows, e, inv_l, w, qpos, lo) -> Tensor:
-        """waad, prev_token, diag_mass from the band e[i, pos_i - d], d < W (a gather).
+    def _band(self, rows, p, qpos, lo) -> Tensor:
+        """waad, prev_token, diag_mass from the band p[i, pos_i - d], d < W (a gather).
 
-        Returns the band's d = 0 column (diagonal, unnormalised; dup_token needs it).
+        Returns the band's d = 0 column (the diagonal; dup_token needs it).
         """
         geo, want, width = self.geo, self.want, self.opt.window
-        b, h, bq, nkb = e.shape
+        b, h, bq, nkb = p.shape
         span = max(width if "waad" in want else 1, 2 if "prev_token" in want else 1)
-        col = qpos[:, None] - lo - torch.arange(span, device=e.device)  # key pos_i - d, block-relative
+        col = qpos[:, None] - lo - torch.arange(span, device=p.device)  # key pos_i - d, block-relative
         inside = (col >= 0) & (col < nkb)
-        band = e.gather(-1, col.clamp(0, nkb - 1).expand(b, h, bq, span)) * inside
+        band = p.gather(-1, col.clamp(0, nkb - 1).expand(b, h, bq, span)) * inside
         if "diag_mass" in want:
-            lin["diag_mass"] = band[..., 0]
+            rows["diag_mass"] = band[..., 0]
         if "prev_token" in want:
-            lin["prev_token"] = band[..., 1]
+            rows["prev_token"] = band[..., 1]
         if "waad" in want:
             if geo.causal:  # no future keys: keys beyond the band all sit at distance >= W
                 near = band[..., :width]
-                d = torch.arange(width, device=e.device, dtype=e.dtype)
-                near_mass, near_dist = near.sum(-1) * inv_l, torch.matmul(near, d) * inv_l
-                rows["waad"] = (width * (1.0 - near_mass) + near_dist) * w
+                d = torch.arange(width, device=p.device, dtype=p.dtype)
+                rows["waad"] = width * (1.0 - near.sum(-1)) + torch.matmul(near, d)
             else:
-                kpos = torch.arange(lo, lo + nkb, device=e.device)
-                clipped = (qpos[:, None] - kpos[None, :]).clamp_max(width).to(e.dtype)
-                lin["waad"] = torch.linalg.vecdot(e, clipped)
+                kpos = torch.arange(lo, lo + nkb, device=p.device)
+                clipped = (qpos[:, None] - kpos[None, :]).clamp_max(width).to(p.dtype)
+                rows["waad"] = torch.linalg.vecdot(p, clipped)
         return band[..., 0]
 
-    def _token_masses(self, lin, e, qpos, lo, hi, diag) -> None:
-        """dup_token and induction: e summed over keys chosen by a token comparison.
+    def _token_masses(self, rows, p, qpos, lo, hi, diag) -> None:
+        """dup_token and induction: p summed over keys chosen by a token comparison.
 
-        Causal rows have e = 0 beyond their own position, so only the comparison is
-        needed: dup_token drops the always-equal diagonal by subtracting it.
+        Both comparisons go into one [b, bq, keys, 2] weight so that p is read once. Causal
+        rows have p = 0 beyond their own position, so only the comparison is needed:
+        dup_token drops the always-equal diagonal by subtracting it.
         """
-        tok, causal = self.call.token_ids, self.geo.causal
-        kpos = torch.arange(lo, hi, device=e.device)
+        tok, causal, want = self.call.token_ids, self.geo.causal, self.want
+        b, h, bq, nkb = p.shape
+        kpos = torch.arange(lo, hi, device=p.device)
         tok_q = tok[:, qpos][:, :, None]  # [b, bq, 1]
-        if "dup_token" in self.want:
-            same = tok_q == tok[:, None, lo:hi]
-            if causal:
-                lin["dup_token"] = torch.einsum("bhqk,bqk->bhq", e, same.to(e.dtype)) - diag
-            else:
-                same &= kpos[None, :] < qpos[:, None]
-                lin["dup_token"] = torch.einsum("bhqk,bqk->bhq", e, same.to(e.dtype))
-        if "induction" in self.want:
+        hits = torch.empty(b, 2, bq, nkb, dtype=p.dtype, device=p.device)  # [dup, induction]
+        names = [n for n in ("dup_token", "induction") if n in want]
+        if "dup_token" in want:
+            same = torch.eq(tok_q, tok[:, None, lo:hi], out=hits[:, 0])
+            if not causal:
+                same.mul_(kpos[None, :] < qpos[:, None])
+        if "induction" in want:
             prev_tok = tok[:, max(lo - 1, 0):hi - 1]
             if lo == 0:  # key 0 has no previous token: a sentinel no token equals
                 prev_tok = torch.cat([tok.new_full((tok.shape[0], 1), -1), prev_tok], dim=1)
-            hit = tok_q == prev_tok[:, None, :]
+            hit = torch.eq(tok_q, prev_tok[:, None, :], out=hits[:, 1])
             if not causal:
-                hit &= kpos[None, :] <= qpos[:, None]
-            lin["induction"] = torch.einsum("bhqk,bqk->bhq", e, hit.to(e.dtype))
+                hit.mul_(kpos[None, :] <= qpos[:, None])
+        hits = hits[:, [i for i, n in enumerate(("dup_token", "induction")) if n in want]]
+        # [b, bq, h, keys] @ [b, bq, keys, 2]: one small matmul per query row, p read once.
+        masses = torch.matmul(p.transpose(1, 2), hits.permute(0, 2, 3, 1)).transpose(1, 2)  # [b, h, bq, 2]
+        for i, name in enumerate(names):
+            rows[name] = masses[..., i]
+        if "dup_token" in rows and causal:
+            rows["dup_token"] = rows["dup_token"] - diag
 
-    def _pool(self, a, c, lo, e, r) -> None:
+    def _pool(self, a, c, lo, p, w) -> None:
         """Add the block's p (valid rows) to the f x f pooled sums; lo is a multiple of f.
 
-        Rows are summed per pooling group by a matmul with a [groups, block_q] weight
-        matrix holding 1 / l (so e is never normalised), keys on the f times smaller
-        result. Groups may straddle blocks: the sums simply accumulate.
+        Rows are summed per pooling group (invalid rows zeroed first), keys on the f times
+        smaller result; groups cut by a block boundary accumulate across the two blocks.
+        The same row sums give ``received`` (summed over the groups), so p is read once
+        for both.
         """
         f = self.f
-        b, h, bq, nkb = e.shape
+        b, h, bq, nkb = p.shape
+        valid = self.all_valid(w)
         if f == 1:
-            self.pooled[:, :, a:c, lo:lo + nkb] += e * r[..., None]
+            self.pooled[:, :, a:c, lo:lo + nkb] += p if valid else p * w[..., None]
             return
-        g_first = a // f
-        group = torch.arange(a, c, device=e.device) // f - g_first
-        n_groups = int(group[-1]) + 1
-        member = (group[None, :] == torch.arange(n_groups, device=e.device)[:, None]).to(e.dtype)
-        row_sums = torch.matmul(member * r[:, :, None, :], e)  # [b, h, groups, nkb]
+        pw = p if valid else p * w[..., None]
+        # Rows [a, c) in pooling groups: a partial first group when a is not on a group
+        # boundary (a fixed block_size), whole groups, a partial last group.
+        up = min(c, -(-a // f) * f)
+        end = up + (c - up) // f * f
+        parts = []
+        if up > a:
+            parts.append(pw[:, :, :up - a].sum(2, keepdim=True))
+        if end > up:
+            parts.append(pw[:, :, up - a:end - a].unflatten(2, ((end - up) // f, f)).sum(3))
+        if c > end:
+            parts.append(pw[:, :, end - a:].sum(2, keepdim=True))
+        row_sums = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]  # [b, h, groups, nkb]
+        if self.received is not None:
+            self.received[:, :, lo:lo + nkb] += row_sums.sum(-2)
         keys = _sum_groups(row_sums, f)
-        self.pooled[:, :, g_first:g_first + n_groups, lo // f:lo // f + keys.shape[-1]] += keys
+        g_first = a // f
+        self.pooled[:, :, g_first:g_first + row_sums.shape[2], lo // f:lo // f + keys.shape[-1]] += keys
+
+    @staticmethod
+    def all_valid(w: Tensor) -> bool:
+        """True when every row of the block is valid (no padding, every row sees a key)."""
+        return bool(w.min() > 0)
 
     def finish(self) -> dict[str, Tensor]:
         """The statistics, in the order asked for (pooled sums become means)."""

@@ -1,0 +1,118 @@
+"""The chunked backend against the eager reference (fp32, atol 1e-5) and float64.
+
+Random inputs with GQA, odd lengths, a KV-cache offset, padding, sliding windows, a
+per-head mask with an empty row, edits, and several block sizes: fixed sizes that cut
+pooling groups and causal diagonals in odd places, and the default budget-sized blocks.
+The two-stage top-k (long rows) is forced on short rows by lowering its threshold.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from _kernel_checks import assert_float64, assert_matches
+
+from kernels import STAT_NAMES, HeadEdits, StatOptions, _chunked, _eager
+from kernels._api import _validate
+
+ALL = tuple(STAT_NAMES)
+ATOL = 1e-5
+
+
+def qkv(b, h, kv, nq, nk, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    q = 1.5 * torch.randn(b, h, nq, d, generator=g)  # sharper rows than N(0, 1): top-k is not flat
+    return q, torch.randn(b, kv, nk, d, generator=g), torch.randn(b, kv, nk, d, generator=g)
+
+
+def tokens(b, nk, vocab=5, seed=1):
+    return torch.randint(0, vocab, (b, nk), generator=torch.Generator().manual_seed(seed))
+
+
+def check(q, k, v, *, block_size=None, stats=ALL, **kw):
+    """chunked == eager on everything, and == float64 on the main statistics."""
+    call = _validate(q, k, v, causal=kw.pop("causal", True), scale=None, mask=kw.pop("mask", None),
+                     query_mask=kw.pop("query_mask", None), sliding_window=kw.pop("sliding_window", None),
+                     token_ids=kw.pop("token_ids", tokens(q.shape[0], k.shape[2])), stats=stats,
+                     options=kw.pop("options", StatOptions()), edits=kw.pop("edits", None), block_size=block_size)
+    assert not kw, kw
+    got, want = _chunked.run(call), _eager.run(call)
+    assert got.meta["pool_factor"] == want.meta["pool_factor"]
+    assert_matches(got, want, call, atol=ATOL)
+    assert_float64(got, call, atol=ATOL)
+    return got
+
+
+# batch, heads, kv heads, query_pos, key_pos, head size, StatOptions
+SHAPES = [
+    pytest.param(1, 4, 2, 1, 9, 16, StatOptions(), id="decode-row"),
+    pytest.param(1, 6, 2, 17, 17, 8, StatOptions(pool_max=5, sink_k=3), id="gqa3-n17-pool4"),
+    pytest.param(1, 4, 4, 23, 36, 64, StatOptions(pool_max=5, window=4), id="mha-n23-offset13-pool8"),
+    pytest.param(2, 4, 1, 61, 61, 16, StatOptions(pool_max=7, topk=5), id="mqa-b2-n61-pool9"),
+]
+
+
+@pytest.mark.parametrize("block_size", [None, 1, 5, 16, 1000])
+@pytest.mark.parametrize("b,h,kv,nq,nk,d,options", SHAPES)
+def test_every_statistic_matches_eager(b, h, kv, nq, nk, d, options, block_size):
+    q, k, v = qkv(b, h, kv, nq, nk, d, seed=nq + nk + d)
+    check(q, k, v, options=options, block_size=block_size)
+
+
+@pytest.mark.parametrize("block_size", [None, 3, 8])
+def test_padding_sliding_window_and_per_head_mask(block_size):
+    b, h, kv, n, d = 2, 4, 2, 29, 16
+    q, k, v = qkv(b, h, kv, n, n, d, seed=11)
+    qmask = torch.ones(b, n, dtype=torch.bool)
+    qmask[1, 20:] = False  # right padding in the second row
+    mask = qmask[:, None, None, :].expand(b, h, n, n).clone()
+    mask[0, 3, 10, :] = False  # an empty row on one head
+    got = check(q, k, v, query_mask=qmask, mask=mask, sliding_window=7,
+                options=StatOptions(pool_max=6, window=5), block_size=block_size)
+    assert got.lse[0, 3, 10] == -math.inf and (got.output[0, 3, 10] == 0).all()
+    assert (got.stats["entropy"][1, :, 20:] == 0).all() and (got.stats["topk_idx"][1, :, 20:] == -1).all()
+
+
+def test_not_causal_with_sliding_window_only():
+    q, k, v = qkv(1, 3, 1, 19, 19, 8, seed=4)
+    check(q, k, v, causal=False, block_size=4, options=StatOptions(pool_max=4))
+    check(q, k, v, causal=True, sliding_window=5, block_size=6)
+
+
+@pytest.mark.parametrize("block_size", [None, 7])
+def test_edits(block_size):
+    b, h, kv, nq, nk, d = 1, 4, 2, 33, 40, 16
+    q, k, v = qkv(b, h, kv, nq, nk, d, seed=5)
+    bias = torch.randn(1, h, nk, generator=torch.Generator().manual_seed(6))
+    bias[0, 0, 3] = -math.inf  # one key removed
+    bias[0, 1, 1:] = -math.inf  # move-to-BOS: only key 0 left on head 1
+    bias[0, 2, 0] = math.log(0.25)  # ZeroTuning-style scaling of the sink
+    edits = HeadEdits(key_bias=bias, head_gate=torch.tensor([1.0, 0.0, 0.5, 2.0]),
+                      head_add=torch.randn(h, d, generator=torch.Generator().manual_seed(7)))
+    got = check(q, k, v, edits=edits, block_size=block_size, options=StatOptions(pool_max=9))
+    assert torch.allclose(got.stats["sink_mass"][0, 1], torch.ones(nq))  # head 1 parked on BOS
+
+
+def test_two_stage_topk_on_long_rows(monkeypatch):
+    """Rows at or above TOPK_MIN_KEYS take the strided-chunk top-k; lower the threshold so
+    that short test rows take it too (with a tail that does not fill a chunk)."""
+    monkeypatch.setattr(_chunked, "TOPK_MIN_KEYS", 16)
+    q, k, v = qkv(1, 3, 1, 53, 53, 8, seed=9)
+    for kk in (1, 3, 8):
+        check(q, k, v, options=StatOptions(topk=kk, pool_max=10), stats=("topk_idx", "topk_val", "entropy"))
+    check(q, k, v, block_size=9)
+
+
+def test_uniform_rows_closed_forms():
+    """q = 0: row i is uniform over its i + 1 keys, so entropy = ln(i + 1), sink mass 1 / (i + 1),
+    distance i / 2; the top-k lists the lowest keys (torch.topk keeps the first of equal values)."""
+    n = 21
+    q, k, v = qkv(1, 2, 1, n, n, 8, seed=3)
+    s = check(q * 0, k, v, block_size=4, stats=("entropy", "sink_mass", "distance", "received")).stats
+    i = torch.arange(n, dtype=torch.float32)
+    torch.testing.assert_close(s["entropy"][0, 0], torch.log(i + 1), atol=1e-6, rtol=0)
+    torch.testing.assert_close(s["sink_mass"][0, 1], 1 / (i + 1), atol=1e-7, rtol=0)
+    torch.testing.assert_close(s["distance"][0, 0], i / 2, atol=1e-5, rtol=0)
+    torch.testing.assert_close(s["received"].sum(-1), torch.full((1, 2), float(n)), atol=1e-4, rtol=0)
