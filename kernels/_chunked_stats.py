@@ -3,7 +3,7 @@
 Each block arrives as probabilities ``p`` (one softmax), with its scores and the
 output matmul's sums of p over extra key columns. Every statistic but entropy is
 linear in p, so each is the cheapest reduction over the block: a gather for the
-diagonal band, one einsum for both token patterns, one matmul for the pooled map and
+diagonal band, one batched matmul for both token patterns, one matmul for the pooled map and
 the column sums together; entropy is ``ln l - sum_j p (s - m)``, one dot product.
 Definitions are in ``kernels._stats``; the eager backend is the reference.
 """
@@ -168,7 +168,7 @@ class BlockStats:
     def _token_masses(self, rows, p, qpos, lo, hi, diag) -> None:
         """dup_token and induction: p summed over keys chosen by a token comparison.
 
-        Both comparisons go into one [b, bq, keys, 2] weight so that p is read once. Causal
+        Both comparisons go into one [b, 2, bq, keys] weight so that p is read once. Causal
         rows have p = 0 beyond their own position, so only the comparison is needed:
         dup_token drops the always-equal diagonal by subtracting it.
         """
@@ -189,7 +189,8 @@ class BlockStats:
             hit = torch.eq(tok_q, prev_tok[:, None, :], out=hits[:, 1])
             if not causal:
                 hit.mul_(kpos[None, :] <= qpos[:, None])
-        hits = hits[:, [i for i, n in enumerate(("dup_token", "induction")) if n in want]]
+        if len(names) == 1:
+            hits = hits[:, :1] if names[0] == "dup_token" else hits[:, 1:]
         # [b, bq, h, keys] @ [b, bq, keys, 2]: one small matmul per query row, p read once.
         masses = torch.matmul(p.transpose(1, 2), hits.permute(0, 2, 3, 1)).transpose(1, 2)  # [b, h, bq, 2]
         for i, name in enumerate(names):

@@ -330,6 +330,8 @@ def _stack_padded(tensors: list[torch.Tensor], dim: int, fill: float = 0) -> tor
 
 def _cat_padded(tensors: list[torch.Tensor], fill: float = 0) -> torch.Tensor:
     """Concatenate along batch, padding every other dimension to the largest (padding = ``fill``)."""
+    if len(tensors) == 1:  # one batch: nothing to join (a copy of every statistic otherwise)
+        return tensors[0]
     shape = [max(s) for s in zip(*(t.shape for t in tensors))]
     return torch.cat([_pad_to(t, [t.shape[0], *shape[1:]], fill) for t in tensors], dim=0)
 
