@@ -139,7 +139,7 @@ def _massive(mag: torch.Tensor, mask: torch.Tensor, k: int = 3):
     pos, dim = rows.gather(1, at // d), at % d
     meds = []
     for i in range(b):
-        x = mag[i][mask[i]].flatten()
+        x = (mag[i] if bool(mask[i].all()) else mag[i][mask[i]]).flatten()  # no copy without padding
         if x.device.type == "cpu":
             j = (x.numel() - 1) // 2
             meds.append(torch.as_tensor(np.partition(x.numpy(), j)[j]))

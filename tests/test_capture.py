@@ -85,6 +85,19 @@ def test_value_norms_and_residual_norms_match_direct_computation(tiny_llama):
         hs = out.hidden_states[layer + 1][0]
         p, d = cap.stats["massive_pos"][0, layer, 0].item(), cap.stats["massive_dim"][0, layer, 0].item()
         assert math.isclose(hs.abs().max().item(), hs[p, d].abs().item(), rel_tol=1e-6)
+        top3 = hs.abs().flatten().topk(3)
+        torch.testing.assert_close(cap.stats["massive_val"][0, layer], top3.values, atol=1e-6, rtol=1e-6)
+        assert cap.stats["massive_pos"][0, layer].tolist() == (top3.indices // hs.shape[-1]).tolist()
+        assert cap.stats["massive_dim"][0, layer].tolist() == (top3.indices % hs.shape[-1]).tolist()
+        assert math.isclose(cap.stats["massive_median"][0, layer].item(), hs.abs().median().item(), rel_tol=1e-6)
+    # Ragged batch: the median is over the real positions of each input only.
+    ragged = lens.capture(s, TEXTS, massive=True)
+    short = s.to_tokens(TEXTS[1])
+    with torch.no_grad():
+        hs_short = s.model(input_ids=short, output_hidden_states=True).hidden_states
+    for layer in range(s.n_layers - 1):
+        want = hs_short[layer + 1][0].abs().median().item()
+        assert math.isclose(ragged.stats["massive_median"][1, layer].item(), want, rel_tol=1e-5)
 
 
 def test_scale_attention_edit_in_capture_matches_the_renormalisation_formula(tiny_llama):
@@ -143,6 +156,31 @@ def test_bad_inputs_fail_clearly(tiny_llama):
         lens.capture(s, TEXTS[0], patterns=[(0, 6)])
     with pytest.raises(ValueError, match=r"head \(7, 0\) does not exist"):
         lens.capture(s, TEXTS[0], resid_layers=[7])
+
+
+def test_cli_capture_prints_a_summary_and_saves(tiny_llama, tmp_path):
+    from typer.testing import CliRunner
+
+    from lens._cli import app
+
+    model_dir = tmp_path / "m"
+    tiny_llama.model.save_pretrained(model_dir)
+    tiny_llama.tokenizer.save_pretrained(model_dir)
+    runner = CliRunner()
+    res = runner.invoke(app, ["capture", "--model", str(model_dir), "--text", TEXTS[0], "--out", str(tmp_path / "cap")])
+    assert res.exit_code == 0, res.output
+    assert "saved to" in res.output
+    saved = lens.Capture.load(tmp_path / "cap")
+    direct = lens.capture(tiny_llama, TEXTS[0])
+    assert torch.equal(saved.tokens, direct.tokens)
+    torch.testing.assert_close(saved.stats["sink_mass"], direct.stats["sink_mass"], atol=1e-6, rtol=0)
+    (tmp_path / "t.txt").write_text(TEXTS[1])
+    from_file = runner.invoke(app, ["capture", "--model", str(model_dir), "--file", str(tmp_path / "t.txt")])
+    assert from_file.exit_code == 0 and "saved to" not in from_file.output
+    both = runner.invoke(app, ["capture", "--model", str(model_dir), "--text", "w5", "--file", str(tmp_path / "t.txt")])
+    assert both.exit_code == 2 and "exactly one of --text or --file" in both.output
+    empty = runner.invoke(app, ["capture", "--model", str(model_dir), "--text", "   "])
+    assert empty.exit_code == 2 and "empty" in empty.output
 
 
 @pytest.mark.smollm2
