@@ -12,8 +12,8 @@ as a slice of the q.k matmul, so the block body makes as few passes as it can:
   * masks touch only the strips where the causal/sliding rules cut the block;
   * ``torch.softmax`` makes p in one fused pass; the row max (and where it is) comes
     from the top-k, and ``ln l = -ln p[argmax]``, so the lse costs no pass;
-  * ``distance`` and ``sink_mass_k`` ride on the output matmul as extra columns of v
-    (key position, j < S), so ``p @ [v | cols]`` sums them;
+  * the output matmul keeps v's own width: with d = 64, two extra columns (to sum p j
+    for ``distance`` alongside) made it 16-19% slower, more than the matvec they save;
   * entropy is ``ln l - sum_j p (s - m)``: one dot product of p with the scores;
   * one matmul gives the pooled map's row-group sums and, summed over the groups,
     ``received``; one batched matmul gives both token masses; ``waad``/``prev_token``/
@@ -61,9 +61,6 @@ def run(call: Call) -> AttentionResult:
     bias = None if call.key_bias is None else call.key_bias.clamp_min(NEG)
     f = pool_factor(nq, nk, opt.pool_max)
     stats = BlockStats(call, f)
-    # Per-key columns appended to v, so the output matmul also sums p over them.
-    cols = stats.key_columns()
-    vx = v if cols is None else torch.cat([v, cols.expand(b, kv, nk, -1)], dim=-1)
     out = q.new_zeros(b, h, nq, dv)
     lse = q.new_full((b, h, nq), float("-inf"))
     align = f if stats.needs_pool_alignment else 1
@@ -98,12 +95,12 @@ def run(call: Call) -> AttentionResult:
         ln_l = -torch.log(p.gather(-1, arg).squeeze(-1))
         lse[:, :, a:c] = (m + ln_l).masked_fill_(~has_key, float("-inf"))
 
-        o = torch.matmul(p.view(b, kv, g * bq, nkb), vx[:, :, lo:hi]).view(b, h, bq, -1)
-        out[:, :, a:c] = o[..., :dv] * has_key[..., None]
+        o = torch.matmul(p.view(b, kv, g * bq, nkb), v[:, :, lo:hi]).view(b, h, bq, dv)
+        out[:, :, a:c] = o * has_key[..., None]
         if stats.want:
             if top is not None:
                 top = (top[0] - m[..., None], top[1])  # centred: p = exp(val - ln l)
-            stats.add_block(a, c, lo, p, s, m, ln_l, o[..., dv:], has_key, top, vis)
+            stats.add_block(a, c, lo, p, s, m, ln_l, has_key, top, vis)
 
     out = apply_head_edits(out, call)
     return AttentionResult(output=out.to(call.q.dtype), lse=lse, stats=stats.finish(),

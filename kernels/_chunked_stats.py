@@ -1,10 +1,10 @@
 """Statistics of the chunked backend, accumulated one query block at a time.
 
-Each block arrives as probabilities ``p`` (one softmax), with its scores and the
-output matmul's sums of p over extra key columns. Every statistic but entropy is
-linear in p, so each is the cheapest reduction over the block: a gather for the
-diagonal band, one batched matmul for both token patterns, one matmul for the pooled map and
-the column sums together; entropy is ``ln l - sum_j p (s - m)``, one dot product.
+Each block arrives as probabilities ``p`` (one softmax) with its scores. Every
+statistic but entropy is linear in p, so each is the cheapest reduction over the
+block: a matvec for ``distance``, a gather for the diagonal band, one batched matmul
+for both token patterns, one reshape-sum for the pooled map and the column sums
+together; entropy is ``ln l - sum_j p (s - m)``, one dot product.
 Definitions are in ``kernels._stats``; the eager backend is the reference.
 """
 
@@ -57,29 +57,14 @@ class BlockStats:
             self.prow = pattern_rows(nq, opt)
             self.pattern = zeros(b, len(self.heads), self.prow[1] - self.prow[0], nk)
 
-    def key_columns(self) -> Tensor | None:
-        """Per-key columns [nk, x] the caller appends to v: ``p @ [v | cols]`` then sums p over them.
-
-        ``distance`` takes the key position j (sum_j p j), ``sink_mass_k`` the indicator
-        j < S; the output matmul computes both at almost no extra cost (a few more columns).
-        """
-        nk, dev = self.geo.key_pos, self.call.q.device
-        cols = []
-        if "distance" in self.want:
-            cols.append(torch.arange(nk, device=dev, dtype=torch.float32))
-        if "sink_mass_k" in self.want:
-            cols.append((torch.arange(nk, device=dev) < self.opt.sink_k).float())
-        self.n_cols = len(cols)
-        return torch.stack(cols, dim=-1) if cols else None
-
     def add_block(self, a: int, c: int, lo: int, p: Float[Tensor, "b h bq bk"], s: Float[Tensor, "b h bq bk"],
-                  m: Float[Tensor, "b h bq"], ln_l: Float[Tensor, "b h bq"], summed: Float[Tensor, "b h bq x"],
-                  has_key: Tensor, top: tuple[Tensor, Tensor] | None, vis: Tensor | None) -> None:
+                  m: Float[Tensor, "b h bq"], ln_l: Float[Tensor, "b h bq"], has_key: Tensor,
+                  top: tuple[Tensor, Tensor] | None, vis: Tensor | None) -> None:
         """Fold rows [a, c) x keys [lo, lo + bk) into every statistic.
 
         p: the block's probabilities; s: its scores (masked ones at -1e30), m their row max
-        and ln_l = L - m; summed: p summed over ``key_columns()``; top: (top scores minus m,
-        block columns); vis: the combined mask of the block when the caller gave one.
+        and ln_l = L - m; top: (top scores minus m, block columns); vis: the combined mask
+        of the block when the caller gave one.
         """
         geo, opt, want, call = self.geo, self.opt, self.want, self.call
         b, h, bq, nkb = p.shape
@@ -91,12 +76,11 @@ class BlockStats:
 
         if "sink_mass" in want and lo == 0:
             rows["sink_mass"] = p[..., 0]
-        col = 0
-        if "distance" in want:  # sum_j p (pos_i - j) = pos_i - sum_j p j
-            rows["distance"] = qpos.to(p.dtype) - summed[..., col]
-            col += 1
-        if "sink_mass_k" in want:
-            rows["sink_mass_k"] = summed[..., col]
+        if "sink_mass_k" in want and lo < opt.sink_k:
+            rows["sink_mass_k"] = p[..., : opt.sink_k - lo].sum(-1)
+        if "distance" in want:  # sum_j p (pos_i - j) = (pos_i - lo) - p @ (j - lo): one matvec
+            rel = torch.arange(nkb, device=dev, dtype=p.dtype)[:, None]
+            rows["distance"] = (qpos - lo).to(p.dtype) - torch.matmul(p, rel)[..., 0]
         if self.needs_entropy:
             # H = L - sum_j p s = ln l - sum_j p (s - m): masked scores have p = 0 and add 0.
             entropy = ln_l - (torch.linalg.vecdot(p, s) - m)
