@@ -15,7 +15,7 @@ as a slice of the q.k matmul, so the block body makes as few passes as it can:
   * the output matmul keeps v's own width: with d = 64, two extra columns (to sum p j
     for ``distance`` alongside) made it 16-19% slower, more than the matvec they save;
   * entropy is ``ln l - sum_j p (s - m)``: one dot product of p with the scores;
-  * one matmul gives the pooled map's row-group sums and, summed over the groups,
+  * one reshape-sum gives the pooled map's row-group sums and, summed over the groups,
     ``received``; one batched matmul gives both token masses; ``waad``/``prev_token``/
     ``diag_mass`` read a diagonal band of width W.
 Blocks are sized to a cache-friendly budget (``SCORE_BUDGET_BYTES``), not to fill

@@ -152,31 +152,29 @@ class BlockStats:
     def _token_masses(self, rows, p, qpos, lo, hi, diag) -> None:
         """dup_token and induction: p summed over keys chosen by a token comparison.
 
-        Both comparisons go into one [b, 2, bq, keys] weight so that p is read once. Causal
-        rows have p = 0 beyond their own position, so only the comparison is needed:
-        dup_token drops the always-equal diagonal by subtracting it.
+        The comparisons asked for go into one [b, names, bq, keys] weight so that p is read
+        once. Causal rows have p = 0 beyond their own position, so only the comparison is
+        needed: dup_token drops the always-equal diagonal by subtracting it.
         """
         tok, causal, want = self.call.token_ids, self.geo.causal, self.want
         b, h, bq, nkb = p.shape
         kpos = torch.arange(lo, hi, device=p.device)
         tok_q = tok[:, qpos][:, :, None]  # [b, bq, 1]
-        hits = torch.empty(b, 2, bq, nkb, dtype=p.dtype, device=p.device)  # [dup, induction]
         names = [n for n in ("dup_token", "induction") if n in want]
+        hits = torch.empty(b, len(names), bq, nkb, dtype=p.dtype, device=p.device)  # one slot per name
         if "dup_token" in want:
-            same = torch.eq(tok_q, tok[:, None, lo:hi], out=hits[:, 0])
+            same = torch.eq(tok_q, tok[:, None, lo:hi], out=hits[:, names.index("dup_token")])
             if not causal:
                 same.mul_(kpos[None, :] < qpos[:, None])
         if "induction" in want:
             prev_tok = tok[:, max(lo - 1, 0):hi - 1]
             if lo == 0:  # key 0 has no previous token: a sentinel no token equals
                 prev_tok = torch.cat([tok.new_full((tok.shape[0], 1), -1), prev_tok], dim=1)
-            hit = torch.eq(tok_q, prev_tok[:, None, :], out=hits[:, 1])
+            hit = torch.eq(tok_q, prev_tok[:, None, :], out=hits[:, names.index("induction")])
             if not causal:
                 hit.mul_(kpos[None, :] <= qpos[:, None])
-        if len(names) == 1:
-            hits = hits[:, :1] if names[0] == "dup_token" else hits[:, 1:]
-        # [b, bq, h, keys] @ [b, bq, keys, 2]: one small matmul per query row, p read once.
-        masses = torch.matmul(p.transpose(1, 2), hits.permute(0, 2, 3, 1)).transpose(1, 2)  # [b, h, bq, 2]
+        # [b, bq, h, keys] @ [b, bq, keys, names]: one small matmul per query row, p read once.
+        masses = torch.matmul(p.transpose(1, 2), hits.permute(0, 2, 3, 1)).transpose(1, 2)  # [b, h, bq, names]
         for i, name in enumerate(names):
             rows[name] = masses[..., i]
         if "dup_token" in rows and causal:
@@ -192,11 +190,10 @@ class BlockStats:
         """
         f = self.f
         b, h, bq, nkb = p.shape
-        valid = self.all_valid(w)
+        pw = p if bool(w.min() > 0) else p * w[..., None]  # no copy when every row is valid
         if f == 1:
-            self.pooled[:, :, a:c, lo:lo + nkb] += p if valid else p * w[..., None]
+            self.pooled[:, :, a:c, lo:lo + nkb] += pw
             return
-        pw = p if valid else p * w[..., None]
         # Rows [a, c) in pooling groups: a partial first group when a is not on a group
         # boundary (a fixed block_size), whole groups, a partial last group.
         up = min(c, -(-a // f) * f)
@@ -214,11 +211,6 @@ class BlockStats:
         keys = _sum_groups(row_sums, f)
         g_first = a // f
         self.pooled[:, :, g_first:g_first + row_sums.shape[2], lo // f:lo // f + keys.shape[-1]] += keys
-
-    @staticmethod
-    def all_valid(w: Tensor) -> bool:
-        """True when every row of the block is valid (no padding, every row sees a key)."""
-        return bool(w.min() > 0)
 
     def finish(self) -> dict[str, Tensor]:
         """The statistics, in the order asked for (pooled sums become means)."""
