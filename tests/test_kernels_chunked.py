@@ -116,3 +116,11 @@ def test_uniform_rows_closed_forms():
     torch.testing.assert_close(s["sink_mass"][0, 1], 1 / (i + 1), atol=1e-7, rtol=0)
     torch.testing.assert_close(s["distance"][0, 0], i / 2, atol=1e-5, rtol=0)
     torch.testing.assert_close(s["received"].sum(-1), torch.full((1, 2), float(n)), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("stats", [("dup_token",), ("induction",)])
+def test_one_token_statistic_alone(stats, causal):
+    """Each token mass asked for on its own (the weight then holds a single slot)."""
+    q, k, v = qkv(1, 4, 2, 37, 37, 8, seed=21)
+    check(q, k, v, stats=stats, causal=causal, block_size=5)
