@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from . import _chunked, _eager, _sdpa
 from ._geometry import Geometry
 from ._stats import STAT_NAMES, TOKEN_STATS, StatOptions
+from ._types import AttentionResult, Call, HeadEdits, apply_head_edits
 
 __all__ = ["AttentionResult", "Call", "HeadEdits", "attention", "apply_head_edits"]
 
@@ -27,85 +28,6 @@ Backend = Literal["eager", "chunked", "triton", "auto"]
 #: a full SmolLM2 capture (all statistics, 2 threads): 256 keys eager 1.6-1.7 s vs chunked
 #: 1.4-1.5 s; 512 keys 3.3-4.2 s vs 2.4-2.7 s; 1,024 keys 19.7 s vs 6.9 s; at 64 they tie.
 AUTO_CHUNKED_MIN_KEYS = 256
-
-
-@dataclass(frozen=True)
-class HeadEdits:
-    """Head-level edits applied inside the attention function (all optional tensors).
-
-    key_bias: fp32, broadcastable to [batch, head, key_pos], added to the pre-softmax
-        scores of every query. Scaling post-softmax attention on a key set S by c and
-        renormalising is exactly adding ln(c) to those keys' scores (ZeroTuning, ACT,
-        VAR); -inf removes a key (move-to-BOS = -inf on every key but BOS). Values at
-        or below -1e30 count as -inf.
-    head_gate: [head], multiplies each head's output (0 = zero ablation).
-    head_add: [head, d_head], added to each head's output after the gate
-        (mean ablation = gate 0 + add the mean output).
-    Statistics describe the edited pattern, i.e. after key_bias; gate and add change
-    only the output.
-    """
-
-    key_bias: Float[Tensor, "*#batch #head key_pos"] | None = None
-    head_gate: Float[Tensor, " head"] | None = None
-    head_add: Float[Tensor, "head d_head"] | None = None
-
-    @property
-    def empty(self) -> bool:
-        return self.key_bias is None and self.head_gate is None and self.head_add is None
-
-
-@dataclass(frozen=True)
-class AttentionResult:
-    """What one attention call returns.
-
-    output: [batch, head, query_pos, d_head] in the dtype of q.
-    lse: [batch, head, query_pos] fp32 log-sum-exp of the edited scores (-inf where a
-        row sees no key).
-    stats: name -> fp32 tensor (``topk_idx`` int64); see ``kernels._stats``.
-    meta: the constants used (pool_factor, topk, window, sink_k, backend, ...).
-    """
-
-    output: Float[Tensor, "batch head query_pos d_head"]
-    lse: Float[Tensor, "batch head query_pos"]
-    stats: dict[str, Tensor] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Call:
-    """A validated attention call: what every backend receives.
-
-    q, k, v keep the caller's dtype; backends compute in fp32. key_bias is fp32
-    [batch|1, head|1, key_pos], head_gate fp32 [head], head_add fp32 [head, d_v].
-    """
-
-    q: Tensor
-    k: Tensor
-    v: Tensor
-    scale: float
-    geo: Geometry
-    query_mask: Bool[Tensor, "batch query_pos"] | None
-    token_ids: Int[Tensor, "batch key_pos"] | None
-    stats: tuple[str, ...]
-    options: StatOptions
-    key_bias: Float[Tensor, "bb bh key_pos"] | None
-    head_gate: Float[Tensor, " head"] | None
-    head_add: Float[Tensor, "head d_v"] | None
-    block_size: int | None
-
-    @property
-    def has_edits(self) -> bool:
-        return self.key_bias is not None or self.head_gate is not None or self.head_add is not None
-
-
-def apply_head_edits(out: Float[Tensor, "batch head query_pos d_v"], call: Call
-                     ) -> Float[Tensor, "batch head query_pos d_v"]:
-    """Gate then add, per head, on an fp32 output (in place); the shared epilogue."""
-    if call.head_gate is not None:
-        out.mul_(call.head_gate[None, :, None, None])
-    if call.head_add is not None:
-        out.add_(call.head_add[None, :, None, :])
-    return out
 
 
 def attention(
@@ -124,6 +46,8 @@ def attention(
     edits: HeadEdits | None = None,
     backend: Backend = "auto",
     block_size: int | None = None,
+    softcap: float | None = None,
+    sinks: Float[Tensor, " head"] | None = None,
 ) -> AttentionResult:
     """Attention output, log-sum-exp, per-head statistics and head edits in one pass.
 
@@ -138,15 +62,14 @@ def attention(
     "triton" (fused GPU kernels; on a CPU only under TRITON_INTERPRET=1) or "auto"
     (triton for CUDA tensors when triton is installed, else eager for short and
     chunked for long inputs). ``block_size`` fixes the chunked query block (default: sized to a
-    memory budget).
+    memory budget). ``softcap`` (Gemma-2's tanh logit soft-capping) and ``sinks`` (learned
+    per-head sink logits, gpt-oss) change the attention itself: see ``Call``.
     """
     call = _validate(q, k, v, causal=causal, scale=scale, mask=mask, query_mask=query_mask,
                      sliding_window=sliding_window, token_ids=token_ids, stats=stats,
-                     options=options, edits=edits, block_size=block_size)
-    from . import _chunked, _eager, _sdpa
-
+                     options=options, edits=edits, block_size=block_size, softcap=softcap, sinks=sinks)
     name = _choose_backend(call, backend)
-    if not call.stats and (name == "chunked" or call.key_bias is None):
+    if not call.stats and call.softcap is None and (name == "chunked" or call.key_bias is None):
         # Nothing to observe: the fused library kernel is the fastest exact answer.
         result = _sdpa.run(call)
     elif name == "eager":
@@ -182,7 +105,7 @@ def _triton_available() -> bool:
 
 
 def _validate(q, k, v, *, causal, scale, mask, query_mask, sliding_window, token_ids, stats,
-              options, edits, block_size) -> Call:
+              options, edits, block_size, softcap=None, sinks=None) -> Call:
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor) or t.ndim != 4 or not t.is_floating_point():
             shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
@@ -205,6 +128,14 @@ def _validate(q, k, v, *, causal, scale, mask, query_mask, sliding_window, token
         raise ValueError(f"sliding_window must be a positive int or None, got {sliding_window!r}")
     if block_size is not None and (not isinstance(block_size, int) or block_size < 1):
         raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
+    if softcap is not None and (isinstance(softcap, bool) or not isinstance(softcap, (int, float))
+                                or not math.isfinite(softcap) or softcap <= 0):
+        raise ValueError(f"softcap must be a positive finite number or None, got {softcap!r}")
+    if sinks is not None:
+        if not isinstance(sinks, Tensor) or not sinks.is_floating_point() or sinks.shape != (h,):
+            shape = tuple(sinks.shape) if isinstance(sinks, Tensor) else type(sinks).__name__
+            raise ValueError(f"sinks must be a float tensor [head] = [{h}] of learned sink logits, got {shape}")
+        sinks = sinks.detach().to(q.device, torch.float32)
     if not isinstance(options, StatOptions):
         raise ValueError(f"options must be a StatOptions, got {type(options).__name__}")
 
@@ -251,7 +182,7 @@ def _validate(q, k, v, *, causal, scale, mask, query_mask, sliding_window, token
     return Call(q=q, k=k, v=v, scale=float(scale) if scale is not None else 1.0 / math.sqrt(d), geo=geo,
                 query_mask=query_mask, token_ids=None if token_ids is None else token_ids.to(q.device),
                 stats=names, options=options, key_bias=key_bias, head_gate=head_gate, head_add=head_add,
-                block_size=block_size)
+                block_size=block_size, softcap=None if softcap is None else float(softcap), sinks=sinks)
 
 
 def _normalise_mask(mask, full: tuple[int, int, int, int], device) -> Tensor | None:

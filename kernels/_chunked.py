@@ -15,6 +15,8 @@ as a slice of the q.k matmul, so the block body makes as few passes as it can:
   * the output matmul keeps v's own width: with d = 64, two extra columns (to sum p j
     for ``distance`` alongside) made it 16-19% slower, more than the matvec they save;
   * entropy is ``ln l - sum_j p (s - m)``: one dot product of p with the scores;
+  * soft-capping is one in-place tanh pass over the scores; a learned sink logit scales
+    the block's p by ``sigmoid(L - sink)`` after the softmax (one pass, only when present);
   * one reshape-sum gives the pooled map's row-group sums and, summed over the groups,
     ``received``; one batched matmul gives both token masses; ``waad``/``prev_token``/
     ``diag_mass`` read a diagonal band of width W.
@@ -31,7 +33,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ._api import AttentionResult, Call, apply_head_edits
+from ._types import AttentionResult, Call, apply_head_edits
 from ._chunked_stats import BlockStats
 from ._stats import pool_factor
 
@@ -59,6 +61,7 @@ def run(call: Call) -> AttentionResult:
     k, v = call.k.float(), call.v.float()
     dv = v.shape[-1]
     bias = None if call.key_bias is None else call.key_bias.clamp_min(NEG)
+    sinks = None if call.sinks is None else call.sinks[None, :, None]  # [1, h, 1]
     f = pool_factor(nq, nk, opt.pool_max)
     stats = BlockStats(call, f)
     out = q.new_zeros(b, h, nq, dv)
@@ -73,6 +76,8 @@ def run(call: Call) -> AttentionResult:
         bq, nkb = c - a, hi - lo
         qb = q[:, :, :, a:c].reshape(b, kv, g * bq, -1)
         s = torch.matmul(qb, k[:, :, lo:hi].transpose(-1, -2)).view(b, h, bq, nkb)
+        if call.softcap is not None:  # Gemma-2 soft-capping, before masks and edits
+            s.div_(call.softcap).tanh_().mul_(call.softcap)
         vis = geo.visibility(a, c, lo, hi, dev) if geo.mask is not None else None
         if vis is not None:
             s.masked_fill_(~vis, NEG)
@@ -93,6 +98,14 @@ def run(call: Call) -> AttentionResult:
         p = torch.softmax(s, dim=-1)  # one fused pass; rows with no key come out uniform, dropped below
         # ln l = -ln p[argmax] (p at the max is exp(m - L)), so L = m + ln l needs no extra pass.
         ln_l = -torch.log(p.gather(-1, arg).squeeze(-1))
+        mass = learned = None
+        if sinks is not None:
+            # A learned sink adds exp(sink) to the denominator: with L' = logaddexp(L, sink)
+            # every real-key probability shrinks by exp(L - L') = sigmoid(L - sink).
+            gap = (m + ln_l) - sinks
+            mass, learned = torch.sigmoid(gap), torch.sigmoid(-gap)
+            p.mul_(mass[..., None])
+            ln_l = ln_l + torch.nn.functional.softplus(-gap)  # L' - m
         lse[:, :, a:c] = (m + ln_l).masked_fill_(~has_key, float("-inf"))
 
         o = torch.matmul(p.view(b, kv, g * bq, nkb), v[:, :, lo:hi]).view(b, h, bq, dv)
@@ -100,7 +113,7 @@ def run(call: Call) -> AttentionResult:
         if stats.want:
             if top is not None:
                 top = (top[0] - m[..., None], top[1])  # centred: p = exp(val - ln l)
-            stats.add_block(a, c, lo, p, s, m, ln_l, has_key, top, vis)
+            stats.add_block(a, c, lo, p, s, m, ln_l, has_key, top, vis, mass=mass, learned=learned)
 
     out = apply_head_edits(out, call)
     return AttentionResult(output=out.to(call.q.dtype), lse=lse, stats=stats.finish(),

@@ -14,7 +14,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ._api import Call
+from ._types import Call
 from ._stats import pattern_rows
 
 __all__ = ["BlockStats"]
@@ -23,7 +23,7 @@ __all__ = ["BlockStats"]
 MASKED = -5e29
 
 #: Per-row statistics, [b, h, q] each.
-_ROW_STATS = ("sink_mass", "sink_mass_k", "prev_token", "diag_mass", "dup_token", "induction",
+_ROW_STATS = ("learned_sink_mass", "sink_mass", "sink_mass_k", "prev_token", "diag_mass", "dup_token", "induction",
               "entropy", "entropy_norm", "distance", "waad")
 
 
@@ -59,12 +59,15 @@ class BlockStats:
 
     def add_block(self, a: int, c: int, lo: int, p: Float[Tensor, "b h bq bk"], s: Float[Tensor, "b h bq bk"],
                   m: Float[Tensor, "b h bq"], ln_l: Float[Tensor, "b h bq"], has_key: Tensor,
-                  top: tuple[Tensor, Tensor] | None, vis: Tensor | None) -> None:
+                  top: tuple[Tensor, Tensor] | None, vis: Tensor | None, *,
+                  mass: Tensor | None = None, learned: Tensor | None = None) -> None:
         """Fold rows [a, c) x keys [lo, lo + bk) into every statistic.
 
         p: the block's probabilities; s: its scores (masked ones at -1e30), m their row max
         and ln_l = L - m; top: (top scores minus m, block columns); vis: the combined mask
-        of the block when the caller gave one.
+        of the block when the caller gave one. With a learned sink, ``mass`` [b, h, bq] is
+        each row's real-key mass (sum_j p) and ``learned`` the sink's share (1 - mass);
+        without one both are None and every row's mass is 1.
         """
         geo, opt, want, call = self.geo, self.opt, self.want, self.call
         b, h, bq, nkb = p.shape
@@ -74,23 +77,28 @@ class BlockStats:
         qpos = torch.arange(geo.offset + a, geo.offset + c, device=dev)
         rows = {}  # final per-row values of valid rows (masked by w below)
 
+        if "learned_sink_mass" in want and learned is not None:  # no sink: stays 0
+            rows["learned_sink_mass"] = learned
         if "sink_mass" in want and lo == 0:
             rows["sink_mass"] = p[..., 0]
         if "sink_mass_k" in want and lo < opt.sink_k:
             rows["sink_mass_k"] = p[..., : opt.sink_k - lo].sum(-1)
         if "distance" in want:  # sum_j p (pos_i - j) = (pos_i - lo) - p @ (j - lo): one matvec
             rel = torch.arange(nkb, device=dev, dtype=p.dtype)[:, None]
-            rows["distance"] = (qpos - lo).to(p.dtype) - torch.matmul(p, rel)[..., 0]
+            first = (qpos - lo).to(p.dtype)  # times the row's real-key mass (1 without a learned sink)
+            rows["distance"] = (first if mass is None else first * mass) - torch.matmul(p, rel)[..., 0]
         if self.needs_entropy:
             # H = L - sum_j p s = ln l - sum_j p (s - m): masked scores have p = 0 and add 0.
-            entropy = ln_l - (torch.linalg.vecdot(p, s) - m)
+            # With a learned sink the real keys hold mass P < 1: -sum p (s - L) = P (L - m) - sum p (s - m).
+            entropy = (ln_l - (torch.linalg.vecdot(p, s) - m) if mass is None
+                       else ln_l * mass - (torch.linalg.vecdot(p, s) - m * mass))
             if "entropy" in want:
                 rows["entropy"] = entropy
             if "entropy_norm" in want:
                 n_vis = geo.rule_counts(a, c, dev) if vis is None else vis.sum(-1).to(p.dtype)
                 rows["entropy_norm"] = torch.where(n_vis > 1, entropy / torch.log(n_vis.clamp_min(2.0)), 0.0)
         if want & {"waad", "prev_token", "diag_mass"} or ("dup_token" in want and geo.causal):
-            diag = self._band(rows, p, qpos, lo)
+            diag = self._band(rows, p, qpos, lo, mass)
         else:
             diag = None
         if want & {"dup_token", "induction"}:
@@ -123,7 +131,7 @@ class BlockStats:
                 rows_p = p[:, self.heads, r0 - a:r1 - a] * w[:, self.heads, r0 - a:r1 - a, None]
                 self.pattern[:, :, r0 - self.prow[0]:r1 - self.prow[0], lo:lo + nkb] = rows_p
 
-    def _band(self, rows, p, qpos, lo) -> Tensor:
+    def _band(self, rows, p, qpos, lo, mass) -> Tensor:
         """waad, prev_token, diag_mass from the band p[i, pos_i - d], d < W (a gather).
 
         Returns the band's d = 0 column (the diagonal; dup_token needs it).
@@ -142,7 +150,8 @@ class BlockStats:
             if geo.causal:  # no future keys: keys beyond the band all sit at distance >= W
                 near = band[..., :width]
                 d = torch.arange(width, device=p.device, dtype=p.dtype)
-                rows["waad"] = width * (1.0 - near.sum(-1)) + torch.matmul(near, d)
+                total = 1.0 if mass is None else mass  # the row's real-key mass
+                rows["waad"] = width * (total - near.sum(-1)) + torch.matmul(near, d)
             else:
                 kpos = torch.arange(lo, lo + nkb, device=p.device)
                 clipped = (qpos[:, None] - kpos[None, :]).clamp_max(width).to(p.dtype)

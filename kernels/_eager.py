@@ -12,7 +12,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from ._api import AttentionResult, Call, apply_head_edits
+from ._types import AttentionResult, Call, apply_head_edits
 from ._stats import pattern_rows, pool_factor
 
 __all__ = ["run"]
@@ -28,6 +28,8 @@ def run(call: Call) -> AttentionResult:
     v = call.v.float().repeat_interleave(g, dim=1)
 
     scores = q @ k.transpose(-1, -2)  # [b, h, q, k]
+    if call.softcap is not None:  # Gemma-2: cap * tanh(s / cap), before masks and edits
+        scores = call.softcap * torch.tanh(scores / call.softcap)
     visible = geo.visibility(0, nq, 0, nk, dev)
     if visible is None:
         visible = torch.ones(1, 1, nq, nk, dtype=torch.bool, device=dev)
@@ -37,8 +39,12 @@ def run(call: Call) -> AttentionResult:
         scores = scores + bias.clamp_min(-1e30).masked_fill(bias <= -1e30, float("-inf"))
         allowed = allowed & (bias > -1e30)
     scores = scores.masked_fill(~allowed, float("-inf"))
-    lse = torch.logsumexp(scores, dim=-1)  # -inf on rows with no key
     has_key = allowed.any(dim=-1)
+    if call.sinks is None:
+        lse = torch.logsumexp(scores, dim=-1)  # -inf on rows with no key
+    else:  # the learned sink is one more logit in every row's denominator (no value)
+        sink = call.sinks[None, :, None].expand(b, h, nq)
+        lse = torch.logaddexp(torch.logsumexp(scores, dim=-1), sink).masked_fill(~has_key, float("-inf"))
     p = torch.where(allowed, torch.exp(scores - lse[..., None]), 0.0)
 
     out = apply_head_edits(p @ v, call)
@@ -54,6 +60,9 @@ def run(call: Call) -> AttentionResult:
     kpos = torch.arange(nk, device=dev).float()[None, :]
     want, stats = set(call.stats), result.stats
 
+    if "learned_sink_mass" in want:
+        stats["learned_sink_mass"] = (torch.zeros_like(lse) if call.sinks is None
+                                      else torch.where(row_ok, torch.exp(call.sinks[None, :, None] - lse), 0.0))
     if "sink_mass" in want:
         stats["sink_mass"] = pw[..., 0]
     if "sink_mass_k" in want:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._api import AttentionResult, Call, apply_head_edits
+from ._types import AttentionResult, Call, apply_head_edits
 from ._stats import pool_factor
 
 __all__ = ["run"]
@@ -41,6 +41,7 @@ def run(call: Call) -> AttentionResult:
     simple = geo.mask is None and geo.window is None and call.key_bias is None
     if simple and (not geo.causal or nq == nk):
         out, lse = kernel(q, k, v, 0.0, geo.causal, scale=call.scale)
+        out, lse = _with_sinks(out, lse, call)
         out = apply_head_edits(out, call)
         return AttentionResult(output=out.to(call.q.dtype), lse=lse, stats={}, meta=meta)
 
@@ -63,8 +64,20 @@ def run(call: Call) -> AttentionResult:
             l = l.masked_fill(empty, float("-inf"))
         out[:, :, a:c] = o
         lse[:, :, a:c] = l
+    out, lse = _with_sinks(out, lse, call)
     out = apply_head_edits(out, call)
     return AttentionResult(output=out.to(call.q.dtype), lse=lse, stats={}, meta=meta)
+
+
+def _with_sinks(out: Tensor, lse: Tensor, call: Call) -> tuple[Tensor, Tensor]:
+    """Fold learned sink logits in after the fact: with L' = logaddexp(L, sink) every
+    probability shrinks by exp(L - L'), so the output does too (rows with no key stay 0, -inf)."""
+    if call.sinks is None:
+        return out, lse
+    full = torch.logaddexp(lse, call.sinks[None, :, None].expand_as(lse))
+    shrink = torch.exp(lse - full).nan_to_num_(0.0)  # -inf - -inf on rows with no key
+    full = torch.where(torch.isfinite(lse), full, lse)
+    return out * shrink[..., None], full
 
 
 def _per_batch(call: Call) -> bool:

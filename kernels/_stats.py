@@ -18,6 +18,9 @@ their per-row statistics are 0, their ``topk_idx`` is -1, and they add nothing t
 =================  =================  ===============================================
 name               shape              definition (valid rows; 0 otherwise)
 =================  =================  ===============================================
+``learned_sink_``   [b, h, q]          ``exp(sink_h - L_i)``: the share of row i's
+``mass``                              softmax that head h's learned sink logit takes
+                                      (gpt-oss ``s_aux``); 0 without ``sinks=``.
 ``sink_mass``      [b, h, q]          ``p[i, 0]``: attention on the first key
                                       (METHODS sec.1-2, the attention sink).
 ``sink_mass_k``    [b, h, q]          ``sum_{j < S} p[i, j]``, ``S = options.sink_k``.
@@ -60,6 +63,14 @@ name               shape              definition (valid rows; 0 otherwise)
                                       (None = all); invalid rows are 0.
 =================  =================  ===============================================
 
+Learned sinks (a virtual key per head with a logit and no value, in the softmax
+denominator): ``L_i`` includes it, and every statistic above but ``learned_sink_mass``
+is defined over the *real* keys, from the ``p`` the model multiplies its values by. A
+row's real-key masses therefore sum to ``1 - learned_sink_mass`` instead of 1 (so do
+``received``, ``pooled`` and ``pattern`` rows), and ``entropy`` is ``-sum_j p log p``
+over the real keys only, exactly what the model's own eager ``output_attentions``
+pattern gives. Soft-capping (``softcap``) changes the scores, not these definitions.
+
 Only ``dup_token`` and ``induction`` compare tokens and need ``token_ids``;
 ``prev_token`` and ``diag_mass`` are positional. To turn the token-pattern masses into
 METHODS' "mul" scores, divide by the row mass (1 on valid rows) and average over rows.
@@ -76,7 +87,7 @@ __all__ = ["STAT_NAMES", "TOKEN_STATS", "StatOptions", "pool_factor"]
 STAT_NAMES: tuple[str, ...] = (
     "sink_mass", "sink_mass_k", "entropy", "entropy_norm", "received", "visible",
     "distance", "waad", "topk_idx", "topk_val", "prev_token", "diag_mass",
-    "dup_token", "induction", "pooled", "pattern",
+    "dup_token", "induction", "pooled", "pattern", "learned_sink_mass",
 )
 
 #: Statistics that compare token ids and therefore need ``token_ids``.

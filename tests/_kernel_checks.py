@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from kernels._api import Call
+from kernels._types import Call
 
 WIDE = {"distance", "waad"}  # values up to ~n: compared with a relative term too
 
@@ -49,6 +49,8 @@ def reference64(call: Call) -> dict[str, torch.Tensor]:
     k = call.k.double().repeat_interleave(g, 1)
     v = call.v.double().repeat_interleave(g, 1)
     s = q @ k.transpose(-1, -2)
+    if call.softcap is not None:
+        s = call.softcap * torch.tanh(s / call.softcap)
     qpos = torch.arange(geo.offset, nk, device=q.device)[:, None]
     kpos = torch.arange(nk, device=q.device)[None, :]
     allowed = torch.ones(b, h, nq, nk, dtype=torch.bool, device=q.device)
@@ -64,6 +66,9 @@ def reference64(call: Call) -> dict[str, torch.Tensor]:
         s = s + bias.clamp_min(-1e30)
     s = s.masked_fill(~allowed, -math.inf)
     lse = torch.logsumexp(s, -1)
+    if call.sinks is not None:  # one more logit in the denominator, no value
+        lse = torch.logaddexp(lse, call.sinks.double()[None, :, None].expand_as(lse))
+        lse = lse.masked_fill(~allowed.any(-1), -math.inf)
     p = torch.where(allowed, torch.exp(s - lse[..., None]), 0.0)
     out = p @ v
     if call.head_gate is not None:
@@ -75,7 +80,9 @@ def reference64(call: Call) -> dict[str, torch.Tensor]:
         ok &= call.query_mask[:, None, :]
     p = p * ok[..., None]
     ent = -torch.where(p > 0, p * torch.log(p), 0.0).sum(-1)
-    return {"output": out, "lse": lse, "entropy": ent, "received": p.sum(-2), "sink_mass": p[..., 0],
+    learned = (torch.exp(call.sinks.double()[None, :, None] - lse) * ok if call.sinks is not None
+               else torch.zeros_like(lse))
+    return {"output": out, "lse": lse, "entropy": ent, "learned_sink_mass": learned, "received": p.sum(-2), "sink_mass": p[..., 0],
             "distance": (p * (qpos - kpos)).sum(-1)}
 
 
@@ -84,7 +91,7 @@ def assert_float64(got, call: Call, atol=1e-4) -> None:
     torch.testing.assert_close(got.output.double(), ref["output"], atol=atol, rtol=0)
     fin = torch.isfinite(ref["lse"])
     torch.testing.assert_close(got.lse.double()[fin], ref["lse"][fin], atol=atol, rtol=0)
-    for name in ("entropy", "received", "sink_mass", "distance"):
+    for name in ("entropy", "received", "sink_mass", "distance", "learned_sink_mass"):
         if name in got.stats:
             torch.testing.assert_close(got.stats[name].double(), ref[name], atol=atol,
                                        rtol=1e-5 if name in WIDE else 0, msg=lambda m: f"{name}: {m}")

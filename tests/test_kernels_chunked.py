@@ -36,7 +36,8 @@ def check(q, k, v, *, block_size=None, stats=ALL, **kw):
     call = _validate(q, k, v, causal=kw.pop("causal", True), scale=None, mask=kw.pop("mask", None),
                      query_mask=kw.pop("query_mask", None), sliding_window=kw.pop("sliding_window", None),
                      token_ids=kw.pop("token_ids", tokens(q.shape[0], k.shape[2])), stats=stats,
-                     options=kw.pop("options", StatOptions()), edits=kw.pop("edits", None), block_size=block_size)
+                     options=kw.pop("options", StatOptions()), edits=kw.pop("edits", None), block_size=block_size,
+                     softcap=kw.pop("softcap", None), sinks=kw.pop("sinks", None))
     assert not kw, kw
     got, want = _chunked.run(call), _eager.run(call)
     assert got.meta["pool_factor"] == want.meta["pool_factor"]
@@ -124,3 +125,66 @@ def test_one_token_statistic_alone(stats, causal):
     """Each token mass asked for on its own (the weight then holds a single slot)."""
     q, k, v = qkv(1, 4, 2, 37, 37, 8, seed=21)
     check(q, k, v, stats=stats, causal=causal, block_size=5)
+
+
+# --- attention features of newer architectures: soft-capping (Gemma-2), learned sinks (gpt-oss) ---
+FEATURES = [
+    pytest.param(dict(softcap=5.0), id="softcap"),
+    pytest.param(dict(sinks=torch.tensor([-2.0, 0.5, 3.0, 8.0, 1.0, -30.0])), id="sinks"),
+    pytest.param(dict(softcap=4.0, sinks=torch.tensor([3.0, -1.0, 0.0, 2.0, 5.0, 1.0])), id="softcap+sinks"),
+]
+
+
+@pytest.mark.parametrize("block_size", [None, 4, 7])
+@pytest.mark.parametrize("feature", FEATURES)
+def test_softcap_and_sinks_match_eager_and_float64(feature, block_size):
+    """Large logits (q scaled up) so that capping changes the pattern; large sinks take most of a row."""
+    q, k, v = qkv(2, 6, 2, 19, 23, 16, seed=5)
+    qm = torch.ones(2, 19, dtype=torch.bool)
+    qm[1, 15:] = False
+    edits = HeadEdits(key_bias=torch.zeros(6, 23).index_fill_(1, torch.tensor([0]), math.log(0.3)))
+    got = check(3 * q, k, v, block_size=block_size, query_mask=qm, sliding_window=6, edits=edits,
+                options=StatOptions(pool_max=6, topk=3), **feature)
+    if "sinks" in feature:
+        learned = got.stats["learned_sink_mass"]
+        assert learned.max() > 0.9 and learned.min() >= 0  # some rows are mostly sink
+        row_mass = got.stats["received"].sum(-1) + learned.sum(-1)  # real keys + sink = valid rows
+        assert torch.allclose(row_mass, qm.sum(-1, keepdim=True).float().expand(2, 6), atol=1e-4)
+
+
+def test_softcap_changes_the_pattern():
+    """The test above would pass vacuously if the logits never reached the cap."""
+    q, k, v = qkv(1, 4, 2, 9, 9, 16, seed=2)
+    plain = _eager.run(_validate(4 * q, k, v, causal=True, scale=None, mask=None, query_mask=None,
+                                 sliding_window=None, token_ids=None, stats=("entropy",), options=StatOptions(),
+                                 edits=None, block_size=None))
+    capped = _eager.run(_validate(4 * q, k, v, causal=True, scale=None, mask=None, query_mask=None,
+                                  sliding_window=None, token_ids=None, stats=("entropy",), options=StatOptions(),
+                                  edits=None, block_size=None, softcap=2.0))
+    assert (plain.stats["entropy"] - capped.stats["entropy"]).abs().max() > 0.3
+
+
+@pytest.mark.parametrize("feature", FEATURES)
+@pytest.mark.parametrize("causal,nq", [(True, 23), (True, 9), (False, 23)])
+def test_fast_path_honours_softcap_and_sinks(feature, causal, nq):
+    """No statistics: the sdpa fast path (sinks folded in after the fact) or chunked (softcap)."""
+    from kernels import attention
+
+    q, k, v = qkv(2, 6, 2, nq, 23, 16, seed=9)
+    fast = attention(4 * q, k, v, causal=causal, backend="auto", **feature)
+    ref = attention(4 * q, k, v, causal=causal, backend="eager", stats=("sink_mass",), **feature)
+    torch.testing.assert_close(fast.output, ref.output, atol=1e-5, rtol=0)
+    torch.testing.assert_close(fast.lse, ref.lse, atol=1e-5, rtol=0)
+    if "softcap" not in feature:
+        assert fast.meta.get("fast_path"), "sinks alone should keep the fused fast path"
+
+
+def test_bad_softcap_and_sinks_are_refused():
+    from kernels import attention
+
+    q, k, v = qkv(1, 4, 2, 5, 5, 8, seed=0)
+    for bad in (0.0, -1.0, float("inf"), True, "50"):
+        with pytest.raises(ValueError, match="softcap"):
+            attention(q, k, v, softcap=bad)
+    with pytest.raises(ValueError, match=r"sinks must be a float tensor \[head\] = \[4\]"):
+        attention(q, k, v, sinks=torch.zeros(2))
