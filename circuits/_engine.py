@@ -26,24 +26,26 @@ from dataclasses import dataclass, field
 import torch
 
 from circuits._graph import INPUT, LOGITS, Graph, head_node, mlp_node
-from lens._arch import get_path
+from lens._structure import get_path
 
-# The norm before the attention and before the MLP, per architecture (pre-norm blocks only:
-# the edge decomposition needs the residual stream to be a plain sum of the senders' outputs).
-_NORMS = {"gpt2": ("ln_1", "ln_2")}
-_LLAMA_NORMS = ("input_layernorm", "post_attention_layernorm")
-_POST_NORM = {"gemma2", "gemma3"}
+def norm_names(subject) -> tuple[str, str | None]:
+    """The block's norms before the attention and before the MLP (discovered, ``Subject.arch``).
 
-
-def norm_names(subject) -> tuple[str, str]:
-    mt = subject.model.config.model_type
-    if mt in _POST_NORM:
-        raise ValueError(f"{mt}: blocks with post-norms are not supported by edge patching")
-    return _NORMS.get(mt, _LLAMA_NORMS)
+    Edge patching needs pre-norm blocks: the residual stream must be a plain sum of the
+    senders' outputs, read by each receiver through its own norm. Other layouts (post-norms,
+    parallel attention/MLP, scaled residuals) are refused by name; head, module and residual
+    patching work on every layout.
+    """
+    arch = subject.arch
+    if arch.residual != "pre-norm" or arch.attn_norm is None or (arch.mlp is not None and arch.mlp_norm is None):
+        raise ValueError(f"{arch.model_type}: edge patching (EAP, ACDC, path patching) needs pre-norm blocks, whose "
+                         f"residual stream is a plain sum of the senders' outputs; this model's blocks are "
+                         f"{arch.residual!r}. Head, attention/MLP and residual patching work on it.")
+    return arch.attn_norm, arch.mlp_norm
 
 
 def o_proj_of(subject, layer: int) -> torch.nn.Module:
-    return getattr(subject.attn_module(layer), subject.arch.o_proj)
+    return get_path(subject.attn_module(layer), subject.arch.o_proj)
 
 
 def w_o(subject, layer: int) -> torch.Tensor:
@@ -186,7 +188,9 @@ def _with_hidden(args, kwargs, new):
 def _install(subject, st: _State, stack: contextlib.ExitStack) -> None:
     graph, spec = st.graph, st.spec
     n_heads, dh = subject.n_heads, subject.d_head
-    ln1_name, ln2_name = norm_names(subject)
+    edges = spec.removed is not None or spec.grad_receivers
+    # Receivers read through the block's norms only when edges are patched (pre-norm blocks only).
+    ln1_name, ln2_name = norm_names(subject) if edges else (None, None)
 
     def hook(module, fn, pre=False, kw=True):
         h = (module.register_forward_pre_hook(fn, with_kwargs=kw) if pre
@@ -196,8 +200,8 @@ def _install(subject, st: _State, stack: contextlib.ExitStack) -> None:
     for layer in range(subject.n_layers):
         block = subject.blocks[layer]
         attn = subject.attn_module(layer)
-        oproj = getattr(attn, subject.arch.o_proj)
-        ln1 = getattr(block, ln1_name)
+        oproj = get_path(attn, subject.arch.o_proj)
+        ln1 = getattr(block, ln1_name) if ln1_name else None
         wo = w_o(subject, layer)
 
         def block_pre(module, args, kwargs, layer=layer):
@@ -287,13 +291,14 @@ def _install(subject, st: _State, stack: contextlib.ExitStack) -> None:
             return None
 
         hook(block, block_pre, pre=True)
-        hook(attn, attn_pre, pre=True)
+        if ln1 is not None:
+            hook(attn, attn_pre, pre=True)
         hook(oproj, oproj_pre, pre=True)
         hook(attn, attn_post)
 
         if subject.arch.mlp is not None:
-            mlp = getattr(block, subject.arch.mlp)
-            ln2 = getattr(block, ln2_name)
+            mlp = get_path(block, subject.arch.mlp)
+            ln2 = getattr(block, ln2_name) if ln2_name else None
 
             def ln2_pre(module, args, kwargs, layer=layer):
                 x = _hidden_arg(args, kwargs)
@@ -312,7 +317,8 @@ def _install(subject, st: _State, stack: contextlib.ExitStack) -> None:
                 st.sent(mlp_node(layer), out)
                 return out if changed else None
 
-            hook(ln2, ln2_pre, pre=True)
+            if ln2 is not None:
+                hook(ln2, ln2_pre, pre=True)
             hook(mlp, mlp_post)
 
     final = get_path(subject.model, subject.arch.final_norm)

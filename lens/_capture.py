@@ -69,11 +69,12 @@ class _Session:
         return kw
 
     def record(self, layer, module, value, result):
-        out = {k: v.detach() for k, v in result.stats.items()}
+        home = self.token_ids.device  # with a device map, layers run on several devices: gather here
+        out = {k: v.detach().to(home) for k, v in result.stats.items()}
         if "pooled" in out:
             out["pool_factor"] = torch.tensor(result.meta.get("pool_factor", 1))
         if self.value_norm:
-            out["value_norm"] = _value_norms(self.subject, module, value.detach(), self.query_mask)
+            out["value_norm"] = _value_norms(self.subject, module, value.detach(), self.query_mask).to(home)
         self.layers[layer] = out
         if self.bar is not None:
             self.bar.update(1)
@@ -81,7 +82,7 @@ class _Session:
 
 def _value_norms(subject: Subject, module, value: torch.Tensor, query_mask) -> torch.Tensor:
     """||W_O^h v_j|| per head and position, via the Gram matrix W_O^h^T W_O^h (METHODS sec. 2)."""
-    o_proj = getattr(module, subject.arch.o_proj)
+    o_proj = subject.o_proj(subject.layer_of(module))
     weight = o_proj.weight.detach().float()
     h, d = subject.n_heads, subject.d_head
     # W_O^h maps the head's d_head slice to d_model: [d_model, d_head] per head.
@@ -93,7 +94,7 @@ def _value_norms(subject: Subject, module, value: torch.Tensor, query_mask) -> t
     sq = torch.einsum("bhnd,hde,bhne->bhn", v, gram, v).clamp(min=0)
     norms = sq.sqrt()
     if query_mask is not None and query_mask.shape[-1] == norms.shape[-1]:
-        norms = norms * query_mask[:, None, :]
+        norms = norms * query_mask.to(norms.device)[:, None, :]
     return norms
 
 
@@ -110,7 +111,8 @@ def _block_hooks(subject: Subject, fn) -> Iterator[None]:
 def _resid_recorder(store: dict, mask: torch.Tensor, resid_layers: set[int], want_norm: bool, want_massive: bool):
     def make(layer: int):
         def hook(module, args, output):
-            hs = (output[0] if isinstance(output, tuple) else output).detach().float()  # [b, n, d]
+            # gathered on the mask's device (with a device map, blocks live on several devices)
+            hs = (output[0] if isinstance(output, tuple) else output).detach().float().to(mask.device)  # [b, n, d]
             m = mask[..., None].to(hs.dtype)
             if want_norm:
                 store.setdefault("resid_norm", {})[layer] = hs.norm(dim=-1) * mask
@@ -202,6 +204,8 @@ def capture(
 
     options = options or StatOptions()
     stat_list = list(DEFAULT_STATS) if stats == "default" else [stats] if isinstance(stats, str) else list(stats)
+    if stats == "default" and subject.arch.has_learned_sinks:
+        stat_list.append("learned_sink_mass")  # gpt-oss: the share of each row its learned sink takes
     unknown = [s for s in stat_list if s not in STAT_NAMES or s == "pattern"]
     if unknown:
         raise ValueError(f"unknown statistic(s) {unknown}; valid: {sorted(set(STAT_NAMES) - {'pattern'})} "

@@ -7,6 +7,9 @@ TransformerLens: ``[batch, head, query_pos, key_pos]``):
 name               shape                                  meaning
 =================  =====================================  ===========================================
 sink_mass          [batch, layer, head, query_pos]        attention on position 0
+learned_sink_mass  [batch, layer, head, query_pos]        the row's share taken by a learned sink logit (gpt-oss
+                                                          only); every other row statistic is over the real keys,
+                                                          whose attention then sums to 1 minus it
 sink_mass_k        [batch, layer, head, query_pos]        attention on positions 0..sink_k-1
 entropy            [batch, layer, head, query_pos]        -sum_j p log p of the row (nats)
 entropy_norm       [batch, layer, head, query_pos]        entropy / ln(number of visible keys)

@@ -174,7 +174,7 @@ def head_outputs(subject, inputs, layers: Sequence[int] | None = None, *, batch_
 
     try:
         for l in layers:
-            o_proj = getattr(subject.attn_module(l), subject.arch.o_proj)
+            o_proj = subject.o_proj(l)
             handles.append(o_proj.register_forward_pre_hook(grab(l)))
         masks = []
         for i in range(0, len(rows), batch_size):
@@ -263,7 +263,7 @@ def var_sinks(capture, layer: int, *, dims: Sequence[int] | None = None, tau: fl
 
 # --- the nnsight route for residual edits --------------------------------------------------------
 def _nn_block(subject, layer: int):
-    from lens._arch import get_path
+    from lens._structure import get_path
 
     return get_path(subject.nnsight, subject.arch.layers)[layer]
 

@@ -29,38 +29,55 @@ BUILTIN = ("smollm2", *ORGANISMS)
 last_load: dict = {}
 
 
-def load(name: str = "smollm2", *, dtype: torch.dtype = torch.float32, device: str | None = None) -> Subject:
+def load(name: str | os.PathLike = "smollm2", *, dtype: torch.dtype = torch.float32, device: str | torch.device | None = None,
+         device_map: str | dict | None = None) -> Subject:
     """Load a model as a ``Subject``.
 
     ``name`` is a built-in name (``"smollm2"``, or an organism: ``"bigram_backcopy"``,
-    ``"induction"``), a path to a Hugging Face model directory, a path to a ``.gguf``
-    file, or a hub id such as ``"org/model"`` (resolved by transformers, which honours
-    ``HF_HUB_OFFLINE``).
+    ``"induction"``), a path (``str`` or ``os.PathLike``) to a Hugging Face model directory
+    or to a ``.gguf`` file, or a hub id such as ``"org/model"`` (resolved by transformers,
+    which honours ``HF_HUB_OFFLINE``). ``dtype`` and ``device`` place the whole model;
+    ``device_map`` (``"auto"``, ``"cpu"`` or a module -> device dict; needs ``accelerate``)
+    shards it over devices instead, and the attention function then runs each layer on
+    the device its tensors are on. Any decoder in transformers works: its structure is
+    discovered (``lens._structure``), and a model whose structure or attention cannot be
+    handled exactly fails here, naming what is missing.
     """
+    if isinstance(name, os.PathLike):
+        name = os.fspath(name)
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"lens.load takes a model name or path, got {name!r}; built-in names: {', '.join(BUILTIN)}")
+        raise ValueError(f"lens.load takes a model name or path (str or os.PathLike), got {name!r}; "
+                         f"built-in names: {', '.join(BUILTIN)}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch.dtype such as torch.float32 or torch.bfloat16, got {dtype!r}")
+    if device is not None and device_map is not None:
+        raise ValueError(f"give device={device!r} or device_map={device_map!r}, not both: a device map places "
+                         "every module itself")
+    placement = dict(dtype=dtype, device_map=device_map)
     if name in ORGANISMS:
         from lens import organisms
 
+        if device_map is not None:
+            raise ValueError(f"the organism {name!r} is tiny and trained here; load it with device=..., not device_map")
         subject = organisms.train(name)
     elif name == "smollm2":
-        subject = _load_gguf(_smollm2_gguf(), name="smollm2")
+        subject = _load_gguf(_smollm2_gguf(), name="smollm2", **placement)
     else:
         path = Path(name).expanduser()
         if path.suffix == ".gguf":
             if not path.is_file():
                 raise FileNotFoundError(f"no GGUF file at {path}")
-            subject = _load_gguf(path, name=path.stem)
+            subject = _load_gguf(path, name=path.stem, **placement)
         elif path.is_dir():
-            subject = _load_pretrained(str(path), name=path.name, dtype=dtype)
+            subject = _load_pretrained(str(path), name=path.name, **placement)
         elif name.count("/") == 1 and not name.startswith((".", "/", "~")):
-            subject = _load_pretrained(name, name=name, dtype=dtype)
+            subject = _load_pretrained(name, name=name, **placement)
         else:
             raise ValueError(
                 f"unknown model {name!r}: not a built-in name ({', '.join(BUILTIN)}), "
                 "not a model directory, not a .gguf file, and not a hub id of the form 'org/name'"
             )
-    if dtype != torch.float32 or device:
+    if device_map is None and (subject.model.dtype != dtype or device is not None):
         subject.model.to(dtype=dtype, device=device)
     return subject
 
@@ -78,7 +95,7 @@ def _smollm2_gguf() -> Path:
     return files[0]
 
 
-def _load_gguf(gguf: Path, *, name: str) -> Subject:
+def _load_gguf(gguf: Path, *, name: str, dtype: torch.dtype = torch.float32, device_map=None) -> Subject:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     stat = gguf.stat()
@@ -86,7 +103,7 @@ def _load_gguf(gguf: Path, *, name: str) -> Subject:
     entry = _cache.entry_path("models", key)
     if _cache.is_valid(entry):
         t0 = time.perf_counter()
-        model = AutoModelForCausalLM.from_pretrained(entry, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(entry, dtype=dtype, device_map=device_map)
         tokenizer = AutoTokenizer.from_pretrained(entry)
         last_load.update(name=name, how="cache", seconds=time.perf_counter() - t0, path=str(entry))
         return Subject(model, tokenizer, name=name, source=str(gguf), info={"cache": str(entry)})
@@ -104,16 +121,18 @@ def _load_gguf(gguf: Path, *, name: str) -> Subject:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     last_load.update(name=name, how="converted", seconds=time.perf_counter() - t0, path=str(entry))
+    if device_map is not None:  # place it as asked, from the converted copy
+        model = AutoModelForCausalLM.from_pretrained(entry, dtype=dtype, device_map=device_map)
     return Subject(model.eval(), tokenizer, name=name, source=str(gguf), info={"cache": str(entry)})
 
 
-def _load_pretrained(ref: str, *, name: str, dtype: torch.dtype) -> Subject:
+def _load_pretrained(ref: str, *, name: str, dtype: torch.dtype, device_map=None) -> Subject:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref, local_files_only=offline)
-        model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype, local_files_only=offline)
+        model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype, device_map=device_map, local_files_only=offline)
     except OSError as err:
         hint = " (HF_HUB_OFFLINE is set: only models already in the local hub cache load)" if offline else ""
         raise OSError(f"could not load {ref!r}{hint}: {err}") from err

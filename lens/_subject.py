@@ -8,7 +8,8 @@ from functools import cached_property
 
 import torch
 
-from lens._arch import ArchSpec, arch_for, get_path
+from lens._arch import overrides_for, tl_architecture
+from lens._structure import Structure, StructureError, discover, get_path
 
 
 class Subject:
@@ -26,13 +27,21 @@ class Subject:
         self.source = source
         self.info = dict(info or {})
         cfg = model.config
-        self.arch: ArchSpec = arch_for(cfg.model_type)
-        self.n_layers: int = cfg.num_hidden_layers
-        self.n_heads: int = cfg.num_attention_heads
-        self.n_kv_heads: int = getattr(cfg, "num_key_value_heads", None) or self.n_heads
-        self.d_model: int = cfg.hidden_size
-        self.d_head: int = getattr(cfg, "head_dim", None) or self.d_model // self.n_heads
-        self.n_ctx: int = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions")
+        # Found from the module tree and one traced pass (lens._structure), not from a table;
+        # a model whose structure or attention the workbench cannot handle fails here.
+        self.arch: Structure = discover(self.model, overrides=overrides_for(cfg.model_type))
+        self._layer_of = {id(self.attn_module(i)): i for i in range(self.arch.n_layers)}
+        self.n_layers: int = self.arch.n_layers
+        self.n_heads: int = self.arch.n_heads
+        self.n_kv_heads: int = self.arch.n_kv_heads
+        self.d_model: int = self.model.get_input_embeddings().weight.shape[-1]
+        self.d_head: int = self.arch.d_head
+        n_ctx = next((getattr(cfg, k) for k in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length")
+                      if isinstance(getattr(cfg, k, None), int)), None)
+        if n_ctx is None:
+            raise StructureError(f"{cfg.model_type}: the config names no context length "
+                                 "(max_position_embeddings, n_positions, n_ctx or seq_length)")
+        self.n_ctx: int = n_ctx
         self.prepends_bos: bool = _tokenizer_prepends_bos(tokenizer)
 
     def __repr__(self) -> str:
@@ -75,7 +84,15 @@ class Subject:
         return get_path(self.model, self.arch.layers)
 
     def attn_module(self, layer: int) -> torch.nn.Module:
-        return getattr(self.blocks[layer], self.arch.attn)
+        return get_path(self.blocks[layer], self.arch.attn)
+
+    def o_proj(self, layer: int) -> torch.nn.Module:
+        """The output projection that reads layer ``layer``'s attention output (per-head slices)."""
+        return get_path(self.attn_module(layer), self.arch.o_proj)
+
+    def layer_of(self, module: torch.nn.Module) -> int | None:
+        """The layer whose attention module ``module`` is (None for any other module)."""
+        return self._layer_of.get(id(module))
 
     def check_heads(self, heads: Sequence[tuple[int, int]]) -> None:
         """Raise a clear error for any (layer, head) that does not exist in this model."""
@@ -122,7 +139,7 @@ class Subject:
         clone = self._shared_clone()
         return build_bridge_from_module(
             clone,
-            self.arch.tl_architecture,
+            tl_architecture(self.arch.tl_architecture),
             hf_config=clone.config,
             tokenizer=self.tokenizer,
             model_name=self.name,

@@ -30,6 +30,9 @@ def sink_scores(capture: Capture, queries: torch.Tensor | None = None) -> torch.
 
     queries: optional bool ``[batch, pos]`` selecting which queries count (e.g. only
     trigger tokens); always intersected with the real positions >= 1. NaN where none is left.
+    With learned sinks (gpt-oss; ``learned_sink_mass`` in the capture) a head can park its
+    attention on its learned sink instead of on position 0, so s(x) counts both:
+    mean_{i>=1} (A[i, 0] + learned_sink_mass_i).
     """
     need(capture, "sink_mass", analyzer="sink_scores")
     mask = later_queries(capture)
@@ -38,7 +41,10 @@ def sink_scores(capture: Capture, queries: torch.Tensor | None = None) -> torch.
         if q.shape != mask.shape:
             raise ValueError(f"queries must be bool [batch, pos] = {list(mask.shape)}, got {list(q.shape)}")
         mask = mask & q
-    return masked_mean(capture.stats["sink_mass"], mask[:, None, None, :], dims=[-1]).float()
+    parked = capture.stats["sink_mass"]
+    if "learned_sink_mass" in capture.stats:
+        parked = parked + capture.stats["learned_sink_mass"]
+    return masked_mean(parked, mask[:, None, None, :], dims=[-1]).float()
 
 
 def _per_capture(queries: Queries, n: int) -> list[torch.Tensor | None]:

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from lens._capture_data import Capture
-from lens.analyzers._common import head_frame, need, real, seq_len_param, top_heads
+from lens.analyzers._common import head_frame, masked_mean, need, real, seq_len_param, top_heads
 from lens.analyzers._findings import Findings
 
 __all__ = ["hidden_sinks", "sink_rate"]
@@ -28,6 +28,12 @@ def sink_rate(capture: Capture, *, k: int = 1, eps: float = 0.3) -> Findings:
     key at position k-1 receives from the queries that see it. Per head the table gives the
     mean alpha_{k-1} (``sink_alpha``) and 100 x the share of inputs over eps (``sink_rate``);
     ``summary["sink_rate"]`` is 100 x the mean over (input, layer, head): the paper's metric.
+
+    Learned sinks (gpt-oss): when the capture has ``learned_sink_mass`` (the share of each
+    row its head's learned sink logit takes; the keys' attention sums to 1 minus it), the
+    table also gives its mean over real queries and inputs (``learned_sink_mass``), and
+    ``sink_head`` is True for a head whose key-(k-1) alpha *or* learned sink mass exceeds
+    eps: a head that parks its attention on its learned sink is a sink head.
 
     T is each input's own length (from ``capture.lengths``; recorded in params). METHODS and
     the paper cut every prompt to exactly T = 64 tokens: the metric depends on T (uniform
@@ -48,12 +54,26 @@ def sink_rate(capture: Capture, *, k: int = 1, eps: float = 0.3) -> Findings:
     overall = float(100 * over.mean())
     params = {"k": k, "eps": eps, "T": seq_len_param(capture), "n_inputs": int(keep.sum()),
               "reference_T": 64}
-    frame = head_frame(capture.n_layers, capture.n_heads, sink_alpha=per_head_alpha, sink_rate=per_head_rate)
+    columns = {"sink_alpha": per_head_alpha, "sink_rate": per_head_rate}
+    sink_head = per_head_alpha > eps
+    learned = None
+    if "learned_sink_mass" in capture.stats:
+        rows = real(capture)[keep][:, None, None, :]
+        learned = masked_mean(capture.stats["learned_sink_mass"][keep], rows, dims=[0, -1])  # [layer, head]
+        columns["learned_sink_mass"] = learned
+        sink_head = sink_head | (learned > eps)
+    columns["sink_head"] = sink_head
+    frame = head_frame(capture.n_layers, capture.n_heads, **columns)
     per_layer = (100 * over.mean(dim=(0, 2))).tolist()
-    summary = {"sink_rate": overall, "mean_alpha": float(a.mean()), "per_layer_rate": per_layer}
+    summary = {"sink_rate": overall, "mean_alpha": float(a.mean()), "per_layer_rate": per_layer,
+               "sink_heads": int(sink_head.sum())}
     text = (f"Sink_{k}^{eps:g} = {overall:.1f}% (mean alpha_{j} = {float(a.mean()):.3f}; "
             f"T = {params['T']}, METHODS uses T = 64)\n"
             f"strongest: {top_heads(per_head_alpha)}")
+    if learned is not None:
+        summary["mean_learned_sink_mass"] = float(learned.mean())
+        text += (f"\nlearned sinks: mean mass {float(learned.mean()):.3f}; "
+                 f"{int((learned > eps).sum())} head(s) over {eps:g}; strongest: {top_heads(learned)}")
     return Findings("sinks", frame, params, level="head", summary=summary, text=text)
 
 
