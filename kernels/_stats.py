@@ -73,7 +73,8 @@ pattern gives. Soft-capping (``softcap``) changes the scores, not these definiti
 
 Only ``dup_token`` and ``induction`` compare tokens and need ``token_ids``;
 ``prev_token`` and ``diag_mass`` are positional. To turn the token-pattern masses into
-METHODS' "mul" scores, divide by the row mass (1 on valid rows) and average over rows.
+METHODS' "mul" scores, divide by the row mass (1 on valid rows, 1 - ``learned_sink_mass``
+with a learned sink) and average over rows.
 """
 
 from __future__ import annotations

@@ -6,12 +6,16 @@ edits applied, the lse, the per-row statistics and the top-k; pass 2 recomputes 
 from the stored lse for the column sums (``received``) and the ``pooled`` map; it runs
 only when one of those is asked for. What is left is cheap torch on the host:
 ``visible`` (prefix sums of the query mask, or the caller's mask block by block),
-``entropy_norm`` (entropy / ln n_visible) and ``pattern`` (the few requested heads
-recomputed from the kernel's lse). Kernels and their math: ``_triton_kernels``.
+``entropy_norm`` (entropy / ln n_visible), ``learned_sink_mass`` (exp(sink - lse)) and
+``pattern`` (the few requested heads recomputed from the kernel's lse). Kernels and their
+math: ``_triton_kernels``.
 
 Supported in-kernel: causal with the query offset, sliding window, a general bool
 ``mask`` (strided loads, broadcast dims read with stride 0), ``query_mask``, GQA, key_bias,
-head_gate, head_add, head sizes up to 256, fp32/fp16/bf16 inputs with fp32 accumulation.
+head_gate, head_add, ``softcap`` (Gemma-2 tanh soft-capping, before masks and key_bias),
+``sinks`` (learned per-head sink logits in every row's denominator, gpt-oss; the lse
+includes them, every other statistic covers the real keys only), head sizes up to 256,
+fp32/fp16/bf16 inputs with fp32 accumulation.
 On a CPU it runs only under ``TRITON_INTERPRET=1`` set before this module is imported
 (tests; tiny shapes), with every tile upcast to fp32.
 """
@@ -26,7 +30,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from . import _triton_kernels as _k
-from ._api import AttentionResult, Call
+from ._types import AttentionResult, Call
 from ._stats import pattern_rows, pool_factor
 
 __all__ = ["INTERPRETED", "Blocks", "run"]
@@ -105,21 +109,24 @@ def run(call: Call, *, blocks: tuple[Blocks, Blocks] | None = None) -> Attention
     tok = tok if tok is not None else torch.zeros(1, dtype=torch.long, device=dev)
     gate = call.head_gate.contiguous() if call.head_gate is not None else dummy_f
     add = call.head_add.contiguous() if call.head_add is not None else dummy_f
+    sinks = (call.sinks * _k.LOG2E.value).contiguous() if call.sinks is not None else dummy_f  # base 2
     common = dict(
         GROUP=geo.group, HEAD_DIM=d, BLOCK_D=_pow2(d), CAUSAL=geo.causal, HAS_SLIDE=geo.window is not None,
         HAS_BIAS=call.key_bias is not None, HAS_MASK=geo.mask is not None, HAS_QMASK=call.query_mask is not None,
-        UPCAST=INTERPRETED, DOT_PREC=_dot_precision(q.dtype),
+        HAS_SOFTCAP=call.softcap is not None, UPCAST=INTERPRETED, DOT_PREC=_dot_precision(q.dtype),
     )
-    shape_args = (h, nq, nk, nk - nq, geo.window or 0, call.scale * _k.LOG2E.value)
+    # Scale and soft-cap in base 2 (the cap commutes with the change of base: _triton_kernels).
+    softcap2 = call.softcap * _k.LOG2E.value if call.softcap is not None else 0.0
+    shape_args = (h, nq, nk, nk - nq, geo.window or 0, call.scale * _k.LOG2E.value, softcap2)
 
     _k.attn_rows_kernel[(triton.cdiv(nq, p1.block_m), b * h)](
-        q, k, v, bias, mask, qmask, tok, gate, add,
+        q, k, v, bias, mask, qmask, tok, gate, add, sinks,
         out, lse, rows, top_v, top_i,
         *_strides3(q), *_strides3(k), *_strides3(v), *bias_strides, *mask_strides, *tok_strides,
         *shape_args,
         V_DIM=dv, BLOCK_M=p1.block_m, BLOCK_N=p1.block_n, BLOCK_DV=_pow2(dv),
         HAS_GATE=call.head_gate is not None, HAS_ADD=call.head_add is not None,
-        SINK_K=opt.sink_k, WAAD_W=opt.window,
+        HAS_SINKS=call.sinks is not None, SINK_K=opt.sink_k, WAAD_W=opt.window,
         **{arg: slot.get(name, -1) for name, arg in ROW_SLOTS.items()},
         TOPK=topk, TOPK_P=max(2, _pow2(topk, 1)),
         num_warps=p1.num_warps, num_stages=p1.num_stages, **common,
@@ -149,6 +156,8 @@ def run(call: Call, *, blocks: tuple[Blocks, Blocks] | None = None) -> Attention
             stats[name] = top_v
         elif name == "pattern":
             stats[name] = _pattern(call, lse)
+        elif name == "learned_sink_mass":
+            stats[name] = _learned_sink_mass(call, lse)
     meta = {"fast_path": not call.stats, "pool_factor": f, "topk": min(opt.topk, nk), "sink_k": opt.sink_k, "window": opt.window,
             "scale": call.scale, "backend": "triton", "interpreted": INTERPRETED,
             "blocks": (p1.block_m, p1.block_n, p2.block_m, p2.block_n)}
@@ -220,6 +229,17 @@ def _entropy_norm(call: Call, entropy: Float[Tensor, "b h q"], n_vis: Tensor | N
     return torch.where(n_vis > 1, entropy / torch.log(n_vis.clamp_min(2.0)), 0.0)
 
 
+def _learned_sink_mass(call: Call, lse: Float[Tensor, "b h q"]) -> Tensor:
+    """exp(sink_h - lse) on valid rows (query_mask True, some key visible: lse finite), else 0
+    (everywhere 0 without sinks)."""
+    if call.sinks is None:
+        return torch.zeros_like(lse)
+    ok = torch.isfinite(lse)
+    if call.query_mask is not None:
+        ok &= call.query_mask[:, None, :]
+    return torch.where(ok, torch.exp(call.sinks[None, :, None] - lse), 0.0)
+
+
 def _visible(call: Call) -> Tensor:
     """#{query_mask-valid rows that may see key j}: prefix sums of the query mask over
     positions (causal / sliding rules), or the caller's mask summed block by block."""
@@ -255,6 +275,8 @@ def _pattern(call: Call, lse: Float[Tensor, "b h q"]) -> Tensor:
     vis = geo.visibility(start, stop, 0, nk, dev)
     for n, hh in enumerate(heads):
         s = (call.q[:, hh, start:stop].float() * call.scale) @ call.k[:, hh // geo.group].float().transpose(-1, -2)
+        if call.softcap is not None:  # before masks and key_bias, as in the kernels
+            s = call.softcap * torch.tanh(s / call.softcap)
         allowed = torch.ones_like(s, dtype=torch.bool)
         if vis is not None:
             allowed &= vis[:, hh if vis.shape[1] > 1 else 0]

@@ -11,8 +11,14 @@ batch * head) keeps its K tile resident, walks the query tiles that can see it (
 diagonal down), recomputes ``p = 2^(s - L)`` and accumulates column sums and the pooled map.
 Every output element has exactly one writer: deterministic, no atomics.
 
-Scores are kept in base 2 (``s * log2 e``, the key bias pre-scaled by the host) so every
-exponential is an ``exp2``; the host converts the lse and the entropy back to nats.
+Scores are kept in base 2 (``s * log2 e``, the key bias and the sink logits pre-scaled by
+the host) so every exponential is an ``exp2``; the host converts the lse and the entropy
+back to nats. Soft-capping commutes with the change of base: ``c tanh(s / c) * log2 e =
+c2 tanh(s2 / c2)`` with ``c2 = c log2 e``, so the kernels cap base-2 scores by ``c2``.
+Learned sinks (one virtual key per head, no value) enter pass 1 only: each row's running
+max starts at the sink logit, ``l`` keeps the REAL keys' sum, and the sink's term
+``2^(sink - m)`` is added to the denominator in the epilogue. Pass 2 needs nothing: it
+reads the stored lse, which already includes the sink.
 Masked scores are -inf; products with them are guarded (``e > 0``) so no 0 * inf appears.
 All block sizes, flags and stat slots are constexprs: a disabled statistic costs nothing.
 """
@@ -25,6 +31,31 @@ import triton.language as tl
 #: log2(e) and ln(2): scores live in base 2 inside the kernels (host code reads ``.value``).
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
+#: Below this |x|, tanh uses its odd Taylor polynomial to x^9 (truncation < 1e-8 relative
+#: at 0.3); above, (1 - e) / (1 + e) with e = exp(-2|x|) cancels by at most ~3 ulp.
+#: Measured in numpy fp32 against float64 over [-12, 12] and 1e-8..10: max 2.4e-7 relative.
+TANH_SMALL = tl.constexpr(0.3)
+
+
+@triton.jit
+def _tanh(x):
+    """tanh in fp32 from exp2 alone (no tl.tanh in every Triton; libdevice has no interpreter)."""
+    ax = tl.abs(x)
+    e = tl.exp2(ax * (-2.0 * LOG2E))  # in (0, 1]: never overflows
+    far = (1.0 - e) / (1.0 + e)
+    x2 = ax * ax
+    near = ax * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0 + x2 * (62.0 / 2835.0)))))
+    t = tl.where(ax < TANH_SMALL, near, far)
+    return tl.where(x < 0, -t, t)
+
+
+@triton.jit
+def _scores(q, k, qk_scale, softcap2, DOT_PREC: tl.constexpr, HAS_SOFTCAP: tl.constexpr):
+    """Base-2 scores of one tile, soft-capped (before any mask or bias) when asked."""
+    s = tl.dot(q, k, input_precision=DOT_PREC) * qk_scale
+    if HAS_SOFTCAP:
+        s = softcap2 * _tanh(s * (1.0 / softcap2))
+    return s
 
 
 @triton.jit
@@ -46,7 +77,7 @@ def _visibility(offs_m, offs_n, pos_m, m_valid, n_valid, b, h, MASK,
 
 @triton.jit
 def attn_rows_kernel(
-    Q, K, V, BIAS, MASK, QMASK, TOK, GATE, ADD,
+    Q, K, V, BIAS, MASK, QMASK, TOK, GATE, ADD, SINKS,
     OUT, LSE, ROWS, TOPV, TOPI,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
@@ -54,11 +85,12 @@ def attn_rows_kernel(
     stride_bb, stride_bh, stride_bn,
     stride_mb, stride_mh, stride_mm, stride_mn,
     stride_tb, stride_tn,
-    H, NQ, NK, OFFSET, SLIDE, qk_scale,
+    H, NQ, NK, OFFSET, SLIDE, qk_scale, softcap2,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_SLIDE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
     HAS_QMASK: tl.constexpr, HAS_GATE: tl.constexpr, HAS_ADD: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, HAS_SINKS: tl.constexpr,
     SINK_K: tl.constexpr, WAAD_W: tl.constexpr,
     S_SINK: tl.constexpr, S_SINKK: tl.constexpr, S_ENT: tl.constexpr, S_DIST: tl.constexpr,
     S_WAAD: tl.constexpr, S_PREV: tl.constexpr, S_DIAG: tl.constexpr, S_DUP: tl.constexpr,
@@ -70,6 +102,8 @@ def attn_rows_kernel(
 
     ROWS[slot, b, h, i] holds statistic slot ``S_*`` (-1 = not computed); row sums are
     finished here (divided by l, zeroed on invalid rows), so the host only converts units.
+    With sinks the real keys' probabilities sum to ``l / l_tot < 1``; entropy and waad are
+    finished with that mass, never with 1.
     """
     # Heaviest causal blocks (the last rows) first: better tail balance on the GPU.
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -110,13 +144,17 @@ def attn_rows_kernel(
 
     zero = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = zero - float("inf")
-    l_i = zero
+    if HAS_SINKS:  # the sink is a key every row sees first: the running max starts at it
+        sink2 = tl.load(SINKS + h)  # base 2; -inf = no sink
+        m_i = zero + sink2
+        seen = zero  # 1 once a row has a visible real key (l may underflow under a big sink)
+    l_i = zero       # sum over the REAL keys of 2^(s - m)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     a_sink = zero    # sum_{j = 0} e
     a_sinkk = zero   # sum_{j < SINK_K} e
     a_ent = zero     # u = sum e (s - m)  (base 2)
     a_dist = zero    # sum e (pos - j)
-    a_waad = zero    # sum e max(W - (pos - j), 0): waad = W - a_waad / l
+    a_waad = zero    # sum e max(W - (pos - j), 0): waad = (W l - a_waad) / l_tot
     a_prev = zero
     a_diag = zero
     a_dup = zero
@@ -135,7 +173,7 @@ def attn_rows_kernel(
                     mask=n_valid[None, :] & (offs_d[:, None] < HEAD_DIM), other=0.0)
         if UPCAST:
             k = k.to(tl.float32)
-        s = tl.dot(q, k, input_precision=DOT_PREC) * qk_scale
+        s = _scores(q, k, qk_scale, softcap2, DOT_PREC, HAS_SOFTCAP)
         if HAS_BIAS:  # already in base 2, -inf on removed keys
             bias = tl.load(BIAS + b64 * stride_bb + h64 * stride_bh + offs_n * stride_bn, mask=n_valid, other=0.0)
             s = s + bias[None, :]
@@ -161,6 +199,8 @@ def attn_rows_kernel(
             tile_max, tile_arg = tl.max(s, 1, return_indices=True)
         else:
             tile_max = tl.max(s, 1)
+        if HAS_SINKS:
+            seen = tl.where(tile_max > float("-inf"), 1.0, seen)
         m_new = tl.maximum(m_i, tile_max)
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw nothing yet
         alpha = tl.exp2(m_i - m_use)
@@ -231,9 +271,16 @@ def attn_rows_kernel(
         m_i = m_new
 
     # ---- epilogue: output, lse, finished row statistics
-    has_key = l_i > 0
-    l_safe = tl.where(has_key, l_i, 1.0)
-    inv_l = tl.where(has_key, 1.0 / l_safe, 0.0)
+    if HAS_SINKS:
+        has_key = seen > 0
+        # The sink's own term, rescaled like l since the start: 2^(sink - m) <= 1 (m starts at
+        # the sink), 0 for a -inf sink; m_i is -inf only then, on a row with no key.
+        l_tot = l_i + tl.exp2(sink2 - tl.where(m_i > float("-inf"), m_i, 0.0))
+    else:
+        has_key = l_i > 0
+        l_tot = l_i
+    l_safe = tl.where(has_key, l_tot, 1.0)
+    inv_l = tl.where(has_key, 1.0 / l_safe, 0.0)  # p_j = e_j / l_tot
     log2_l = tl.log2(l_safe)
     lse2 = tl.where(has_key, m_i, 0.0) + log2_l  # finite everywhere (no -inf - -inf below)
     row = bh.to(tl.int64) * NQ + offs_m  # index into [b, h, q]
@@ -256,12 +303,12 @@ def attn_rows_kernel(
         tl.store(ROWS + S_SINK * plane + row, a_sink * w, mask=m_valid)
     if S_SINKK >= 0:
         tl.store(ROWS + S_SINKK * plane + row, a_sinkk * w, mask=m_valid)
-    if S_ENT >= 0:  # H = ln l - u / l
-        tl.store(ROWS + S_ENT * plane + row, tl.where(ok, (log2_l - a_ent * inv_l) * LN2, 0.0), mask=m_valid)
+    if S_ENT >= 0:  # H = -sum p log p = (l log l_tot - u) / l_tot  (l = l_tot without sinks)
+        tl.store(ROWS + S_ENT * plane + row, tl.where(ok, (log2_l * l_i - a_ent) * inv_l * LN2, 0.0), mask=m_valid)
     if S_DIST >= 0:
         tl.store(ROWS + S_DIST * plane + row, a_dist * w, mask=m_valid)
-    if S_WAAD >= 0:
-        tl.store(ROWS + S_WAAD * plane + row, tl.where(ok, WAAD_W - a_waad * inv_l, 0.0), mask=m_valid)
+    if S_WAAD >= 0:  # sum p min(d, W) = (W l - sum e max(W - d, 0)) / l_tot
+        tl.store(ROWS + S_WAAD * plane + row, tl.where(ok, (WAAD_W * l_i - a_waad) * inv_l, 0.0), mask=m_valid)
     if S_PREV >= 0:
         tl.store(ROWS + S_PREV * plane + row, a_prev * w, mask=m_valid)
     if S_DIAG >= 0:
@@ -294,11 +341,11 @@ def attn_columns_kernel(
     stride_kb, stride_kh, stride_kn,
     stride_bb, stride_bh, stride_bn,
     stride_mb, stride_mh, stride_mm, stride_mn,
-    H, NQ, NK, OFFSET, SLIDE, qk_scale, POOL_Q, POOL_K,
+    H, NQ, NK, OFFSET, SLIDE, qk_scale, softcap2, POOL_Q, POOL_K,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_SLIDE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
-    HAS_QMASK: tl.constexpr, DO_RECV: tl.constexpr, DO_POOL: tl.constexpr,
+    HAS_QMASK: tl.constexpr, HAS_SOFTCAP: tl.constexpr, DO_RECV: tl.constexpr, DO_POOL: tl.constexpr,
     POOL_F: tl.constexpr,
     ROWS_PER_GROUP: tl.constexpr, Q_SUBS: tl.constexpr, GQ: tl.constexpr, GQ_P: tl.constexpr,
     KEYS_PER_GROUP: tl.constexpr, K_SUBS: tl.constexpr, GK: tl.constexpr, GK_P: tl.constexpr,
@@ -372,7 +419,7 @@ def attn_columns_kernel(
                 ok = ok & (tl.load(QMASK + b64 * NQ + offs_m, mask=m_valid, other=0) != 0)
             lse2 = tl.where(ok, lse * LOG2E, float("inf"))  # invalid rows: p = 2^(s - inf) = 0
 
-            s = tl.dot(q, k, input_precision=DOT_PREC) * qk_scale
+            s = _scores(q, k, qk_scale, softcap2, DOT_PREC, HAS_SOFTCAP)
             if HAS_BIAS:
                 s = s + bias[None, :]
             # Rows outside [rbase, rend) already get p = 0 from lse2 = inf; mask only cut tiles.

@@ -80,7 +80,7 @@ def reference64(call: Call) -> dict[str, torch.Tensor]:
         ok &= call.query_mask[:, None, :]
     p = p * ok[..., None]
     ent = -torch.where(p > 0, p * torch.log(p), 0.0).sum(-1)
-    learned = (torch.exp(call.sinks.double()[None, :, None] - lse) * ok if call.sinks is not None
+    learned = (torch.where(ok, torch.exp(call.sinks.double()[None, :, None] - lse), 0.0) if call.sinks is not None
                else torch.zeros_like(lse))
     return {"output": out, "lse": lse, "entropy": ent, "learned_sink_mass": learned, "received": p.sum(-2), "sink_mass": p[..., 0],
             "distance": (p * (qpos - kpos)).sum(-1)}

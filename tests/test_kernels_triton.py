@@ -17,6 +17,7 @@ for the tensor-core ``p @ v`` (output atol 2e-2 bf16 / 4e-3 fp16, statistics ato
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
@@ -29,15 +30,18 @@ if not torch.cuda.is_available():
 
 triton = pytest.importorskip("triton", reason="triton is not installed: pip install 'attention-workbench[triton]'")
 
+import triton.language as tl  # noqa: E402
+
 from kernels import STAT_NAMES, HeadEdits, StatOptions, attention  # noqa: E402
-from kernels import _eager, _triton  # noqa: E402
+from kernels import _eager, _triton, _triton_kernels  # noqa: E402
 from kernels._api import Call, _validate  # noqa: E402
-from _kernel_checks import WIDE, assert_float64, assert_matches  # noqa: E402
+from _kernel_checks import WIDE, assert_float64, assert_matches, reference64  # noqa: E402
 
 pytestmark = pytest.mark.triton
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-ALL = tuple(s for s in STAT_NAMES)
+#: Every statistic (``learned_sink_mass`` is 0 without sinks).
+ALL = tuple(STAT_NAMES)
 
 
 def blocks(width: int) -> tuple[_triton.Blocks, _triton.Blocks]:
@@ -47,10 +51,10 @@ def blocks(width: int) -> tuple[_triton.Blocks, _triton.Blocks]:
 
 
 def make_call(q, k, v, *, causal=True, mask=None, query_mask=None, sliding_window=None, token_ids=None,
-              stats=ALL, options=StatOptions(), edits=None) -> Call:
+              stats=ALL, options=StatOptions(), edits=None, softcap=None, sinks=None) -> Call:
     return _validate(q, k, v, causal=causal, scale=None, mask=mask, query_mask=query_mask,
                      sliding_window=sliding_window, token_ids=token_ids, stats=stats, options=options,
-                     edits=edits, block_size=None)
+                     edits=edits, block_size=None, softcap=softcap, sinks=sinks)
 
 
 def qkv(b, h, kv, nq, nk, d, dtype=torch.float32, seed=0):
@@ -242,3 +246,148 @@ def test_public_entry_point():
     torch.testing.assert_close(got.output, want.output, atol=1e-4, rtol=0)
     for name in ("entropy", "received"):
         torch.testing.assert_close(got.stats[name], want.stats[name], atol=1e-4, rtol=0)
+
+
+# ---- Gemma-2 soft-capping and gpt-oss learned sinks
+
+#: Query scale that makes raw scores reach ~90, so that softcap=50 changes them a lot.
+LOUD = 16.0
+#: Sink logits per head (natural units): one that takes most of the early rows' mass, one
+#: that takes little, one in between, and -inf (the same as no sink on that head).
+SINKS = (3.0, -2.0, 0.5, -math.inf)
+#: The same roles on LOUD, capped scores (|s| < 50): the sinks are not capped, so 35 > what
+#: any capped key reaches on many rows.
+LOUD_SINKS = (35.0, -2.0, 20.0, -math.inf)
+
+
+def _sink_case(name: str) -> Call:
+    """One soft-cap / sink scenario (16-wide tiles: two per axis); every statistic is asked for."""
+    b, h, kv, nq, nk, d = 1, 4, 2, 20, 27, 16
+    kw: dict = dict(options=StatOptions(pool_max=10, sink_k=3, window=5))
+    if name == "softcap-gqa":
+        kw.update(softcap=50.0)
+    elif name == "sinks-gqa":
+        kw.update(sinks=SINKS)
+    elif name == "both-decode-row":
+        nq, nk = 1, 37
+        kw.update(softcap=50.0, sinks=(45.0,) + LOUD_SINKS[1:])  # one row: a sink near the cap, to matter
+    elif name == "both-padding-edits":
+        b = 2
+        query_mask = torch.ones(b, nq, dtype=torch.bool)
+        query_mask[1, 14:] = False
+        query_mask[0, 6] = False
+        g = torch.Generator().manual_seed(21)
+        bias = torch.randn(1, h, nk, generator=g)
+        bias[0, 0, 2] = -math.inf  # one key removed
+        bias[0, 1, 1:] = -math.inf  # move-to-BOS
+        bias[0, 2] = -200.0  # every key visible but drowned by the sink: l underflows, the row still counts
+        edits = HeadEdits(key_bias=bias.to(DEVICE), head_gate=torch.tensor([1.0, 0.5, 2.0, 1.0]).to(DEVICE),
+                          head_add=torch.randn(h, d, generator=g).to(DEVICE))
+        kw.update(softcap=50.0, sinks=LOUD_SINKS, query_mask=query_mask.to(DEVICE), edits=edits)
+    elif name == "both-window-mask-empty-row":
+        mask = torch.rand(1, h, nq, nk, generator=torch.Generator().manual_seed(22)) > 0.3
+        mask[0, 0, 5] = False  # a row with no key on the head with the biggest sink: lse -inf, output 0
+        kw.update(softcap=50.0, sinks=LOUD_SINKS, sliding_window=9, mask=mask.to(DEVICE))
+    else:
+        raise ValueError(name)
+    q, k, v = qkv(b, h, kv, nq, nk, d, seed=nq + nk + len(name))
+    if "softcap" in kw:
+        q = q * LOUD
+    if "sinks" in kw:
+        kw["sinks"] = torch.tensor(kw["sinks"], device=DEVICE)
+    stats = ALL
+    return make_call(q, k, v, token_ids=tokens(b, nk), stats=stats, **kw)
+
+
+SINK_CASES = ["softcap-gqa", "sinks-gqa", "both-decode-row", "both-padding-edits", "both-window-mask-empty-row"]
+
+
+@pytest.mark.parametrize("name", SINK_CASES)
+def test_softcap_and_sinks_match_eager_and_float64(name):
+    """Every statistic (learned_sink_mass included) against eager; output, lse, entropy,
+    received, sink_mass, distance and learned_sink_mass against float64; and the sink's
+    share of each row: received sums to sum over valid rows of 1 - learned_sink_mass."""
+    call = _sink_case(name)
+    got = _triton.run(call, blocks=blocks(16))
+    errs = assert_matches(got, _eager.run(call), call)
+    assert_float64(got, call)
+    valid = torch.isfinite(got.lse)
+    if call.query_mask is not None:
+        valid &= call.query_mask[:, None, :]
+    if call.softcap is not None:  # the cap really bites on these inputs
+        uncapped = _eager.run(dataclasses.replace(call, softcap=None, stats=()))
+        assert (uncapped.lse - got.lse)[torch.isfinite(got.lse)].abs().max() > 5
+    if call.sinks is not None:
+        learned = got.stats["learned_sink_mass"]
+        ref = reference64(call)["learned_sink_mass"]
+        torch.testing.assert_close(learned.double(), ref, atol=1e-5, rtol=0)
+        errs["learned_sink_mass_f64"] = (learned.double() - ref).abs().max().item()
+        assert learned.max() > 0.5 and (learned[:, 3] == 0).all()  # a big share somewhere; none at -inf
+        torch.testing.assert_close(got.stats["received"].sum(-1), valid.sum(-1) - learned.sum(-1), atol=1e-4, rtol=0)
+    print(name, {n: f"{e:.1e}" for n, e in errs.items()})
+    if name == "both-padding-edits":  # head 2: every key drowned, the sink takes everything
+        torch.testing.assert_close(learned[:, 2], valid[:, 2].float(), atol=0, rtol=0)
+        torch.testing.assert_close(got.lse[:, 2], torch.full_like(got.lse[:, 2], LOUD_SINKS[2]), atol=1e-5, rtol=0)
+        assert (got.stats["entropy"][:, 2] == 0).all()
+        assert (got.output[:, 2] == call.head_add[2]).all()  # gate * 0 + add
+    if name == "both-window-mask-empty-row":
+        assert got.lse[0, 0, 5] == -math.inf and (got.output[0, 0, 5] == 0).all()
+        assert got.stats["learned_sink_mass"][0, 0, 5] == 0
+
+
+def test_uniform_rows_with_sinks_give_closed_forms():
+    """q = 0 (softcap on: tanh(0) = 0): row i spreads 1 - m over its n = pos_i + 1 keys, where
+    the sink logit sigma takes m = e^sigma / (n + e^sigma); entropy and waad must use that
+    real-key mass, not 1."""
+    nq, nk, w = 20, 23, 5
+    q, k, v = qkv(1, 2, 1, nq, nk, 16, seed=18)
+    sigma = torch.tensor([3.0, -2.0], dtype=torch.float64)
+    call = make_call(q * 0, k, v, stats=("entropy", "sink_mass", "distance", "waad", "learned_sink_mass"),
+                     options=StatOptions(window=w), softcap=50.0, sinks=sigma.float().to(DEVICE))
+    r = _triton.run(call, blocks=blocks(16))
+    pos = torch.arange(nk - nq, nk, dtype=torch.float64)[None, :]
+    n = pos + 1
+    z = n + sigma.exp()[:, None]  # [head, q]
+    p = 1 / z
+    d = torch.arange(nk, dtype=torch.float64)  # distances 0..pos
+    waad = torch.stack([d[: int(c)].clamp_max(w).sum() for c in n[0]])[None, :] * p
+    close = lambda a, b: torch.testing.assert_close(a[0].double().cpu(), b, atol=1e-5, rtol=1e-6)  # noqa: E731
+    close(r.lse, torch.log(z))
+    close(r.stats["learned_sink_mass"], sigma.exp()[:, None] / z)
+    close(r.stats["sink_mass"], p)
+    close(r.stats["entropy"], n * p * torch.log(z))
+    close(r.stats["distance"], pos / 2 * n * p)
+    close(r.stats["waad"], waad)
+
+
+def test_public_entry_point_with_softcap_and_sinks():
+    q, k, v = qkv(1, 2, 1, 18, 18, 16, seed=19)
+    kw = dict(stats=("entropy", "learned_sink_mass", "received"), softcap=20.0,
+              sinks=torch.tensor([1.0, -1.0], device=DEVICE))
+    got = attention(q * LOUD, k, v, backend="triton", **kw)
+    want = attention(q * LOUD, k, v, backend="eager", **kw)
+    assert got.meta["backend"] == "triton"
+    torch.testing.assert_close(got.output, want.output, atol=1e-4, rtol=0)
+    torch.testing.assert_close(got.lse, want.lse, atol=1e-4, rtol=0)
+    for name in kw["stats"]:
+        torch.testing.assert_close(got.stats[name], want.stats[name], atol=1e-4, rtol=0)
+
+
+@triton.jit
+def _tanh_probe(X, Y, N: tl.constexpr):
+    offs = tl.arange(0, N)
+    tl.store(Y + offs, _triton_kernels._tanh(tl.load(X + offs)))
+
+
+def test_kernel_tanh_is_accurate():
+    """The soft-cap's exp2-built tanh, against float64, to < 1e-6 relative: across zero (where
+    1 - 2 / (e^2x + 1) alone would cancel), the branch point and saturation."""
+    n = 4096
+    tiny = torch.logspace(-8, 1, n // 4, dtype=torch.float64)
+    x = torch.cat([torch.linspace(-12, 12, n // 2, dtype=torch.float64), tiny, -tiny]).float()
+    y = torch.empty_like(x)
+    x, y = x.to(DEVICE), y.to(DEVICE)
+    _tanh_probe[(1,)](x, y, N=n)
+    want = torch.tanh(x.double())
+    rel = ((y.double() - want).abs() / want.abs().clamp_min(1e-30)).max().item()
+    assert rel < 1e-6, rel
