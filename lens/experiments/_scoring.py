@@ -93,7 +93,7 @@ def last_logits(subject, prompts: Sequence[str], *, edits: Sequence[Edit] = (), 
         prefix_kv = None
         if n_prefix:
             ids = torch.tensor([rows[0][:n_prefix]], device=device)
-            prefix_kv = subject.model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+            prefix_kv = subject.model(input_ids=ids, use_cache=True, logits_to_keep=1).cache
         for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
             suffix = [rows[i][n_prefix:] for i in batch]
             width = max(len(r) for r in suffix)
@@ -107,7 +107,7 @@ def last_logits(subject, prompts: Sequence[str], *, edits: Sequence[Edit] = (), 
                 for layer in kv.layers:
                     layer.batch_repeat_interleave(len(batch))
                 mask = torch.cat([torch.ones(len(batch), n_prefix, dtype=torch.long, device=device), mask], 1)
-                kw = dict(use_cache=True, past_key_values=kv)
+                kw = dict(use_cache=True, cache=kv)
             logits = subject.model(input_ids=ids, attention_mask=mask, logits_to_keep=last, **kw).logits
             out[batch] = logits[:, -1].float().cpu()
     return out
