@@ -22,6 +22,7 @@ from circuits._graph import INPUT, LOGITS, Graph
 from circuits._metrics import get_metric
 from circuits._pairs import PromptPairs
 from circuits._patching import _Setup, reference_outputs, removed_matrix, run_removed, valid_edges
+from lens._hook import model_lock
 
 
 class _Batches:
@@ -98,17 +99,18 @@ def _embeddings_mixed(subject, corrupted: torch.Tensor, alpha: float | None):
         yield
         return
     emb = subject.model.get_input_embeddings()
-    with torch.no_grad():
-        other = emb(corrupted.to(subject.device))
+    with model_lock(subject.model):  # the hook is the model's for the block: other threads wait
+        with torch.no_grad():
+            other = emb(corrupted.to(subject.device))
 
-    def mix(module, args, out):
-        return other + alpha * (out - other)
+        def mix(module, args, out):
+            return other + alpha * (out - other)
 
-    handle = emb.register_forward_hook(mix)
-    try:
-        yield
-    finally:
-        handle.remove()
+        handle = emb.register_forward_hook(mix)
+        try:
+            yield
+        finally:
+            handle.remove()
 
 
 def _connected(graph: Graph, edges: set[tuple[str, str]]) -> set[tuple[str, str]]:

@@ -16,6 +16,9 @@ Edge patching (ACDC semantics): receiver ``r`` reads ``resid + sum_{s removed} (
 where ``ref_s`` is the sender's output in the reference run (corrupted, mean or zero) and
 ``cur_s`` its output in this run. The residual stream is the sum of the senders' outputs,
 so this is exactly "the edge carries the reference value" for every removed edge at once.
+
+A pass holds the model's lock (``lens._hook.model_lock``) while its hooks are registered,
+so passes on one model from several threads run one at a time.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from circuits._graph import INPUT, LOGITS, Graph, head_node, mlp_node
+from lens._hook import model_lock
 from lens._structure import get_path
 
 def norm_names(subject) -> tuple[str, str | None]:
@@ -353,7 +357,9 @@ def run(subject, tokens: torch.Tensor, lengths: torch.Tensor, spec: RunSpec | No
     st = _State(subject, graph, spec, tuple(tokens.shape))
     dev = subject.device
     ctx = contextlib.nullcontext() if grad else torch.no_grad()
-    with contextlib.ExitStack() as stack, ctx:
+    # The model's lock (lens._hook.model_lock) from the first hook to the last removal: other
+    # threads' forwards must not run through these hooks. The backward (EAP) needs none of them.
+    with model_lock(subject.model), contextlib.ExitStack() as stack, ctx:
         _install(subject, st, stack)
         out = subject.model(input_ids=tokens.to(dev), attention_mask=attention_mask(lengths, tokens.shape[1]).to(dev),
                             use_cache=False)

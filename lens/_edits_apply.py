@@ -6,7 +6,9 @@
 there it asks the eager backend for the targeted heads' post-softmax pattern, rewrites
 the rows, and recomputes those heads' outputs as p' @ v (then gate and add), in place,
 before the output projection sees them. Residual edits are forward hooks on the blocks.
-Everything registered is removed when the block exits, also when it raises.
+Everything registered is removed when the block exits, also when it raises. The block
+holds the model's lock (``lens._hook.model_lock``) throughout: other threads' workbench
+calls on the same model wait until it exits.
 
 Sessions nest: an inner ``edited`` block applies the outer edits plus its own.
 ``lens.capture`` activates a session of its own, so it sees only the edits passed to it.
@@ -109,16 +111,18 @@ def edited(subject, edits: Sequence[Edit], *, backend: str = "auto") -> Iterator
     inherited = outer.edits if isinstance(outer, EditSession) and outer.subject is subject else ()
     session = EditSession(subject, (*inherited, *edits), backend=backend)
     handles = []
-    try:
-        handles.append(subject.model.register_forward_pre_hook(_padding_recorder(session), with_kwargs=True))
-        for e in edits:  # the outer session's residual hooks are still registered
-            if isinstance(e, ResidualEdit):
-                handles.append(subject.blocks[e.layer].register_forward_hook(_residual_hook(e)))
-        with _hook.routed(subject.model), _hook.active(session):
-            yield session
-    finally:
-        for h in handles:
-            h.remove()
+    # The model's lock is held from the first hook to the last removal (routed takes it again, re-entrantly).
+    with _hook.model_lock(subject.model):
+        try:
+            handles.append(subject.model.register_forward_pre_hook(_padding_recorder(session), with_kwargs=True))
+            for e in edits:  # the outer session's residual hooks are still registered
+                if isinstance(e, ResidualEdit):
+                    handles.append(subject.blocks[e.layer].register_forward_hook(_residual_hook(e)))
+            with _hook.routed(subject.model), _hook.active(session):
+                yield session
+        finally:
+            for h in handles:
+                h.remove()
 
 
 def _padding_recorder(session: EditSession):
@@ -172,18 +176,19 @@ def head_outputs(subject, inputs, layers: Sequence[int] | None = None, *, batch_
             store[layer].append(x.reshape(*x.shape[:2], subject.n_heads, subject.d_head))
         return pre
 
-    try:
-        for l in layers:
-            o_proj = subject.o_proj(l)
-            handles.append(o_proj.register_forward_pre_hook(grab(l)))
-        masks = []
-        for i in range(0, len(rows), batch_size):
-            ids, mask = _pad(subject, rows[i:i + batch_size], width)
-            subject.model(input_ids=ids, attention_mask=mask.long(), use_cache=False)
-            masks.append(mask)
-    finally:
-        for h in handles:
-            h.remove()
+    with _hook.model_lock(subject.model):
+        try:
+            for l in layers:
+                o_proj = subject.o_proj(l)
+                handles.append(o_proj.register_forward_pre_hook(grab(l)))
+            masks = []
+            for i in range(0, len(rows), batch_size):
+                ids, mask = _pad(subject, rows[i:i + batch_size], width)
+                subject.model(input_ids=ids, attention_mask=mask.long(), use_cache=False)
+                masks.append(mask)
+        finally:
+            for h in handles:
+                h.remove()
     return {l: torch.cat(v) for l, v in store.items()}, torch.cat(masks).cpu()
 
 
@@ -273,7 +278,7 @@ def residual_from_prompt(subject, prompt: str, layer: int) -> torch.Tensor:
     """The residual stream after block ``layer`` for ``prompt``, ``[pos, d_model]``, via ``subject.nnsight``."""
     subject.check_heads([(layer, 0)])
     ids = subject.to_tokens(prompt)
-    with subject.nnsight.trace(ids.to(subject.device)):
+    with _hook.model_lock(subject.model), subject.nnsight.trace(ids.to(subject.device)):
         out = _nn_block(subject, layer).output
         saved = (out[0] if isinstance(out, tuple) else out).save()
     return torch.as_tensor(saved)[0].detach().float().cpu().clone()
@@ -292,7 +297,7 @@ def nnsight_logits(subject, prompt: str, edits: Sequence[ResidualEdit]) -> torch
         if not isinstance(e, ResidualEdit):
             raise TypeError(f"nnsight_logits applies residual edits only, got {type(e).__name__}")
         e.targets(subject.n_layers, subject.n_heads)
-    with subject.nnsight.trace(ids):
+    with _hook.model_lock(subject.model), subject.nnsight.trace(ids):  # nnsight hooks the same modules
         for e in edits:
             out = _nn_block(subject, e.layer).output
             hidden = out[0] if isinstance(out, tuple) else out

@@ -5,11 +5,17 @@
 ``routed``) calls ``kernels.attention`` in every layer. What that call should record
 and which edits it should apply come from the *active session* (a context variable set
 by ``lens.capture`` or ``Subject.edited``); with no session it is plain attention.
+
+Switching the config and registering hooks change state shared by every thread that
+uses the model, so each such block holds the model's re-entrant lock (``model_lock``):
+calls on one model from many threads run one at a time, each as it would alone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
+import weakref
 from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Protocol
@@ -21,6 +27,8 @@ _active: ContextVar[Session | None] = ContextVar("lens_attention_session", defau
 # Called with (module, query, key, value, call, result) by every routed attention call; see ``traced``.
 _tracer: ContextVar = ContextVar("lens_attention_tracer", default=None)
 _registered = False
+_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its RLock
+_locks_guard = threading.Lock()
 
 
 class Session(Protocol):
@@ -137,17 +145,37 @@ def _short(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def model_lock(model: torch.nn.Module) -> threading.RLock:
+    """The re-entrant lock that serialises everything changing ``model``'s state (one per model object).
+
+    Held by ``routed`` (the config switch), by every block that registers hooks on the
+    model (captures, ``Subject.edited``, patching runs) and by the workbench's plain
+    forwards, so a forward never sees another thread's routing or hooks. Re-entrant:
+    a capture inside an ``edited`` block, or nested blocks, in one thread do not deadlock.
+    """
+    with _locks_guard:
+        lock = _locks.get(model)
+        if lock is None:
+            lock = _locks[model] = threading.RLock()
+        return lock
+
+
 @contextlib.contextmanager
 def routed(model) -> Iterator[None]:
-    """Within the block, ``model`` runs its attention through ``lens_attention_forward``."""
+    """Within the block, ``model`` runs its attention through ``lens_attention_forward``.
+
+    Holds ``model_lock(model)`` for the whole block: the implementation is a field of the
+    shared config, so no other thread may run or switch the model until it is restored.
+    """
     register()
-    config = model.config
-    before = config._attn_implementation
-    config._attn_implementation = IMPLEMENTATION
-    try:
-        yield
-    finally:
-        config._attn_implementation = before
+    with model_lock(model):
+        config = model.config
+        before = config._attn_implementation
+        config._attn_implementation = IMPLEMENTATION
+        try:
+            yield
+        finally:
+            config._attn_implementation = before
 
 
 @contextlib.contextmanager

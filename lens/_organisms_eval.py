@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lens._hook import model_lock
 from lens._organisms_data import trigger_mask
 
 
@@ -27,12 +28,13 @@ def attention_patterns(model, tokens: torch.Tensor) -> tuple[torch.Tensor, torch
     def grab(_module, args, kwargs):
         inputs.append(args[0] if args else kwargs["hidden_states"])
 
-    handles = [b.attn.register_forward_pre_hook(grab, with_kwargs=True) for b in blocks]
-    try:
-        model(input_ids=tokens.to(next(model.parameters()).device))
-    finally:
-        for h in handles:
-            h.remove()
+    with model_lock(model):  # hooks on a model other threads may share
+        handles = [b.attn.register_forward_pre_hook(grab, with_kwargs=True) for b in blocks]
+        try:
+            model(input_ids=tokens.to(next(model.parameters()).device))
+        finally:
+            for h in handles:
+                h.remove()
     patterns, values = [], []
     n = tokens.shape[1]
     causal = torch.ones(n, n, dtype=torch.bool, device=inputs[0].device).tril()
@@ -65,7 +67,8 @@ def value_drain_ratio(model, values: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def copy_accuracy(model, tokens: torch.Tensor, triggers) -> float:
     """Bigram-Backcopy: fraction of trigger positions whose argmax prediction is the back-copied token."""
-    logits = model(input_ids=tokens).logits[:, :-1]
+    with model_lock(model):
+        logits = model(input_ids=tokens).logits[:, :-1]
     mask = trigger_mask(tokens[:, :-1], triggers)
     mask[:, 0] = False
     return float((logits.argmax(-1) == tokens[:, 1:])[mask].float().mean())
@@ -112,7 +115,8 @@ def induction_scores(patterns: torch.Tensor, period: int, layer: int = 1) -> tor
 @torch.no_grad()
 def masked_loss(model, tokens: torch.Tensor, target_mask: torch.Tensor | None = None) -> float:
     """Mean next-token cross-entropy (nats) over target positions where ``target_mask`` is True."""
-    logits = model(input_ids=tokens).logits[:, :-1]
+    with model_lock(model):
+        logits = model(input_ids=tokens).logits[:, :-1]
     losses = F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none")
     if target_mask is None:
         return float(losses.mean())
@@ -122,6 +126,7 @@ def masked_loss(model, tokens: torch.Tensor, target_mask: torch.Tensor | None = 
 @torch.no_grad()
 def masked_accuracy(model, tokens: torch.Tensor, target_mask: torch.Tensor) -> float:
     """Argmax next-token accuracy over target positions where ``target_mask`` is True."""
-    pred = model(input_ids=tokens).logits[:, :-1].argmax(-1)
+    with model_lock(model):
+        pred = model(input_ids=tokens).logits[:, :-1].argmax(-1)
     return float((pred == tokens[:, 1:])[target_mask[:, 1:]].float().mean())
 

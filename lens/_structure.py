@@ -131,34 +131,35 @@ def discover(model, *, overrides: dict | None = None) -> Structure:
     outputs: dict[int, torch.Tensor] = {}
     head_input: list[torch.Tensor] = []
     block_io: dict[tuple[str, str], torch.Tensor | None] = {}  # ("in"|"out", child of block 0) -> tensor
-    handles = []
-    try:
-        for m in model.modules():
-            if _is_projection(m):
-                handles.append(m.register_forward_pre_hook(
-                    lambda mod, args: proj_inputs.__setitem__(id(mod), args[0].detach()) if args else None))
-            handles.append(m.register_forward_hook(
-                lambda mod, args, out: outputs.__setitem__(id(mod), out.detach())
-                if isinstance(out, torch.Tensor) else None))
-        first_block = _first_block(model, names)
-        if first_block is not None:
-            for child_name, child in [("", first_block), *first_block.named_children()]:
-                handles.append(child.register_forward_pre_hook(
-                    lambda mod, args, kwargs, n=child_name: _keep(block_io, ("in", n), _hidden(args, kwargs)),
-                    with_kwargs=True))
-                handles.append(child.register_forward_hook(
-                    lambda mod, args, out, n=child_name: _keep(block_io, ("out", n), _first(out))))
-        unembed = model.get_output_embeddings()
-        if unembed is None:
-            raise StructureError(f"{model_type}: the model has no output embedding (get_output_embeddings() is None); "
-                                 "the workbench needs a causal LM")
-        handles.append(unembed.register_forward_pre_hook(lambda mod, args: head_input.append(args[0].detach())))
-        ids = _trace_ids(model)
-        with _hook.routed(model), _hook.traced(tracer):
-            model(input_ids=ids, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
+    with _hook.model_lock(model):  # every hook below is on the shared model: one thread at a time
+        handles = []
+        try:
+            for m in model.modules():
+                if _is_projection(m):
+                    handles.append(m.register_forward_pre_hook(
+                        lambda mod, args: proj_inputs.__setitem__(id(mod), args[0].detach()) if args else None))
+                handles.append(m.register_forward_hook(
+                    lambda mod, args, out: outputs.__setitem__(id(mod), out.detach())
+                    if isinstance(out, torch.Tensor) else None))
+            first_block = _first_block(model, names)
+            if first_block is not None:
+                for child_name, child in [("", first_block), *first_block.named_children()]:
+                    handles.append(child.register_forward_pre_hook(
+                        lambda mod, args, kwargs, n=child_name: _keep(block_io, ("in", n), _hidden(args, kwargs)),
+                        with_kwargs=True))
+                    handles.append(child.register_forward_hook(
+                        lambda mod, args, out, n=child_name: _keep(block_io, ("out", n), _first(out))))
+            unembed = model.get_output_embeddings()
+            if unembed is None:
+                raise StructureError(f"{model_type}: the model has no output embedding "
+                                     "(get_output_embeddings() is None); the workbench needs a causal LM")
+            handles.append(unembed.register_forward_pre_hook(lambda mod, args: head_input.append(args[0].detach())))
+            ids = _trace_ids(model)
+            with _hook.routed(model), _hook.traced(tracer):
+                model(input_ids=ids, use_cache=False)
+        finally:
+            for h in handles:
+                h.remove()
 
     if not calls:
         raise StructureError(f"{model_type}: no attention module called the attention interface in a traced pass "
