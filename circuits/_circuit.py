@@ -119,7 +119,17 @@ class Circuit:
 
     @classmethod
     def load(cls, path: str | Path) -> Circuit:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read a circuit written by ``save``; a file that is not one fails naming it."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no saved circuit there; pass a file written by Circuit.save")
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as err:
+            why = f"no {err} field" if isinstance(err, KeyError) else str(err).removeprefix("not a saved circuit ")
+            why = why.strip("()") or type(err).__name__
+            raise ValueError(f"{path} is not a saved circuit ({why}); "
+                             "pass a file written by Circuit.save, or discover the circuit again") from None
 
 
 def _order_key(name: str) -> tuple:

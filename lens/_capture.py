@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from lens import _hook
 from lens._capture_data import Capture
 from lens._edits import Edit, compile_edits
+from lens._inputs import normalise_inputs as _normalise_inputs  # imported from here by other modules
 from lens._subject import Subject
 
 # Statistics computed by default: every per-query and per-key statistic, no full patterns.
@@ -69,6 +70,7 @@ class _Session:
         return kw
 
     def record(self, layer, module, value, result):
+        _check_finite(self.subject, layer, result, self.query_mask)
         home = self.token_ids.device  # with a device map, layers run on several devices: gather here
         out = {k: v.detach().to(home) for k, v in result.stats.items()}
         if "pooled" in out:
@@ -78,6 +80,33 @@ class _Session:
         self.layers[layer] = out
         if self.bar is not None:
             self.bar.update(1)
+
+
+class NonFiniteAttention(ValueError):
+    """The model's attention produced NaN or inf on a real token: no statistic is computed from it."""
+
+
+def _check_finite(subject: Subject, layer: int, result, query_mask) -> None:
+    """Raise naming the layer, head, input and position of the first NaN/inf in a real row.
+
+    The log-sum-exp is NaN or +inf when a score is (an fp16 overflow, NaN weights), and the
+    output is non-finite when the values are; padded rows are skipped, and -inf (a row that
+    sees no key) is left to the kernels. One pass over [b, h, q] and [b, h, q, d] per layer.
+    """
+    lse, out = result.lse, result.output
+    bad = ~torch.isfinite(out).all(-1)
+    if lse is not None:
+        bad = bad | torch.isnan(lse) | torch.isposinf(lse)
+    if query_mask is not None and query_mask.shape[-1] == bad.shape[-1]:
+        bad = bad & query_mask.to(bad.device)[:, None, :]
+    if not bool(bad.any()):
+        return
+    b, h, q = (int(i) for i in bad.nonzero()[0])
+    heads = bad.any(2).any(0).nonzero().flatten().tolist()
+    raise NonFiniteAttention(
+        f"{subject.name}: layer {layer}, head {h} produced NaN/inf attention (input {b}, query position {q}; "
+        f"bad heads in this layer: {heads}): no statistics were recorded from it. The scores overflowed or the "
+        "weights hold NaN/inf: load the model in float32 or bfloat16 instead of float16, or check its weights")
 
 
 def _value_norms(subject: Subject, module, value: torch.Tensor, query_mask) -> torch.Tensor:
@@ -150,30 +179,6 @@ def _massive(mag: torch.Tensor, mask: torch.Tensor, k: int = 3):
     return val, pos, dim, torch.stack(meds)
 
 
-def _normalise_inputs(subject: Subject, inputs) -> list[list[int]]:
-    if isinstance(inputs, str):
-        inputs = [inputs]
-    if isinstance(inputs, torch.Tensor):
-        if inputs.ndim == 1:
-            inputs = inputs[None]
-        if inputs.ndim != 2 or inputs.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"token ids must be an integer tensor [batch, pos], got {tuple(inputs.shape)} {inputs.dtype}")
-        return [row.tolist() for row in inputs]
-    inputs = list(inputs)
-    if not inputs:
-        raise ValueError("nothing to capture: inputs is empty")
-    if all(isinstance(x, str) for x in inputs):
-        rows = []
-        for n, text in enumerate(inputs):
-            if not text.strip():
-                raise ValueError(f"empty text (input {n}): nothing to capture")
-            rows.append(subject.tokenizer(text, add_special_tokens=True)["input_ids"])
-        return rows
-    if all(isinstance(x, (list, tuple)) for x in inputs):
-        return [list(map(int, x)) for x in inputs]
-    raise ValueError("inputs must be a string, a list of strings, or token ids")
-
-
 def capture(
     subject: Subject,
     inputs: str | Sequence[str] | torch.Tensor | Sequence[Sequence[int]],
@@ -209,17 +214,29 @@ def capture(
     unknown = [s for s in stat_list if s not in STAT_NAMES or s == "pattern"]
     if unknown:
         raise ValueError(f"unknown statistic(s) {unknown}; valid: {sorted(set(STAT_NAMES) - {'pattern'})} "
-                         "(full patterns are asked for with patterns=[(layer, head), ...])")
+                         "(stats='default' asks for all of them; full patterns are asked for with "
+                         "patterns=[(layer, head), ...])")
     if patterns == "all":
         patterns = [(l, h) for l in range(subject.n_layers) for h in range(subject.n_heads)]
     patterns = list(patterns or [])
+    for p in patterns:
+        if not (isinstance(p, (tuple, list)) and len(p) == 2 and all(_is_index(i) for i in p)):
+            raise ValueError(f"patterns: {p!r} is not a (layer, head) pair; pass patterns=[(layer, head), ...] "
+                             "or patterns='all'")
+    patterns = [(int(p[0]), int(p[1])) for p in patterns]
     subject.check_heads(patterns)
     for layer in resid_layers:
-        subject.check_heads([(layer, 0)])
+        if not _is_index(layer) or not 0 <= layer < subject.n_layers:
+            raise ValueError(f"resid_layers: layer {layer!r} does not exist in {subject.name}: layers are "
+                             f"0..{subject.n_layers - 1}; pass indices in that range")
     for e in edits:
         if not isinstance(e, Edit):
-            raise TypeError(f"not an edit: {e!r}")
-        e.targets(subject.n_layers, subject.n_heads)  # fails clearly on heads that do not exist
+            raise TypeError(f"not an edit: {e!r}; pass lens.edits objects, e.g. lens.edits.AblateHead(layer=0, head=1)")
+        try:
+            e.targets(subject.n_layers, subject.n_heads)  # fails clearly on heads that do not exist
+        except ValueError as err:
+            raise ValueError(f"{subject.name} ({subject.n_layers} layers x {subject.n_heads} heads): {err}") from None
+    resid_layers = [int(l) for l in resid_layers]
     pattern_heads: dict[int, list[int]] = {}
     for l, h in patterns:
         pattern_heads.setdefault(l, []).append(h)
@@ -228,13 +245,8 @@ def capture(
 
         options = replace(options, pattern_window=tuple(pattern_window))
 
-    rows = _normalise_inputs(subject, inputs)
-    for n, row in enumerate(rows):
-        if not row:
-            raise ValueError(f"input {n} has no tokens")
-        if len(row) > subject.n_ctx and not allow_beyond_context:
-            raise ValueError(f"input {n} has {len(row)} tokens; {subject.name} handles at most {subject.n_ctx} "
-                             "(pass allow_beyond_context=True to try anyway)")
+    rows = _normalise_inputs(subject, inputs, allow_beyond_context=allow_beyond_context)
+    _check_memory(subject, rows, stat_list, patterns, options, resid_layers, value_norm, resid_norm)
     batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
     longest = max(len(r) for r in rows)
     if progress is None:
@@ -296,6 +308,68 @@ def capture(
         logits=torch.cat(logits_out),
         meta=meta,
     )
+
+
+def _is_index(i) -> bool:
+    return isinstance(i, (int, np.integer)) and not isinstance(i, bool)
+
+
+def available_bytes(device: torch.device) -> int:
+    """Memory free for the capture's results where they are kept: host RAM, or the GPU's free memory."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def estimate_bytes(subject: Subject, rows, stat_list, patterns, options, resid_layers, value_norm: bool,
+                   resid_norm: bool) -> dict[str, int]:
+    """Bytes the returned Capture will hold, by part, known before any forward pass.
+
+    A lower bound: it counts the results (fp32, int64 top-k indices), not the transient
+    attention of one layer nor the copy made when batches are joined.
+    """
+    from kernels._stats import pattern_rows, pool_factor
+
+    b, n, L, H = len(rows), max(len(r) for r in rows), subject.n_layers, subject.n_heads
+    per_query = b * L * H * n * 4
+    out = {"statistics": 0, "patterns": 0, "resid": 0}
+    for name in stat_list:
+        if name == "topk_idx" or name == "topk_val":
+            out["statistics"] += per_query * options.topk * (2 if name == "topk_idx" else 1)
+        elif name == "pooled":
+            side = -(-n // pool_factor(n, n, options.pool_max))
+            out["statistics"] += b * L * H * side * side * 4
+        elif name == "visible":
+            out["statistics"] += b * L * n * 4
+        else:
+            out["statistics"] += per_query
+    out["statistics"] += per_query * value_norm + b * L * n * 4 * resid_norm
+    start, stop = pattern_rows(n, options)
+    out["patterns"] = len(patterns) * b * (stop - start) * n * 4
+    out["resid"] = len(resid_layers) * b * n * subject.d_model * 4
+    return out
+
+
+def _check_memory(subject: Subject, rows, stat_list, patterns, options, resid_layers, value_norm, resid_norm):
+    """Refuse, before the model runs, a capture whose results alone exceed the memory available."""
+    parts = estimate_bytes(subject, rows, stat_list, patterns, options, resid_layers, value_norm, resid_norm)
+    need, have = sum(parts.values()), available_bytes(subject.device)
+    if need <= have:
+        return
+    b, n = len(rows), max(len(r) for r in rows)
+    detail = ", ".join(f"{k} {_size(v)}" for k, v in parts.items() if v)
+    raise MemoryError(
+        f"this capture would keep about {_size(need)} ({detail}; {b} input(s) of up to {n} tokens, "
+        f"{len(patterns)} full pattern(s)), but {_size(have)} is available on {subject.device.type}: "
+        "nothing was run. Ask for the block-pooled map with stats=['pooled'] instead of full patterns, fewer "
+        "heads with patterns=[(layer, head), ...], a query window with pattern_window=(start, stop), fewer "
+        "resid_layers, or shorter or fewer inputs")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"  # decimal units
 
 
 def _assemble_batch(layers: dict[int, dict], store: dict, n_layers: int) -> dict[str, torch.Tensor]:

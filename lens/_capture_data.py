@@ -85,7 +85,11 @@ class Capture:
         return torch.where(visible > 0, self.stats["received"] / visible.clamp(min=1), torch.zeros(()))
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``tensors.safetensors`` and ``capture.json`` into ``directory``."""
+        """Write ``tensors.safetensors`` and ``capture.json`` into ``directory``.
+
+        The JSON records the tensor file's size and SHA-256, so ``load`` can tell a file
+        that was truncated or changed after the save from the one written here.
+        """
         from safetensors.torch import save_file
 
         directory = Path(directory)
@@ -97,19 +101,44 @@ class Capture:
         if self.logits is not None:
             tensors["logits"] = self.logits
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(directory / TENSORS))
-        (directory / SIDECAR).write_text(json.dumps({"str_tokens": self.str_tokens, "meta": self.meta}, indent=1))
+        check = {TENSORS: {"bytes": (directory / TENSORS).stat().st_size, "sha256": _sha256(directory / TENSORS)}}
+        side = {"str_tokens": self.str_tokens, "meta": self.meta, "checksums": check}
+        (directory / SIDECAR).write_text(json.dumps(side, indent=1))
         return directory
 
     @classmethod
     def load(cls, directory: str | Path) -> Capture:
-        """Read a Capture written by ``save``. Only tensors and JSON are read: nothing is unpickled."""
+        """Read a Capture written by ``save``. Only tensors and JSON are read: nothing is unpickled.
+
+        Fails with ``CaptureFileError`` naming the file when a file is missing, is not what
+        ``save`` wrote (checksum), cannot be parsed, or when the JSON and the tensors disagree.
+        """
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         directory = Path(directory)
-        if not (directory / TENSORS).is_file() or not (directory / SIDECAR).is_file():
-            raise FileNotFoundError(f"{directory} is not a saved Capture (needs {TENSORS} and {SIDECAR})")
-        tensors = load_file(str(directory / TENSORS))
-        side = json.loads((directory / SIDECAR).read_text())
+        missing = [f for f in (TENSORS, SIDECAR) if not (directory / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{directory} is not a saved Capture (needs {TENSORS} and {SIDECAR}; "
+                                    f"missing {', '.join(missing)}): pass a directory written by Capture.save")
+        try:
+            side = json.loads((directory / SIDECAR).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CaptureFileError(f"{directory / SIDECAR} is not valid JSON ({err}): the file was changed or cut "
+                                   "short after the save; re-capture, or copy both files from the original") from None
+        if not isinstance(side, dict) or "meta" not in side or "str_tokens" not in side:
+            raise CaptureFileError(f"{directory / SIDECAR} is not a Capture sidecar (needs 'str_tokens' and 'meta'); "
+                                   "re-capture, or copy both files from the original save")
+        _verify(directory / TENSORS, side.get("checksums", {}).get(TENSORS))
+        try:
+            tensors = load_file(str(directory / TENSORS))
+        except SafetensorError as err:
+            raise CaptureFileError(f"{directory / TENSORS} cannot be read ({err}): the file is truncated or "
+                                   "damaged; re-capture, or copy it again from the original save") from None
+        for key in ("tokens", "lengths"):
+            if key not in tensors:
+                raise CaptureFileError(f"{directory / TENSORS} holds no {key!r} tensor: not written by Capture.save; "
+                                       "re-capture")
         cap = cls(tokens=tensors.pop("tokens"), lengths=tensors.pop("lengths"), str_tokens=side["str_tokens"],
                   logits=tensors.pop("logits", None), meta=side["meta"])
         for name, t in tensors.items():
@@ -121,4 +150,68 @@ class Capture:
                 cap.patterns[(int(layer), int(head))] = t
             elif kind == "resid":
                 cap.resid[int(rest)] = t
+        _check_consistent(cap, directory)
         return cap
+
+
+class CaptureFileError(ValueError):
+    """A saved Capture that cannot be trusted: damaged, changed after the save, or inconsistent."""
+
+
+# Statistics without a head axis: [batch, layer, ...]; every other one is [batch, layer, head, ...].
+_NO_HEAD_AXIS = {"visible", "resid_norm", "massive_val", "massive_pos", "massive_dim", "massive_median", "pool_factor"}
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _verify(path: Path, recorded: dict | None) -> None:
+    """Compare the tensor file with the size and SHA-256 that ``save`` recorded (older saves have none)."""
+    if not recorded:
+        return
+    size = path.stat().st_size
+    if size != recorded.get("bytes"):
+        what = "truncated" if size < recorded.get("bytes", 0) else "changed"
+        raise CaptureFileError(f"{path} was {what} after it was saved: {size} bytes, {recorded.get('bytes')} at save "
+                               f"(recorded in {SIDECAR}); re-capture, or copy it again from the original save")
+    if _sha256(path) != recorded.get("sha256"):
+        raise CaptureFileError(f"{path} was changed after it was saved: its SHA-256 differs from the one recorded in "
+                               f"{SIDECAR}; re-capture, or copy it again from the original save")
+
+
+def _check_consistent(cap: Capture, directory: Path) -> None:
+    """The JSON (str_tokens, meta) and the tensors must describe the same capture."""
+    def fail(what: str):
+        raise CaptureFileError(f"{directory}: {what}: {SIDECAR} and {TENSORS} come from different captures or were "
+                               "edited; re-capture, or copy both files from the same save")
+
+    b = cap.tokens.shape[0]
+    if cap.tokens.ndim != 2 or cap.lengths.shape != (b,):
+        fail(f"tokens {tuple(cap.tokens.shape)} and lengths {tuple(cap.lengths.shape)} "
+             "are not [batch, pos] and [batch]")
+    if len(cap.str_tokens) != b:
+        fail(f"{SIDECAR} has str_tokens for {len(cap.str_tokens)} input(s), the tensors hold {b}")
+    for i, (toks, n) in enumerate(zip(cap.str_tokens, cap.lengths.tolist())):
+        if len(toks) != n or n > cap.tokens.shape[1]:
+            fail(f"input {i}: {SIDECAR} has {len(toks)} str_tokens, lengths says {n} "
+                 f"(tokens width {cap.tokens.shape[1]})")
+    n_layers, n_heads = cap.meta.get("n_layers"), cap.meta.get("n_heads")
+    for name, t in cap.stats.items():
+        if t.shape[0] != b:
+            fail(f"stats.{name} has batch {t.shape[0]}, tokens has {b}")
+        if n_layers is not None and t.ndim > 1 and t.shape[1] != n_layers:
+            fail(f"stats.{name} has {t.shape[1]} layers, meta says n_layers = {n_layers}")
+        if n_heads is not None and name not in _NO_HEAD_AXIS and t.ndim > 2 and t.shape[2] != n_heads:
+            fail(f"stats.{name} has {t.shape[2]} heads, meta says n_heads = {n_heads}")
+    for l, h in cap.patterns:
+        if (n_layers is not None and not 0 <= l < n_layers) or (n_heads is not None and not 0 <= h < n_heads):
+            fail(f"pattern.{l}.{h} names a head outside meta's {n_layers} layers x {n_heads} heads")
+    for key, t in [*((f"pattern.{l}.{h}", v) for (l, h), v in cap.patterns.items()),
+                   *((f"resid.{l}", v) for l, v in cap.resid.items()),
+                   *([("logits", cap.logits)] if cap.logits is not None else [])]:
+        if t.shape[0] != b:
+            fail(f"{key} has batch {t.shape[0]}, tokens has {b}")

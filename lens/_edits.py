@@ -40,7 +40,7 @@ import torch
 Heads = int | Sequence[int] | None  # None = every layer / every head
 
 
-def _indices(sel: Heads, n: int, what: str) -> list[int]:
+def _indices(sel: Heads, n: int, what: str, owner=None) -> list[int]:
     if sel is None:
         return list(range(n))
     items = [sel] if isinstance(sel, int) else list(sel)
@@ -48,7 +48,10 @@ def _indices(sel: Heads, n: int, what: str) -> list[int]:
         raise ValueError(f"empty {what} selection: give an index, a list of indices, or None for all")
     for i in items:
         if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n:
-            raise ValueError(f"{what} {i!r} does not exist: valid {what}s are 0..{n - 1}")
+            where = f"{type(owner).__name__}(layer={owner.layer!r}, head={owner.head!r}): " if owner is not None else ""
+            raise ValueError(f"{where}{what} {i!r} does not exist: "
+                             f"valid {what}s are 0..{n - 1}; "
+                             f"give indices in that range, or None for every {what}")
     return items
 
 
@@ -79,7 +82,7 @@ class Edit:
             object.__setattr__(self, name, _freeze(getattr(self, name)))
 
     def targets(self, n_layers: int, n_heads: int) -> tuple[list[int], list[int]]:
-        return _indices(self.layer, n_layers, "layer"), _indices(self.head, n_heads, "head")
+        return _indices(self.layer, n_layers, "layer", self), _indices(self.head, n_heads, "head", self)
 
     def key_bias(self, n_keys: int) -> torch.Tensor | None:
         """Additive bias over the keys ``[key_pos]`` for each targeted head, or None."""
@@ -321,7 +324,7 @@ class ResidualEdit(Edit):
     def targets(self, n_layers, n_heads):
         if self.layer is None or not isinstance(self.layer, int):
             raise ValueError(f"{type(self).__name__} needs one layer (an int), got {self.layer!r}")
-        return _indices(self.layer, n_layers, "layer"), []
+        return _indices(self.layer, n_layers, "layer", self), []
 
     def position_index(self, n_pos: int) -> torch.Tensor:
         if self.positions is None:

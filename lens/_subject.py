@@ -18,6 +18,16 @@ class Subject:
     ``subject.model`` is the stock Hugging Face model: the workbench never rewrites its
     module tree. ``subject.bridge`` (TransformerLens 4) and ``subject.nnsight`` (nnsight)
     are views over the *same parameter tensors*, created on first use.
+
+    Threads: one Subject may be shared by many threads. Every workbench call on it
+    (``lens.capture``, ``edited``, patching and circuit discovery, probes, ``logits``,
+    the model checks) is thread-safe and gives exactly what it gives alone: calls that
+    route the attention, add hooks or run the model hold ``subject.lock`` (re-entrant,
+    one per model), so they run one at a time per Subject. An ``edited`` block holds it
+    from entry to exit, body included. A raw ``subject.model(...)`` from another thread
+    while a capture or ``edited`` block runs is NOT safe (it would see their routing and
+    hooks) unless wrapped in ``with subject.lock:``. Inside an ``edited`` block, do not wait
+    for another thread that uses this Subject: it waits for the lock (a deadlock).
     """
 
     def __init__(self, model, tokenizer, *, name: str, source: str = "", info: dict | None = None):
@@ -66,9 +76,18 @@ class Subject:
         return torch.tensor([e + [pad] * (width - len(e)) for e in enc], dtype=torch.long)
 
     def to_str_tokens(self, text: str | torch.Tensor | Sequence[int]) -> list[str]:
-        """The tokens of one text (or one row of ids) as strings."""
-        ids = self.to_tokens(text)[0] if isinstance(text, str) else torch.as_tensor(text).reshape(-1)
-        return [self.tokenizer.decode([int(i)]) for i in ids]
+        """The tokens of one text (or one row of ids, checked against the vocabulary) as strings."""
+        if isinstance(text, str):
+            ids = self.to_tokens(text)[0].tolist()
+        else:
+            from lens._inputs import id_rows, n_vocab
+
+            rows = id_rows(text, name=self.name, vocab=n_vocab(self))
+            if len(rows) != 1:
+                raise ValueError(f"to_str_tokens takes one text or one row of ids; got {len(rows)} rows: "
+                                 "call it once per row")
+            ids = rows[0]
+        return [self.tokenizer.decode([i]) for i in ids]
 
     @property
     def pad_token_id(self) -> int:
@@ -100,19 +119,28 @@ class Subject:
             if not (0 <= layer < self.n_layers and 0 <= head < self.n_heads):
                 raise ValueError(
                     f"head ({layer}, {head}) does not exist in {self.name}: "
-                    f"layers 0..{self.n_layers - 1}, heads 0..{self.n_heads - 1}"
+                    f"layers 0..{self.n_layers - 1}, heads 0..{self.n_heads - 1}; pick (layer, head) in those ranges"
                 )
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def lock(self):
+        """The model's re-entrant lock (``lens._hook.model_lock``): hold it to run ``model`` by hand
+        while other threads use this Subject."""
+        from lens._hook import model_lock
+
+        return model_lock(self.model)
+
     def edited(self, *edits, backend: str = "auto"):
         """Context manager: inside the block ``model`` runs with ``edits`` (``lens.edits``) applied.
 
         Attention is routed through ``lens._hook.routed`` with a session that applies the
         edits and records no statistics; row edits (ACT, VAR) and residual edits add hooks.
-        Everything is removed on exit, also when the body raises. Edits on heads or layers
+        Everything is removed on exit, also when the body raises; the block holds ``lock``
+        until then, so other threads' calls on this Subject wait. Edits on heads or layers
         that do not exist fail here, before the model runs. Blocks nest (edits add up);
         ``lens.capture`` inside the block sees only the edits passed to it.
         """
@@ -154,8 +182,9 @@ class Subject:
 
     @torch.no_grad()
     def logits(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Final logits ``[batch, pos, vocab]`` of the plain model."""
-        return self.model(input_ids=tokens.to(self.device), attention_mask=attention_mask).logits
+        """Final logits ``[batch, pos, vocab]`` of the plain model (holding ``lock``)."""
+        with self.lock:
+            return self.model(input_ids=tokens.to(self.device), attention_mask=attention_mask).logits
 
 
 def _tokenizer_prepends_bos(tokenizer) -> bool:

@@ -154,7 +154,7 @@ def test_bad_inputs_fail_clearly(tiny_llama):
         lens.capture(s, TEXTS[0], stats=["sink_mass", "vibes"])
     with pytest.raises(ValueError, match=r"head \(0, 6\) does not exist"):
         lens.capture(s, TEXTS[0], patterns=[(0, 6)])
-    with pytest.raises(ValueError, match=r"head \(7, 0\) does not exist"):
+    with pytest.raises(ValueError, match=r"resid_layers: layer 7 does not exist"):
         lens.capture(s, TEXTS[0], resid_layers=[7])
 
 
