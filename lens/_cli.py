@@ -16,6 +16,11 @@ def info(model: str = typer.Option("smollm2", help="built-in name, model directo
 
     subject = lens.load(model)
     typer.echo(repr(subject))
+    arch = subject.arch  # discovered at load (lens._structure)
+    typer.echo(f"structure: blocks {arch.layers}, attention .{arch.attn} -> .{arch.o_proj}"
+               f"{' (Conv1D)' if arch.o_proj_conv1d else ''}, MLP .{arch.mlp}, final norm {arch.final_norm}, "
+               f"{arch.residual} blocks")
+    typer.echo(f"attention: {', '.join(arch.features()) or 'plain causal'}")
 
 
 @app.command("capture")
@@ -51,9 +56,11 @@ def analyze_cmd(
     """Run every analyzer on a saved Capture and print the atlas (or JSON)."""
     import lens
 
+    from lens._capture_data import CaptureFileError
+
     try:
         cap = lens.Capture.load(capture_dir)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, CaptureFileError) as err:
         raise typer.BadParameter(str(err), param_hint="CAPTURE_DIR") from err
     atlas = lens.analyze(cap)
     typer.echo(atlas.to_json() if json_out else str(atlas))
@@ -87,7 +94,7 @@ def runs_cmd(
 
     try:
         runs_command(db=db, compare=compare or None, metric=metric, limit=limit, echo=typer.echo)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:  # no database; an unknown or unfinished run to compare
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from err
 

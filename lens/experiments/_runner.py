@@ -68,16 +68,47 @@ def run_spec(spec: Spec | str | Path, *, subject=None, db: str | Path | None | b
     subject: an already loaded model to use instead of ``spec.model`` (tests, notebooks).
     db: the DuckDB file (default: the spec's ``output.db``, else ``runs.duckdb``); False
     writes nothing. echo: where progress lines and the final table go (None: nowhere).
+
+    The run is recorded as ``running`` before the model loads and its results are stored,
+    with the status flipped to ``complete``, in one transaction at the end (``_db``): a run
+    killed on the way leaves no results and is listed as interrupted; one that raises is
+    marked failed with its error.
     """
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
     say = echo or (lambda *_: None)
     t0 = time.perf_counter()
     task = spec.build_task()
-    if subject is None:
-        import lens
+    run_id = f"{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+    prov = provenance()
+    path = None if db is False else str(db if db not in (None, True) else spec.db or _db.DEFAULT_DB)
+    if path is not None:
+        _db.start_run(path, _start_row(run_id, spec, task, prov))
+        say(f"run {run_id} started (recorded as running in {path})")
+    result = None
+    try:
+        if subject is None:
+            import lens
 
-        say(f"loading {spec.model} ...")
-        subject = lens.load(spec.model)
+            say(f"loading {spec.model} ...")
+            subject = lens.load(spec.model)
+        result = _execute(spec, task, subject, run_id, prov, t0, progress, say)
+        if path is not None:
+            _db.finish_run(path, run_id, _finish_row(result, subject), result.examples, result.summary,
+                           _trials_frame(run_id, result.calibration))
+            result.db = path
+    except BaseException as err:
+        if path is not None:
+            _db.abandon_run(path, run_id, err)
+        if result is not None:  # computed but not stored: the numbers at least reach the screen
+            say(format_result(result))
+            say(f"run {run_id}: the results above were NOT saved to {path}: {type(err).__name__}: {err}")
+        raise
+    say(format_result(result))
+    return result
+
+
+def _execute(spec: Spec, task, subject, run_id: str, prov: dict, t0: float, progress: bool, say) -> RunResult:
+    """Calibrate (or build the fixed edits), score the test split without and with them, summarize."""
     score_kw = {"batch_size": spec.eval["batch_size"], "prefix_cache": spec.eval["prefix_cache"],
                 "backend": spec.eval["backend"]}
     _check_targets(spec, subject)
@@ -99,18 +130,10 @@ def run_spec(spec: Spec | str | Path, *, subject=None, db: str | Path | None | b
     summary = summarize(spec, base, edited)
     seconds = time.perf_counter() - t0
 
-    run_id = f"{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
     examples = pd.concat(frames, ignore_index=True)
     examples.insert(0, "run_id", run_id)
     summary.insert(0, "run_id", run_id)
-    prov = provenance()
-    result = RunResult(run_id, spec, tuple(edits), summary, examples, calibration, seconds, None, prov)
-    if db is not False:
-        path = str(db if db not in (None, True) else spec.db or _db.DEFAULT_DB)
-        _db.write_run(path, _run_row(result, task, subject), examples, summary, _trials_frame(run_id, calibration))
-        result.db = path
-    say(format_result(result))
-    return result
+    return RunResult(run_id, spec, tuple(edits), summary, examples, calibration, seconds, None, prov)
 
 
 def _tag(df: pd.DataFrame, examples, condition: str) -> pd.DataFrame:
@@ -244,19 +267,26 @@ def _jsonable(x):
     return json.loads(json.dumps(x, default=repr))
 
 
-def _run_row(result: RunResult, task, subject) -> dict:
-    spec = result.spec
-    cal = result.calibration
+def _start_row(run_id: str, spec: Spec, task, prov: dict) -> dict:
+    """The ``runs`` row as far as it is known before the model loads."""
     return {
-        "run_id": result.run_id, "created": datetime.now(), "name": spec.name, "model": spec.model,
+        "run_id": run_id, "created": datetime.now(), "name": spec.name, "model": spec.model,
         "task": task.name, "seed": spec.seed, "n_calibration": len(task.calibration), "n_test": len(task.test),
         "spec_path": spec.path, "spec_toml": spec.text, "config": json.dumps(_jsonable(spec.config())),
-        "method": cal.method if cal else ("edits" if spec.edits else "baseline"),
+        "method": spec.calibration["method"] if spec.calibration else ("edits" if spec.edits else "baseline"),
+        "versions": json.dumps(prov["versions"]), "git_commit": prov["git_commit"], "git_dirty": prov["git_dirty"],
+    }
+
+
+def _finish_row(result: RunResult, subject) -> dict:
+    """What only the finished run knows: the edits it chose, the model it loaded, how long it took."""
+    cal = result.calibration
+    return {
+        "method": cal.method if cal else ("edits" if result.spec.edits else "baseline"),
         "edits": json.dumps([repr(e) for e in result.edits]),
         "calibration": json.dumps(_jsonable(cal.chosen)) if cal else None,
         "versions": json.dumps({**result.provenance["versions"], "model": subject.name,
                                 "model_source": subject.source}),
-        "git_commit": result.provenance["git_commit"], "git_dirty": result.provenance["git_dirty"],
         "seconds": result.seconds,
     }
 
