@@ -26,7 +26,7 @@ log = logging.getLogger("lens.dashboard")
 def make_key(*parts) -> str:
     """A short stable key for JSON-able ``parts`` (model name, text, options...)."""
     blob = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False)
-    return hashlib.sha1(blob.encode()).hexdigest()[:20]
+    return hashlib.sha1(blob.encode("utf-8", "surrogatepass")).hexdigest()[:20]  # a broken paste still gets a key
 
 
 class Progress:

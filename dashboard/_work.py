@@ -8,6 +8,7 @@ fixed list); nothing is read from a path or evaluated as code.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -38,6 +39,7 @@ def check_text(subject: lens.Subject, text: str | None, max_tokens: int) -> int:
     """Number of tokens of ``text``; ValueError with a message for the page when it is empty or too long."""
     if text is None or not str(text).strip():
         raise ValueError("The text is empty: type or paste some text to analyze.")
+    check_unicode(str(text), "The text")
     n = len(subject.tokenizer(str(text), add_special_tokens=True)["input_ids"])
     limit = min(int(max_tokens), int(subject.n_ctx))
     if n > limit:
@@ -45,6 +47,15 @@ def check_text(subject: lens.Subject, text: str | None, max_tokens: int) -> int:
         raise ValueError(f"The text has {n} tokens; {subject.name} takes at most {limit} here ({why}). "
                          "Shorten it.")
     return n
+
+
+def check_unicode(text: str, what: str) -> None:
+    """ValueError for a lone UTF-16 surrogate (a broken paste): tokenizers raise TypeError on one."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"{what} holds a character that is not valid Unicode ({text[err.start]!r} at "
+                         f"character {err.start}, half of a broken emoji or symbol); remove it.") from None
 
 
 @contextlib.contextmanager
@@ -57,12 +68,13 @@ def layer_progress(subject: lens.Subject, progress, label: str, passes: int = 1)
         count[0] += 1
         progress.update(f"{label}: layer {min(count[0], total)}/{total}", count[0] / total)
 
-    handles = [blk.register_forward_hook(hook) for blk in subject.blocks]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+    with subject.lock:  # hooks on the shared model: other threads' calls wait (lens.Subject, "Threads")
+        handles = [blk.register_forward_hook(hook) for blk in subject.blocks]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
 
 
 def stat_options():
@@ -92,6 +104,7 @@ def generate(subject: lens.Subject, prompt: str, max_new_tokens: int, progress=N
     """
     if not prompt or not prompt.strip():
         raise ValueError("The prompt is empty: type a question to generate a reasoning trace from.")
+    check_unicode(prompt, "The prompt")
     max_new_tokens = int(max_new_tokens)
     if not 1 <= max_new_tokens <= 512:
         raise ValueError(f"new tokens must be between 1 and 512, got {max_new_tokens}")
@@ -112,15 +125,17 @@ def generate(subject: lens.Subject, prompt: str, max_new_tokens: int, progress=N
             done = min(step[0], max_new_tokens)
             progress.update(f"generating: token {done}/{max_new_tokens}", done / max_new_tokens)
 
-    handles = [subject.blocks[-1].register_forward_hook(hook)]
-    try:
-        with torch.no_grad():
-            out = subject.model.generate(ids.to(subject.device), attention_mask=torch.ones_like(ids).to(subject.device),
-                                         max_new_tokens=max_new_tokens, do_sample=False,
-                                         pad_token_id=subject.pad_token_id)
-    finally:
-        for h in handles:
-            h.remove()
+    with subject.lock:  # a hook and plain forwards on the shared model: not while another thread routes it
+        handles = [subject.blocks[-1].register_forward_hook(hook)]
+        try:
+            with torch.no_grad():
+                out = subject.model.generate(ids.to(subject.device),
+                                             attention_mask=torch.ones_like(ids).to(subject.device),
+                                             max_new_tokens=max_new_tokens, do_sample=False,
+                                             pad_token_id=subject.pad_token_id)
+        finally:
+            for h in handles:
+                h.remove()
     new = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
     return f"{prompt.strip()}\n{new.strip()}"
 
@@ -164,7 +179,11 @@ def edit_fields(kind: str, layer, head, keys, value) -> dict:
             out[field] = float(value)
         except (TypeError, ValueError):
             raise ValueError(f"{field} must be a number, got {value!r}") from None
-        if field == "factor" and kind == "scale_attention" and out[field] < 0:
+        if not math.isfinite(out[field]) and not (field == "bias" and out[field] == -math.inf):
+            # NaN or inf would turn the pattern into NaN; a bias of -inf removes the keys, as in lens.edits
+            extra = " (or -inf: remove the keys)" if field == "bias" else ""
+            raise ValueError(f"{field} must be a finite number{extra}, got {value!r}")
+        if field == "factor" and out[field] < 0:  # as the spec checks it: a factor is >= 0
             raise ValueError(f"factor must be >= 0, got {out[field]}")
     return out
 

@@ -5,7 +5,8 @@ the log-sum-exp besides the output and reads grouped k/v heads directly. It alig
 causal mask top-left, so when queries are the last positions of a longer key
 sequence, or a window, mask or key_bias applies, we call it per query block with an
 explicit additive mask over only the keys that block can see (memory linear in
-key_pos). Other devices, or a torch without that kernel, take the chunked backend.
+key_pos). Other devices, a torch without that kernel, or value heads of another size
+than the query/key heads (the kernel refuses d_v != d_head) take the chunked backend.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def _cpu_flash():
 def run(call: Call) -> AttentionResult:
     """Output and lse of the (edited) attention with no statistics."""
     kernel = _cpu_flash()
-    if call.q.device.type != "cpu" or kernel is None:
+    if call.q.device.type != "cpu" or kernel is None or call.v.shape[-1] != call.q.shape[-1]:
         from . import _chunked
 
         return _chunked.run(call)

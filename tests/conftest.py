@@ -13,6 +13,21 @@ import torch
 
 torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 
+# Fuzzing profiles (tests/test_fuzz_*.py). "ci", the default: few examples, the same ones on
+# every run (derandomize) and no example database, so CI is reproducible and short; a failure
+# prints the blob to replay it with @reproduce_failure. "deep": many random examples, for a
+# local hunt: pytest tests/test_fuzz_kernels.py --hypothesis-profile=deep (the flag comes from
+# hypothesis' pytest plugin and is applied after this file loads "ci").
+try:
+    from hypothesis import settings
+except ImportError:  # not installed: the fuzz modules skip themselves, saying so
+    pass
+else:
+    settings.register_profile("ci", derandomize=True, database=None, max_examples=100, deadline=None,
+                              print_blob=True)
+    settings.register_profile("deep", max_examples=1000, deadline=None, print_blob=True)
+    settings.load_profile("ci")
+
 
 @pytest.fixture(scope="session")
 def smollm2():

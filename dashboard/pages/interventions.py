@@ -9,7 +9,7 @@ import viz
 from dashboard import ids
 from dashboard._context import Context, job_slots, labelled, placeholder, poll_job, start_job
 from dashboard._jobs import make_key
-from dashboard._work import EDIT_TYPES, describe, edit_fields, run_edits, spec_toml, task_names
+from dashboard._work import EDIT_TYPES, build_edit, describe, edit_fields, run_edits, spec_toml, task_names
 
 PATH = "/interventions"
 NAME = "Interventions"
@@ -85,6 +85,16 @@ def render(ctx: Context, key, layer, head):
     return nxt, pat
 
 
+def add_edit(ctx: Context, kind, layer, head, keys, value, current):
+    """(new edit list, message) for the page's edit fields, or (no_update, why not) when they are bad."""
+    try:
+        fields = edit_fields(kind, layer, head, keys, value)
+        build_edit(fields).targets(ctx.subject.n_layers, ctx.subject.n_heads)
+    except ValueError as err:
+        return no_update, f"Cannot add this edit: {err}"
+    return [*(current or []), fields], f"added {describe(fields)}"
+
+
 def register(app, ctx: Context) -> None:
     @app.callback(Output(ids.IV_EDITS, "data"), Output(ids.IV_STATUS, "children", allow_duplicate=True),
                   Input(ids.IV_ADD, "n_clicks"), Input(ids.IV_CLEAR, "n_clicks"),
@@ -96,14 +106,7 @@ def register(app, ctx: Context) -> None:
 
         if dash_ctx.triggered_id == ids.IV_CLEAR:
             return [], "edits cleared"
-        try:
-            fields = edit_fields(kind, layer, head, keys, value)
-            from dashboard._work import build_edit
-
-            build_edit(fields).targets(ctx.subject.n_layers, ctx.subject.n_heads)
-        except ValueError as err:
-            return no_update, f"Cannot add this edit: {err}"
-        return [*(current or []), fields], f"added {describe(fields)}"
+        return add_edit(ctx, kind, layer, head, keys, value, current)
 
     @app.callback(Output(ids.IV_EDITS_VIEW, "children"), Input(ids.IV_EDITS, "data"))
     def _show_edits(edits):

@@ -14,7 +14,7 @@ from dash.exceptions import PreventUpdate
 
 from dashboard._context import Context, labelled, placeholder, visible, status_text
 from dashboard._jobs import make_key
-from dashboard._work import generate
+from dashboard._work import check_unicode, generate
 
 PATH = "/reasoning"
 NAME = "Reasoning"
@@ -67,6 +67,25 @@ def _heads(hs) -> str:
     return ", ".join(f"L{l}H{h}" for l, h in hs[:12]) + (" ..." if len(hs) > 12 else "")
 
 
+def start_generation(ctx: Context, prompt, n_new):
+    """Check the prompt and start generating: (pending key, poll disabled, status, text, generated)."""
+    if not prompt or not str(prompt).strip():
+        return None, True, "The prompt is empty: type a question first.", no_update, no_update
+    try:
+        n_new = int(n_new)
+    except (TypeError, ValueError, OverflowError):  # None, "", NaN, inf
+        n_new = 0
+    if not 1 <= n_new <= 512:
+        return None, True, "new tokens must be a number from 1 to 512.", no_update, no_update
+    try:
+        check_unicode(str(prompt), "The prompt")
+    except ValueError as err:
+        return None, True, str(err), no_update, no_update
+    key = make_key("generate", ctx.model, prompt, n_new)
+    ctx.jobs.submit(key, lambda progress: generate(ctx.subject, prompt, n_new, progress))
+    return key, False, "generating...", no_update, no_update
+
+
 def register(app, ctx: Context) -> None:
     @app.callback(Output(ids.RS_SUMMARY, "children"), Output(ids.RS_PROFILE, "figure"), Output(ids.RS_FAI, "figure"),
                   Output(ids.RS_WAAD, "figure"), Input(ids.RESULT_KEY, "data"),
@@ -85,15 +104,7 @@ def register(app, ctx: Context) -> None:
         from dash import ctx as dash_ctx
 
         if dash_ctx.triggered_id == ids.RS_GENERATE:
-            if not prompt or not str(prompt).strip():
-                return None, True, "The prompt is empty: type a question first.", no_update, no_update
-            try:
-                n_new = int(n_new)
-            except (TypeError, ValueError):
-                return None, True, "new tokens must be a number.", no_update, no_update
-            key = make_key("generate", ctx.model, prompt, n_new)
-            ctx.jobs.submit(key, lambda progress: generate(ctx.subject, prompt, n_new, progress))
-            return key, False, "generating...", no_update, no_update
+            return start_generation(ctx, prompt, n_new)
         st = ctx.jobs.status(pending)
         if st["state"] == "running":
             return no_update, False, status_text(st, "generation"), no_update, no_update
