@@ -10,10 +10,11 @@ from lens.analyzers import Atlas, Findings, analyze
 from lens._capture import DEFAULT_STATS, capture
 from lens._capture_data import Capture
 from lens._models import BUILTIN, load
+from lens._store import Store
 from lens._subject import Subject
 from lens._summary import summarize
 
 __all__ = [
-    "BUILTIN", "DEFAULT_STATS", "Atlas", "Capture", "Findings", "Subject",
+    "BUILTIN", "DEFAULT_STATS", "Atlas", "Capture", "Findings", "Store", "Subject",
     "analyze", "capture", "edits", "load", "organisms", "summarize",
 ]

@@ -38,9 +38,18 @@ def analyze(capture: Capture, *, only: list[str] | None = None, **params: dict) 
     analyzer pass it parameters, e.g. ``analyze(cap, sinks={"eps": 0.5}, dormant_heads={"tau": 0.6})``.
     Analyzers whose statistics are missing are listed in ``atlas.skipped`` with the reason.
     Pure: reads the Capture only, never a model.
+
+    A ``lens.Store`` is analyzed shard by shard, one in memory at a time, with the same
+    result as one Capture of all its inputs (``lens.analyzers._stream``).
     """
+    from lens._store import Store
+
+    if isinstance(capture, Store):
+        from lens.analyzers._stream import analyze_shards
+
+        return analyze_shards(capture.shards, only=only, **params)
     if not isinstance(capture, Capture):
-        raise TypeError(f"analyze takes a lens.Capture, got {type(capture).__name__}")
+        raise TypeError(f"analyze takes a lens.Capture or a lens.Store, got {type(capture).__name__}")
     unknown = set(params) - set(ANALYZERS)
     if unknown:
         raise TypeError(f"no analyzer named {sorted(unknown)}; known: {list(ANALYZERS)}")

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from lens._capture_data import Capture
-from lens.analyzers._common import later_queries, masked_mean, need, same_shape, seq_len_param
+from lens.analyzers._common import head_frame, later_queries, masked_mean, need, same_shape, seq_len_param
 from lens.analyzers._findings import Findings
 
 __all__ = ["dormant_heads", "dormant_inputs", "dormant_tokens", "sink_scores"]
@@ -91,18 +91,34 @@ def dormant_heads(*captures: Capture, tau: float = 0.5, queries: Queries = None)
     (it switches between inputs). Pass several Captures (or one with many inputs): the
     state is over all their inputs.
     """
-    per_input = dormant_inputs(*captures, tau=tau, queries=queries)
     n_layers, n_heads = same_shape(captures, "dormant_heads")
-    rows = per_input.frame[per_input.frame["state"] != "none"]
-    g = rows.groupby(["layer", "head"])
-    stats = pd.DataFrame({"sink_score": g["sink_score"].mean(), "dormant_share": g["dormant"].mean()})
-    full = pd.MultiIndex.from_product([range(n_layers), range(n_heads)], names=["layer", "head"])
-    frame = stats.reindex(full).reset_index()
+    parts = [dormant_partial(c, tau=tau, queries=q) for c, q in zip(captures, _per_capture(queries, len(captures)))]
+    part = {k: sum(p[k] for p in parts) for k in parts[0]}
+    params = {"tau": tau, "queries": "all i >= 1" if queries is None else "selected",
+              "T": [seq_len_param(c) for c in captures], "loss_check": "not run (lens._model_checks.confirm_dormant)"}
+    return dormant_finish(part, params=params, n_layers=n_layers, n_heads=n_heads)
+
+
+def dormant_partial(capture: Capture, *, tau: float = 0.5, queries: torch.Tensor | None = None) -> dict:
+    """Per-head sums over inputs behind ``dormant_heads`` (shards' partials add up to the dataset's)."""
+    s = sink_scores(capture, queries).double()  # [b, L, H]
+    valid = ~torch.isnan(s)
+    return {"sum": torch.where(valid, s, torch.zeros(())).sum(0), "count": valid.sum(0),
+            "dormant": (valid & (s >= tau)).sum(0)}
+
+
+def dormant_finish(part: dict, *, params: dict, n_layers: int, n_heads: int) -> Findings:
+    """The ``dormant_heads`` Findings from (summed) ``dormant_partial`` results."""
+    tau = params["tau"]
+    count = part["count"].double()
+    nan = torch.full_like(count, float("nan"))
+    frame = head_frame(n_layers, n_heads, sink_score=torch.where(count > 0, part["sum"] / count.clamp(min=1), nan),
+                       dormant_share=torch.where(count > 0, part["dormant"] / count.clamp(min=1), nan))
     share = frame["dormant_share"]
     frame["state"] = ["none" if v != v else "dormant" if v == 1 else "active" if v == 0 else "active-dormant"
                       for v in share]
     counts = frame["state"].value_counts().to_dict()
-    params = dict(per_input.params, n_inputs=int(len(rows) // max(1, n_layers * n_heads)))
+    params = dict(params, n_inputs=int(part["count"].sum()) // max(1, n_layers * n_heads))
     summary = {"n_dormant": int(counts.get("dormant", 0)), "n_active": int(counts.get("active", 0)),
                "n_active_dormant": int(counts.get("active-dormant", 0)),
                "active_dormant_heads": [[int(r.layer), int(r.head)] for r in frame.itertuples()

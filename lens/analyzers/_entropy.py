@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from lens._capture_data import Capture
-from lens.analyzers._common import head_frame, later_queries, masked_mean, need, same_shape, seq_len_param, top_heads
+from lens.analyzers._common import head_frame, later_queries, need, same_shape, seq_len_param, top_heads
 from lens.analyzers._findings import Findings
 
 __all__ = ["entropy", "entropy_series"]
@@ -23,11 +23,22 @@ __all__ = ["entropy", "entropy_series"]
 
 def _head_entropy(capture: Capture) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean raw and normalised entropy over real queries i >= 1 and inputs: two ``[layer, head]``."""
+    return _entropy_means(entropy_partial(capture))
+
+
+def entropy_partial(capture: Capture) -> dict:
+    """Sums of raw and normalised entropy over real queries i >= 1 and inputs, and their count (``[layer, head]``)."""
     need(capture, "entropy", "entropy_norm", analyzer="entropy")
-    mask = later_queries(capture)[:, None, None, :]
-    raw = masked_mean(capture.stats["entropy"], mask, dims=[0, 3])
-    norm = masked_mean(capture.stats["entropy_norm"], mask, dims=[0, 3])
-    return raw, norm
+    mask = later_queries(capture)[:, None, None, :].double().expand_as(capture.stats["entropy"])
+    return {"raw": (capture.stats["entropy"].double() * mask).sum(dim=(0, 3)),
+            "norm": (capture.stats["entropy_norm"].double() * mask).sum(dim=(0, 3)), "count": mask.sum(dim=(0, 3))}
+
+
+def _entropy_means(part: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    c = part["count"]
+    nan = torch.full_like(c, float("nan"))
+    return (torch.where(c > 0, part["raw"] / c.clamp(min=1), nan),
+            torch.where(c > 0, part["norm"] / c.clamp(min=1), nan))
 
 
 def entropy(capture: Capture, *, collapse_below: float = 0.05) -> Findings:
@@ -36,11 +47,17 @@ def entropy(capture: Capture, *, collapse_below: float = 0.05) -> Findings:
     Means are over real queries i >= 1 of every input. The 0.05 threshold is ours (the
     paper gives none, METHODS sec 3).
     """
-    raw, norm = _head_entropy(capture)
+    return entropy_finish(entropy_partial(capture), collapse_below=collapse_below, T=seq_len_param(capture),
+                          n_layers=capture.n_layers, n_heads=capture.n_heads)
+
+
+def entropy_finish(part: dict, *, collapse_below: float, T, n_layers: int, n_heads: int) -> Findings:
+    """The ``entropy`` Findings from (summed) ``entropy_partial`` results."""
+    raw, norm = _entropy_means(part)
     collapsed = norm < collapse_below
-    frame = head_frame(capture.n_layers, capture.n_heads, entropy=raw, entropy_norm=norm, collapsed=collapsed)
+    frame = head_frame(n_layers, n_heads, entropy=raw, entropy_norm=norm, collapsed=collapsed)
     n = int(collapsed.sum())
-    params = {"collapse_below": collapse_below, "T": seq_len_param(capture), "queries": "real i >= 1"}
+    params = {"collapse_below": collapse_below, "T": T, "queries": "real i >= 1"}
     summary = {"n_collapsed": n, "mean_entropy": float(raw.mean()), "mean_entropy_norm": float(norm.mean()),
                "per_layer_norm": norm.mean(1).tolist()}
     text = (f"mean {float(raw.mean()):.2f} nats (normalised {float(norm.mean()):.2f}); {n} collapsed head(s) "

@@ -42,12 +42,23 @@ def value_drains(capture: Capture, *, drain_below: float = 0.3) -> Findings:
     the paper gives none; the Bigram-Backcopy sink head measures 0.13-0.19).
     """
     need(capture, "value_norm", analyzer="value_drains")
+    return drains_finish(drains_partial(capture), drain_below=drain_below, T=seq_len_param(capture),
+                         n_layers=capture.n_layers, n_heads=capture.n_heads)
+
+
+def drains_partial(capture: Capture) -> dict:
+    """Sum over inputs (of two tokens or more) of the drain ratio: ``[layer, head]``, and their count."""
     keep = capture.lengths >= 2
     ratio = _first_vs_rest(capture.stats["value_norm"][keep], capture.lengths[keep], "mean")  # [b, L, H]
-    per_head = ratio.mean(0)
-    frame = head_frame(capture.n_layers, capture.n_heads, value_drain=per_head, drain=per_head < drain_below)
+    return {"n": int(keep.sum()), "sum": ratio.sum(0)}
+
+
+def drains_finish(part: dict, *, drain_below: float, T, n_layers: int, n_heads: int) -> Findings:
+    per_head = part["sum"] / part["n"] if part["n"] else torch.full((n_layers, n_heads), float("nan"),
+                                                                     dtype=torch.double)
+    frame = head_frame(n_layers, n_heads, value_drain=per_head, drain=per_head < drain_below)
     n_drain = int((per_head < drain_below).sum())
-    params = {"drain_below": drain_below, "T": seq_len_param(capture), "n_inputs": int(keep.sum())}
+    params = {"drain_below": drain_below, "T": T, "n_inputs": part["n"]}
     summary = {"n_drain_heads": n_drain, "min_ratio": float(per_head.min()), "median_ratio": float(per_head.median())}
     text = (f"{n_drain} head(s) with value-drain ratio < {drain_below:g}; "
             f"smallest: {top_heads(per_head, largest=False)}")
@@ -61,13 +72,23 @@ def residual_peaks(capture: Capture, *, peak_above: float = 2.0) -> Findings:
     (our constant; a 3-layer Bigram-Backcopy model shows a weak ~1.5, pretrained LMs far more).
     """
     need(capture, "resid_norm", analyzer="residual_peaks")
+    return peaks_finish(peaks_partial(capture), peak_above=peak_above, T=seq_len_param(capture),
+                        n_layers=capture.n_layers)
+
+
+def peaks_partial(capture: Capture) -> dict:
+    """Sum over inputs (of two tokens or more) of the peak ratio: ``[layer]``, and their count."""
     keep = capture.lengths >= 2
     ratio = _first_vs_rest(capture.stats["resid_norm"][keep], capture.lengths[keep], "max")  # [b, L]
-    per_layer = ratio.mean(0)
-    frame = pd.DataFrame({"layer": range(capture.n_layers), "peak_ratio": per_layer.numpy(),
+    return {"n": int(keep.sum()), "sum": ratio.sum(0)}
+
+
+def peaks_finish(part: dict, *, peak_above: float, T, n_layers: int) -> Findings:
+    per_layer = part["sum"] / part["n"] if part["n"] else torch.full((n_layers,), float("nan"), dtype=torch.double)
+    frame = pd.DataFrame({"layer": range(n_layers), "peak_ratio": per_layer.numpy(),
                           "peak": (per_layer > peak_above).numpy()})
     peaks = [int(i) for i in torch.nonzero(per_layer > peak_above).flatten()]
-    params = {"peak_above": peak_above, "T": seq_len_param(capture), "n_inputs": int(keep.sum())}
+    params = {"peak_above": peak_above, "T": T, "n_inputs": part["n"]}
     best = int(per_layer.argmax())
     summary = {"peak_layers": peaks, "max_ratio": float(per_layer[best]), "max_layer": best}
     text = (f"{len(peaks)} layer(s) with ||h_0|| > {peak_above:g} x max_(j>=1) ||h_j||"
@@ -104,26 +125,51 @@ def massive_activations(capture: Capture, *, min_abs: float = 100.0, min_ratio: 
         frame["token"] = [token_at(capture, i, p) for i, p in zip(frame["input"], frame["pos"])]
         return Findings("massive_activations", frame, params, level="entry",
                         summary={"n_massive": int(massive.sum())})
-    rows = []
+    part = massive_partial(capture, min_abs=min_abs, min_ratio=min_ratio)
+    return massive_finish(part, params=params, n_layers=capture.n_layers)
+
+
+def massive_partial(capture: Capture, *, min_abs: float = 100.0, min_ratio: float = 1000.0) -> dict:
+    """What ``massive_activations`` needs from some inputs. Shards' partials merge exactly
+    (``lens.analyzers._stream.merge``): per-input top entries and medians are concatenated (the
+    median of medians needs them all: one number per input and layer), counts add, sets unite."""
+    s = capture.stats
+    val, pos, dim = s["massive_val"].double(), s["massive_pos"].long(), s["massive_dim"].long()
+    med = s["massive_median"].double()  # [b, L]
+    massive = (val > min_abs) & (val / med[..., None].clamp(min=1e-30) > min_ratio)  # [b, L, 3]
+    part = {"top_val": [val[:, :, 0]], "top_dim": [dim[:, :, 0]], "top_pos": [pos[:, :, 0]], "med": [med],
+            "hit": massive.any(-1).double().sum(0), "dims": {}, "positions": {}, "tokens": {},
+            "all_dims": Counter(dim[massive].tolist()), "all_pos": Counter(pos[massive].tolist())}
     for layer in range(capture.n_layers):
-        m = massive[:, layer]
-        hit_b, hit_r = torch.nonzero(m, as_tuple=True)
-        dims = sorted({int(dim[b, layer, r]) for b, r in zip(hit_b.tolist(), hit_r.tolist())})
-        positions = sorted({int(pos[b, layer, r]) for b, r in zip(hit_b.tolist(), hit_r.tolist())})
-        tokens = Counter(token_at(capture, b, int(pos[b, layer, r])) for b, r in zip(hit_b.tolist(), hit_r.tolist()))
-        top = val[:, layer, 0]
+        hit_b, hit_r = torch.nonzero(massive[:, layer], as_tuple=True)
+        hits = list(zip(hit_b.tolist(), hit_r.tolist()))
+        part["dims"][layer] = {int(dim[b, layer, r]) for b, r in hits}
+        part["positions"][layer] = {int(pos[b, layer, r]) for b, r in hits}
+        part["tokens"][layer] = Counter(token_at(capture, b, int(pos[b, layer, r])) for b, r in hits)
+    return part
+
+
+def massive_finish(part: dict, *, params: dict, n_layers: int) -> Findings:
+    """The per-layer ``massive_activations`` Findings from (merged) ``massive_partial`` results."""
+    top_val, top_dim, top_pos, med = (torch.cat(part[k]) for k in ("top_val", "top_dim", "top_pos", "med"))
+    n = top_val.shape[0]
+    rows = []
+    for layer in range(n_layers):
+        top = top_val[:, layer]
         i = int(top.argmax())
-        rows.append({"layer": layer, "top_abs": float(top[i]), "top_dim": int(dim[i, layer, 0]),
-                     "top_pos": int(pos[i, layer, 0]), "median": float(med[:, layer].median()),
-                     "ratio": float(top[i] / max(float(med[:, layer].median()), 1e-30)),
-                     "share": float(m.any(-1).double().mean()), "dims": tuple(dims), "positions": tuple(positions),
-                     "tokens": tuple(t for t, _ in tokens.most_common(3))})
+        median = float(med[:, layer].median())
+        rows.append({"layer": layer, "top_abs": float(top[i]), "top_dim": int(top_dim[i, layer]),
+                     "top_pos": int(top_pos[i, layer]), "median": median,
+                     "ratio": float(top[i] / max(median, 1e-30)),
+                     "share": float(part["hit"][layer] / n), "dims": tuple(sorted(part["dims"][layer])),
+                     "positions": tuple(sorted(part["positions"][layer])),
+                     "tokens": tuple(t for t, _ in part["tokens"][layer].most_common(3))})
     frame = pd.DataFrame(rows)
     layers = [int(r["layer"]) for r in rows if r["share"] > 0]
-    all_dims = Counter(dim[massive].tolist())  # over every massive entry, so the usual dimension comes first
-    all_pos = Counter(pos[massive].tolist())
-    summary = {"layers": layers, "dims": [d for d, _ in all_dims.most_common(5)],
-               "positions": [p for p, _ in all_pos.most_common(5)], "max_abs": float(val.max()) if val.numel() else 0.0}
+    summary = {"layers": layers, "dims": [d for d, _ in part["all_dims"].most_common(5)],
+               "positions": [p for p, _ in part["all_pos"].most_common(5)],
+               "max_abs": float(top_val.max()) if top_val.numel() else 0.0}
+    min_abs, min_ratio = params["min_abs"], params["min_ratio"]
     if layers:
         text = (f"in {len(layers)} layer(s) from {layers[0]}: dims {summary['dims']}, positions "
                 f"{summary['positions']}, max |x| {summary['max_abs']:.0f}")

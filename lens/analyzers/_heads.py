@@ -62,8 +62,17 @@ def _mul_scores(capture: Capture, exclude_bos: bool, exclude_diag: bool) -> dict
     for name, v in num.items():
         per_input = torch.where(den > 1e-12, (v * valid).sum(-1) / den.clamp(min=1e-12),
                                 torch.full_like(den, float("nan")))
-        out[name] = per_input.nanmean(0)
+        ok = ~torch.isnan(per_input)
+        out[name] = torch.where(ok, per_input, torch.zeros(())).sum(0)
+        out[f"{name}_n"] = ok.sum(0)
     return out
+
+
+def head_types_partial(capture: Capture, *, exclude_bos: bool = False, exclude_diag: bool = False) -> dict:
+    """Per head: the sum of each per-input score over the inputs where it is defined, and their count."""
+    need(capture, *SCORES, *(["sink_mass"] if exclude_bos else []), *(["diag_mass"] if exclude_diag else []),
+         analyzer="head_types")
+    return _mul_scores(capture, exclude_bos, exclude_diag)
 
 
 def head_types(capture: Capture, *, exclude_bos: bool = False, exclude_diag: bool = False) -> Findings:
@@ -71,19 +80,28 @@ def head_types(capture: Capture, *, exclude_bos: bool = False, exclude_diag: boo
 
     Columns ``prev_token``, ``dup_token``, ``induction`` in [0, 1], mean over inputs.
     """
+    part = head_types_partial(capture, exclude_bos=exclude_bos, exclude_diag=exclude_diag)
+    return head_types_finish(part, exclude_bos=exclude_bos, exclude_diag=exclude_diag, T=seq_len_param(capture),
+                             n_layers=capture.n_layers, n_heads=capture.n_heads)
+
+
+def head_types_finish(part: dict, *, exclude_bos: bool, exclude_diag: bool, T, n_layers: int,
+                      n_heads: int) -> Findings:
+    """The ``head_types`` Findings from (summed) ``head_types_partial`` results (mean over inputs)."""
     names = list(SCORES)
-    need(capture, *names, *(["sink_mass"] if exclude_bos else []), *(["diag_mass"] if exclude_diag else []),
-         analyzer="head_types")
-    scores = _mul_scores(capture, exclude_bos, exclude_diag)
-    frame = head_frame(capture.n_layers, capture.n_heads, **scores)
-    params = {"exclude_bos": exclude_bos, "exclude_diag": exclude_diag, "T": seq_len_param(capture),
+    scores = {}
+    for name in names:
+        n = part[f"{name}_n"].double()
+        scores[name] = torch.where(n > 0, part[name] / n.clamp(min=1), torch.full_like(n, float("nan")))
+    frame = head_frame(n_layers, n_heads, **scores)
+    params = {"exclude_bos": exclude_bos, "exclude_diag": exclude_diag, "T": T,
               "score": "mul: sum(A*P)/sum(A) per input, mean over inputs"}
     summary = {}
     lines = []
     for name in names:
         v = scores[name]
         i = int(torch.nan_to_num(v, nan=-1.0).reshape(-1).argmax())
-        summary[f"top_{name}"] = [i // capture.n_heads, i % capture.n_heads]
+        summary[f"top_{name}"] = [i // n_heads, i % n_heads]
         summary[f"top_{name}_score"] = float(v.reshape(-1)[i])
         lines.append(f"{name.replace('_token', '')} {top_heads(v, n=2)}")
     return Findings("head_types", frame, params, level="head", summary=summary, text="; ".join(lines))

@@ -35,7 +35,6 @@ from lens._capture_data import Capture
 from lens.analyzers._common import (
     head_frame,
     later_queries,
-    masked_mean,
     need,
     seq_len_param,
     window_param,
@@ -48,8 +47,20 @@ Head = tuple[int, int]
 
 
 def _distance(capture: Capture) -> torch.Tensor:
+    return distance_mean(distance_partial(capture))
+
+
+def distance_partial(capture: Capture) -> dict:
+    """Sum of ``distance`` over real queries t >= 1 of every input, and their count: ``[layer, head]``."""
     need(capture, "distance", analyzer="head_distance")
-    return masked_mean(capture.stats["distance"], later_queries(capture)[:, None, None, :], dims=[0, 3])
+    mask = later_queries(capture)[:, None, None, :].double().expand_as(capture.stats["distance"])
+    return {"sum": (capture.stats["distance"].double() * mask).sum(dim=(0, 3)), "count": mask.sum(dim=(0, 3))}
+
+
+def distance_mean(part: dict) -> torch.Tensor:
+    """D^h from (summed) ``distance_partial`` results."""
+    c = part["count"]
+    return torch.where(c > 0, part["sum"] / c.clamp(min=1), torch.full_like(c, float("nan")))
 
 
 def _head_sets(d: torch.Tensor, local_frac: float, global_frac: float) -> tuple[list[Head], list[Head]]:
@@ -68,16 +79,23 @@ def head_distance(capture: Capture, *, local_frac: float = 0.1, global_frac: flo
 
     D^h averages the ``distance`` statistic over real queries t >= 1 of every input.
     """
-    d = _distance(capture)
+    return distance_finish(distance_partial(capture), local_frac=local_frac, global_frac=global_frac,
+                           T=seq_len_param(capture), n_layers=capture.n_layers, n_heads=capture.n_heads)
+
+
+def distance_finish(part: dict, *, local_frac: float, global_frac: float, T, n_layers: int,
+                    n_heads: int) -> Findings:
+    """The ``head_distance`` Findings from (summed) ``distance_partial`` results."""
+    d = distance_mean(part)
     local, glob = _head_sets(d, local_frac, global_frac)
-    role = [[""] * capture.n_heads for _ in range(capture.n_layers)]
+    role = [[""] * n_heads for _ in range(n_layers)]
     for l, h in glob:
         role[l][h] = "global"
     for l, h in local:
         role[l][h] = "local"
-    frame = head_frame(capture.n_layers, capture.n_heads, distance=d)
+    frame = head_frame(n_layers, n_heads, distance=d)
     frame["role"] = [r for row in role for r in row]
-    params = {"local_frac": local_frac, "global_frac": global_frac, "T": seq_len_param(capture)}
+    params = {"local_frac": local_frac, "global_frac": global_frac, "T": T}
     summary = {"local_heads": [list(h) for h in local], "global_heads": [list(h) for h in glob],
                "mean_distance": float(d.mean())}
     text = (f"D^h from {float(d.min()):.1f} to {float(d.max()):.1f}; local {len(local)} head(s) "
@@ -121,6 +139,18 @@ def preplan_anchor(capture: Capture, *, local_frac: float = 0.1, global_frac: fl
     local_heads = _check_heads(local_heads, capture, "local_heads")
     global_heads = _check_heads(global_heads, capture, "global_heads")
 
+    counts = preplan_rows(capture, local_heads, global_heads, anchor_frac=anchor_frac, peak_std=peak_std,
+                          skip_first=skip_first)
+    params = {"local_frac": local_frac, "global_frac": global_frac, "anchor_frac": anchor_frac,
+              "peak_std": peak_std, "skip_first": skip_first, "window": window_param(capture),
+              "T": seq_len_param(capture)}
+    return preplan_finish(counts, params=params, local_heads=local_heads, global_heads=global_heads)
+
+
+def preplan_rows(capture: Capture, local_heads: Sequence[Head], global_heads: Sequence[Head], *,
+                 anchor_frac: float, peak_std: float, skip_first: bool, offset: int = 0) -> dict:
+    """The per-token rows of ``preplan_anchor`` for given head sets (inputs numbered from ``offset``),
+    with the anchor, coupled and chance counts; results for several shards add up (rows concatenate)."""
     waad = _mean_over_heads(capture.stats["waad"], local_heads)  # [b, pos]
     col = _mean_over_heads(capture.stats["received"] - capture.stats["diag_mass"], global_heads)
     n_pos = capture.tokens.shape[1]
@@ -147,15 +177,21 @@ def preplan_anchor(capture: Capture, *, local_frac: float = 0.1, global_frac: fl
         chance_num += sum(1 for s in cand if s in near)
         chance_den += len(cand)
         for s in range(t_len):
-            rows.append({"input": b, "pos": s, "token": capture.str_tokens[b][s] if s < len(capture.str_tokens[b])
-                         else "", "waad": float(w[s]), "fai": float(f[s]), "preplan": s in preplan,
+            rows.append({"input": b + offset, "pos": s,
+                         "token": capture.str_tokens[b][s] if s < len(capture.str_tokens[b]) else "",
+                         "waad": float(w[s]), "fai": float(f[s]), "preplan": s in preplan,
                          "anchor": s in anchors, "coupled": s in coupled})
-    frame = pd.DataFrame(rows)
-    params = {"local_frac": local_frac, "global_frac": global_frac, "anchor_frac": anchor_frac,
-              "peak_std": peak_std, "skip_first": skip_first, "window": window_param(capture),
-              "T": seq_len_param(capture)}
-    coupling = n_coupled / n_anchor if n_anchor else float("nan")
-    chance = chance_num / chance_den if chance_den else float("nan")
+    return {"rows": rows, "n_anchor": n_anchor, "n_coupled": n_coupled, "chance_num": chance_num,
+            "chance_den": chance_den}
+
+
+def preplan_finish(counts: dict, *, params: dict, local_heads: Sequence[Head],
+                   global_heads: Sequence[Head]) -> Findings:
+    """The ``preplan_anchor`` Findings from (summed) ``preplan_rows`` results."""
+    frame = pd.DataFrame(counts["rows"])
+    n_anchor = counts["n_anchor"]
+    coupling = counts["n_coupled"] / n_anchor if n_anchor else float("nan")
+    chance = counts["chance_num"] / counts["chance_den"] if counts["chance_den"] else float("nan")
     summary = {"coupling": coupling, "chance": chance, "n_preplan": int(frame["preplan"].sum()),
                "n_anchor": n_anchor, "local_heads": [list(h) for h in local_heads],
                "global_heads": [list(h) for h in global_heads]}

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from lens._capture_data import Capture
-from lens.analyzers._common import head_frame, masked_mean, need, real, seq_len_param, top_heads
+from lens.analyzers._common import head_frame, need, real, seq_len_param, top_heads
 from lens.analyzers._findings import Findings
 
 __all__ = ["hidden_sinks", "sink_rate"]
@@ -41,34 +41,51 @@ def sink_rate(capture: Capture, *, k: int = 1, eps: float = 0.3) -> Findings:
     shorter than k tokens are left out.
     """
     need(capture, "received", "visible", analyzer="sink_rate")
+    part = sink_partial(capture, k=k, eps=eps)
+    return sink_finish(part, k=k, eps=eps, T=seq_len_param(capture), n_layers=capture.n_layers,
+                       n_heads=capture.n_heads)
+
+
+def sink_partial(capture: Capture, *, k: int = 1, eps: float = 0.3) -> dict:
+    """Sums over inputs behind ``sink_rate``: shards' partials add up to the whole dataset's."""
     if k < 1:
         raise ValueError(f"k counts positions from 1 (Sink_1 is the first token), got {k}")
     j = k - 1
     keep = capture.lengths > j
-    if not bool(keep.any()):
-        raise ValueError(f"no input has {k} tokens: Sink_{k} is undefined")
     a = capture.alpha()[keep][..., j].double()  # [inputs, layer, head]
-    over = (a > eps).double()
-    per_head_alpha = a.mean(0)
-    per_head_rate = 100 * over.mean(0)
-    overall = float(100 * over.mean())
-    params = {"k": k, "eps": eps, "T": seq_len_param(capture), "n_inputs": int(keep.sum()),
-              "reference_T": 64}
+    part = {"n": int(keep.sum()), "alpha": a.sum(0), "over": (a > eps).double().sum(0)}
+    if "learned_sink_mass" in capture.stats:
+        rows = real(capture)[keep][:, None, None, :].double().expand_as(capture.stats["learned_sink_mass"][keep])
+        part["learned"] = (capture.stats["learned_sink_mass"][keep].double() * rows).sum(dim=(0, 3))
+        part["learned_n"] = rows.sum(dim=(0, 3))
+    return part
+
+
+def sink_finish(part: dict, *, k: int, eps: float, T, n_layers: int, n_heads: int) -> Findings:
+    """The ``sinks`` Findings from (summed) ``sink_partial`` results."""
+    j, n = k - 1, part["n"]
+    if n == 0:
+        raise ValueError(f"no input has {k} tokens: Sink_{k} is undefined")
+    per_head_alpha = part["alpha"] / n
+    per_head_rate = 100 * part["over"] / n
+    overall = float(100 * part["over"].sum() / (n * n_layers * n_heads))
+    mean_alpha = float(part["alpha"].sum() / (n * n_layers * n_heads))
+    params = {"k": k, "eps": eps, "T": T, "n_inputs": n, "reference_T": 64}
     columns = {"sink_alpha": per_head_alpha, "sink_rate": per_head_rate}
     sink_head = per_head_alpha > eps
     learned = None
-    if "learned_sink_mass" in capture.stats:
-        rows = real(capture)[keep][:, None, None, :]
-        learned = masked_mean(capture.stats["learned_sink_mass"][keep], rows, dims=[0, -1])  # [layer, head]
+    if "learned" in part:
+        cnt = part["learned_n"]
+        learned = torch.where(cnt > 0, part["learned"] / cnt.clamp(min=1), torch.full_like(cnt, float("nan")))
         columns["learned_sink_mass"] = learned
         sink_head = sink_head | (learned > eps)
     columns["sink_head"] = sink_head
-    frame = head_frame(capture.n_layers, capture.n_heads, **columns)
-    per_layer = (100 * over.mean(dim=(0, 2))).tolist()
-    summary = {"sink_rate": overall, "mean_alpha": float(a.mean()), "per_layer_rate": per_layer,
+    frame = head_frame(n_layers, n_heads, **columns)
+    per_layer = (100 * part["over"].sum(1) / (n * n_heads)).tolist()
+    summary = {"sink_rate": overall, "mean_alpha": mean_alpha, "per_layer_rate": per_layer,
                "sink_heads": int(sink_head.sum())}
-    text = (f"Sink_{k}^{eps:g} = {overall:.1f}% (mean alpha_{j} = {float(a.mean()):.3f}; "
-            f"T = {params['T']}, METHODS uses T = 64)\n"
+    text = (f"Sink_{k}^{eps:g} = {overall:.1f}% (mean alpha_{j} = {mean_alpha:.3f}; "
+            f"T = {T}, METHODS uses T = 64)\n"
             f"strongest: {top_heads(per_head_alpha)}")
     if learned is not None:
         summary["mean_learned_sink_mass"] = float(learned.mean())
@@ -110,11 +127,17 @@ def hidden_sinks(capture: Capture, *, theta: float = 0.1, scale: float | None = 
     frame = pd.DataFrame({"input": b.numpy(), "layer": layer.numpy(), "head": head.numpy(), "pos": pos.numpy(),
                           "token": tokens, "score": c[b, layer, head, pos].double().numpy(), "kind": kind})
     n_pairs = capture.n_inputs * capture.n_layers * capture.n_heads
+    params = {"theta": theta, "scale": scale, "min_queries": min_queries, "T": seq_len_param(capture)}
+    return hidden_finish(frame, n_pairs=n_pairs, params=params)
+
+
+def hidden_finish(frame: pd.DataFrame, *, n_pairs: int, params: dict) -> Findings:
+    """The ``hidden_sinks`` Findings from its rows (those of several shards concatenated, inputs offset)."""
+    theta, scale = params["theta"], params["scale"]
     hidden = frame[frame["kind"] == "hidden"]
-    first_bos = float((first == 0).double().sum() / n_pairs)
+    first_bos = float(((frame["kind"] == "first") & (frame["pos"] == 0)).sum() / n_pairs)
     with_hidden = hidden.groupby(["input", "layer", "head"]).ngroups / n_pairs
     common = Counter(hidden["token"]).most_common(5)
-    params = {"theta": theta, "scale": scale, "min_queries": min_queries, "T": seq_len_param(capture)}
     summary = {"first_at_pos0": first_bos, "heads_with_hidden": with_hidden,
                "hidden_per_head": len(hidden) / n_pairs, "hidden_tokens": [[t, n] for t, n in common],
                "hidden_positions": [[int(p), int(n)] for p, n in Counter(hidden["pos"]).most_common(5)]}
