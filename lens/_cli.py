@@ -28,14 +28,24 @@ def capture_cmd(
     model: str = typer.Option("smollm2", help="built-in name, model directory, .gguf file or hub id"),
     text: str = typer.Option(None, help="the text to capture"),
     file: Path = typer.Option(None, exists=True, dir_okay=False, help="read the text from this file"),
-    out: Path = typer.Option(None, help="save the Capture into this directory"),
+    dataset: Path = typer.Option(None, exists=True, dir_okay=False,
+                                 help='prompts to capture into a store: .txt (one per line) or .jsonl ({"text": ...})'),
+    out: Path = typer.Option(None, help="save the Capture (or, with --dataset, the store) into this directory"),
     backend: str = typer.Option("auto", help="eager | chunked | triton | auto"),
+    executor: str = typer.Option("local", help="with --dataset: local (this process) or ray"),
+    address: str = typer.Option(None, help="with --executor ray: the cluster to join (default: start a local one)"),
+    workers: int = typer.Option(None, help="with --executor ray and no GPUs: how many actors"),
+    shard_size: int = typer.Option(64, help="with --dataset: inputs per shard"),
+    resume: bool = typer.Option(False, help="with --dataset: finish an interrupted store, keeping its valid shards"),
 ):
-    """Capture per-head attention statistics of one text and print a summary."""
+    """Capture per-head attention statistics of one text (and print a summary), or of a dataset into a store."""
     import lens
 
-    if (text is None) == (file is None):
-        raise typer.BadParameter("give exactly one of --text or --file")
+    if sum(x is not None for x in (text, file, dataset)) != 1:
+        raise typer.BadParameter("give exactly one of --text or --file, or --dataset")
+    if dataset is not None:
+        _capture_dataset(model, dataset, out, backend, executor, address, workers, shard_size, resume)
+        return
     body = text if text is not None else file.read_text()
     subject = lens.load(model)
     try:
@@ -48,21 +58,58 @@ def capture_cmd(
         typer.echo(f"saved to {out}")
 
 
+def _capture_dataset(model, dataset, out, backend, executor, address, workers, shard_size, resume) -> None:
+    from lens._executor import make_executor
+    from lens._store import Store, capture_dataset
+
+    if out is None:
+        raise typer.BadParameter("--dataset needs --out STORE, the directory the store is written to")
+    if executor == "local" and workers is not None:
+        raise typer.BadParameter("--workers is for --executor ray; the local executor runs in this process")
+    try:
+        ex = make_executor(executor, address=address, workers=workers)
+    except (ValueError, ModuleNotFoundError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+    try:
+        store = capture_dataset(model, dataset, out, executor=ex, shard_size=shard_size, backend=backend,
+                                resume=resume, echo=typer.echo)
+    except KeyboardInterrupt:
+        done = Store(out).n_shards - len(Store(out).missing()) if (out / "store.json").is_file() else 0
+        typer.echo(f"interrupted: {done} complete shard(s) in {out}; continue with the same command and --resume",
+                   err=True)
+        raise typer.Exit(130) from None
+    except (ValueError, FileExistsError, FileNotFoundError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+    finally:
+        ex.close()
+    typer.echo(repr(store))
+
+
 @app.command("analyze")
 def analyze_cmd(
-    capture_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="a directory written by Capture.save"),
+    capture_dir: Path = typer.Argument(..., exists=True, file_okay=False,
+                                       help="a directory written by Capture.save, or a store (lens capture --dataset)"),
     json_out: bool = typer.Option(False, "--json", help="print the findings as JSON instead of the text summary"),
 ):
-    """Run every analyzer on a saved Capture and print the atlas (or JSON)."""
+    """Run every analyzer on a saved Capture or a store and print the atlas (or JSON)."""
     import lens
 
     from lens._capture_data import CaptureFileError
+    from lens._store import MANIFEST
 
     try:
-        cap = lens.Capture.load(capture_dir)
+        if (capture_dir / MANIFEST).is_file():
+            store = lens.Store(capture_dir)
+            if store.missing():
+                raise CaptureFileError(f"{capture_dir} is incomplete: shard(s) {store.missing()[:10]} missing; "
+                                       "finish it with lens capture ... --resume")
+            atlas = lens.analyze(store)  # streams over the shards; a damaged shard fails its checksum here
+        else:
+            atlas = lens.analyze(lens.Capture.load(capture_dir))
     except (FileNotFoundError, CaptureFileError) as err:
         raise typer.BadParameter(str(err), param_hint="CAPTURE_DIR") from err
-    atlas = lens.analyze(cap)
     typer.echo(atlas.to_json() if json_out else str(atlas))
 
 
@@ -71,13 +118,29 @@ def run_cmd(
     spec: Path = typer.Argument(..., exists=True, dir_okay=False, help="an experiment spec (TOML)"),
     db: Path = typer.Option(None, help="results database (default: runs.duckdb, or the spec's own)"),
     quiet: bool = typer.Option(False, help="no progress bars"),
+    executor: str = typer.Option(None, help="local (this process) | ray (Ray actors that keep the model loaded; "
+                                             "needs the ray extra)"),
+    address: str = typer.Option(None, help="Ray cluster address (e.g. ray://head:10001 or auto); default: start "
+                                           "a local one"),
+    workers: int = typer.Option(None, min=1, help="Ray actors when the cluster has no GPUs (else one per GPU)"),
+    resume: bool = typer.Option(False, help="skip sweep runs already complete in the database"),
 ):
-    """Run a scripted intervention experiment and store its results."""
+    """Run a scripted intervention experiment (every run of its [sweep]) and store its results."""
     from lens.experiments import SpecError, run_command
 
+    if executor is not None and executor not in ("local", "ray"):
+        raise typer.BadParameter(f"expected local or ray, got {executor!r}", param_hint="--executor")
+    if executor != "ray" and (address is not None or workers is not None):
+        raise typer.BadParameter("--address and --workers are for --executor ray", param_hint="--executor")
     try:
-        run_command(spec, db=db, quiet=quiet, echo=typer.echo)
+        run_command(spec, db=db, quiet=quiet, echo=typer.echo, executor=executor, address=address,
+                    workers=workers, resume=resume)
     except SpecError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+    except ModuleNotFoundError as err:  # --executor ray without Ray: the message says how to install it
+        if "ray" not in str(err).lower():
+            raise
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from err
 

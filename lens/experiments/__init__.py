@@ -4,7 +4,9 @@ The flow of ``lens run SPEC.toml``: ``load_spec`` (checked before any model load
 ``make_task`` (disjoint calibration and test splits by seed) -> ``zerotuning`` /
 ``zerotuning_profiled`` / ``act_search`` on the calibration split, or the spec's fixed
 edits -> ``score`` on the test split with and without the edits -> bootstrap intervals ->
-the DuckDB results database (``list_runs``, ``compare_runs``, ``load_run``).
+the DuckDB results database (``list_runs``, ``compare_runs``, ``load_run``). A spec's
+``[sweep]`` is crossed into runs (``load_specs``) and ``run_sweep`` runs them, here or with
+each scoring job on Ray workers (``lens._executor``), resumable by each run's spec hash.
 """
 
 from lens.experiments._bootstrap import bootstrap_ci, paired_bootstrap_ci
@@ -14,11 +16,13 @@ from lens.experiments._db import DEFAULT_DB, compare_runs, list_runs, load_run
 from lens.experiments._runner import RunResult, build_edits, run_spec
 from lens.experiments._scoring import choice_token_ids, last_logits, score
 from lens.experiments._spec import Spec, SpecError, load_spec, parse_spec
+from lens.experiments._spec_sweep import load_specs, parse_specs
+from lens.experiments._sweep import run_sweep, sweep_table
 from lens.experiments._tasks import TASKS, Example, TaskData, TaskFileError, load_jsonl, make_task, read_jsonl
 
 __all__ = [
     "DEFAULT_DB", "TASKS", "Calibration", "Example", "RunResult", "Spec", "SpecError", "TaskData", "TaskFileError",
     "act_search", "bootstrap_ci", "build_edits", "choice_token_ids", "compare_runs", "last_logits", "list_runs",
-    "load_jsonl", "load_run", "load_spec", "make_task", "paired_bootstrap_ci", "parse_spec", "read_jsonl",
-    "run_command", "run_spec", "runs_command", "score", "zerotuning", "zerotuning_edits", "zerotuning_profiled",
+    "load_jsonl", "load_run", "load_spec", "load_specs", "make_task", "paired_bootstrap_ci", "parse_spec",
+    "parse_specs", "read_jsonl", "run_command", "run_spec", "run_sweep", "runs_command", "score", "sweep_table", "zerotuning", "zerotuning_edits", "zerotuning_profiled",
 ]

@@ -4,6 +4,10 @@ Every search here sees only the calibration examples it is given; the runner eva
 the chosen edits on a disjoint test set. Each candidate is scored on the whole
 calibration set and recorded as one row of ``Calibration.trials``.
 
+The candidates of one search are independent; each search hands them to its ``scorer``
+all at once (``_scorers``: in this process, or as jobs on Ray workers), and the trials
+table is the same either way.
+
 Objectives: "accuracy" (supervised; ties broken by the mean log-probability of the
 answer among the choices) and "entropy" / "entropy_vocab" (unsupervised: minimise the
 mean entropy of the output distribution over the choices / over the whole vocabulary;
@@ -48,30 +52,47 @@ def objective_value(df: pd.DataFrame, objective: str) -> tuple[float, float]:
 
 
 class _Trials:
-    """Scores candidates on the calibration set and keeps one row per candidate."""
+    """Scores candidates on the calibration set and keeps one row per candidate, in plan order.
 
-    def __init__(self, subject, examples, objective: str, score_kw: dict, progress: bool):
+    ``scorer`` says where the scoring runs (``_scorers``: this process, or an executor's
+    workers); the rows do not depend on it, nor on the order in which results arrive.
+    """
+
+    def __init__(self, subject, examples, objective: str, score_kw: dict, progress: bool, scorer=None):
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; known: {', '.join(OBJECTIVES)}")
         if not examples:
             raise ValueError("calibration needs calibration examples (task.calibration >= 1)")
+        from lens.experiments._scorers import LocalScorer
+
         self.subject, self.examples, self.objective = subject, list(examples), objective
         self.score_kw, self.progress = dict(score_kw), progress
+        self.scorer = scorer if scorer is not None else LocalScorer(subject, score)
         self.rows: list[dict] = []
         self.bar = None
 
-    def run(self, label: str, edits: Sequence[Edit], **info) -> dict:
-        df = score(self.subject, self.examples, edits=edits, **self.score_kw)
+    def _row(self, label: str, edits, info: dict, df: pd.DataFrame) -> dict:
         primary, tie = objective_value(df, self.objective)
-        row = {"label": label, **info, "objective": primary, "tiebreak": tie,
-               "accuracy": float(np.mean(df["correct"])), "logprob_answer": float(np.mean(df["logprob_answer"])),
-               "entropy": float(np.mean(df["entropy"])), "entropy_vocab": float(np.mean(df["entropy_vocab"])),
-               "edits": list(edits)}
-        self.rows.append(row)
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(best=f"{max(r['objective'] for r in self.rows):.3f}")
-        return row
+        return {"label": label, **info, "objective": primary, "tiebreak": tie,
+                "accuracy": float(np.mean(df["correct"])), "logprob_answer": float(np.mean(df["logprob_answer"])),
+                "entropy": float(np.mean(df["entropy"])), "entropy_vocab": float(np.mean(df["entropy_vocab"])),
+                "edits": list(edits)}
+
+    def run_many(self, candidates: Sequence[tuple[str, Sequence[Edit], dict]]) -> list[dict]:
+        """Score independent candidates ``(label, edits, info)`` (at once, where the scorer can)."""
+        rows: list[dict | None] = [None] * len(candidates)
+        for i, df in self.scorer.map(self.examples, [list(c[1]) for c in candidates], self.score_kw):
+            label, edits, info = candidates[i]
+            rows[i] = self._row(label, edits, info, df)
+            if self.bar is not None:
+                self.bar.update(1)
+                done = [r for r in [*self.rows, *rows] if r is not None]
+                self.bar.set_postfix(best=f"{max(r['objective'] for r in done):.3f}")
+        self.rows.extend(rows)
+        return rows
+
+    def run(self, label: str, edits: Sequence[Edit], **info) -> dict:
+        return self.run_many([(label, edits, info)])[0]
 
     def progress_bar(self, total: int, desc: str):
         from tqdm.auto import tqdm
@@ -115,7 +136,7 @@ def _units(subject, scope: str, layers, heads) -> list[int | None]:
 
 def zerotuning(subject, examples, *, scopes: Sequence[str] = SCOPES, gammas: Sequence[float] = DEFAULT_GAMMAS,
                objective: str = "accuracy", layers: Sequence[int] | None = None, heads: Sequence[int] | None = None,
-               score_kw: dict | None = None, progress: bool = True) -> Calibration:
+               score_kw: dict | None = None, progress: bool = True, scorer=None) -> Calibration:
     """Grid search of gamma over the three ZeroTuning scopes (METHODS sec 5).
 
     Candidates: every (scope, unit, gamma) with units = each layer (all its heads), each
@@ -126,14 +147,13 @@ def zerotuning(subject, examples, *, scopes: Sequence[str] = SCOPES, gammas: Seq
     for scope in scopes:
         if scope not in SCOPES:
             raise ValueError(f"unknown ZeroTuning scope {scope!r}; known: {', '.join(SCOPES)}")
-    trials = _Trials(subject, examples, objective, score_kw or {}, progress)
+    trials = _Trials(subject, examples, objective, score_kw or {}, progress, scorer)
     plan = [(scope, unit, float(g)) for scope in scopes for unit in _units(subject, scope, layers, heads)
             for g in gammas]
     with trials.progress_bar(len(plan) + 1, "zerotuning"):
-        trials.run("baseline", [], scope="none", unit=None, gamma=1.0)
-        for scope, unit, g in plan:
-            trials.run(f"{scope}:{'*' if unit is None else unit}:x{g:g}", zerotuning_edits(scope, unit, g),
-                       scope=scope, unit=unit, gamma=g)
+        trials.run_many([("baseline", [], {"scope": "none", "unit": None, "gamma": 1.0})]
+                        + [(f"{scope}:{'*' if unit is None else unit}:x{g:g}", zerotuning_edits(scope, unit, g),
+                            {"scope": scope, "unit": unit, "gamma": g}) for scope, unit, g in plan])
     best = _best(trials.rows)
     return Calibration("zerotuning", objective, tuple(best["edits"]),
                        {"label": best["label"], "scope": best["scope"], "unit": best["unit"], "gamma": best["gamma"],
@@ -169,7 +189,7 @@ def _unit_edits(unit: str, keys: Sequence, gamma: float) -> list[Edit]:
 def zerotuning_profiled(subject, examples, *, unit: str = "layer", up: float = 1.5, down: float = 0.67,
                         gammas: Sequence[float] = DEFAULT_GAMMAS, objective: str = "accuracy",
                         layers: Sequence[int] | None = None, heads: Sequence[int] | None = None,
-                        score_kw: dict | None = None, progress: bool = True) -> Calibration:
+                        score_kw: dict | None = None, progress: bool = True, scorer=None) -> Calibration:
     """ZeroTuning with head profiling (METHODS sec 5, the paper's recipe).
 
     Each unit (a head, a layer's heads, or a head index across layers) is scaled up
@@ -181,17 +201,18 @@ def zerotuning_profiled(subject, examples, *, unit: str = "layer", up: float = 1
     if not (up > 1 and 0 < down < 1):
         raise ValueError(f"profiling needs up > 1 and 0 < down < 1, got up={up}, down={down}")
     units = _profile_units(subject, unit, layers, heads)
-    trials = _Trials(subject, examples, objective, score_kw or {}, progress)
+    trials = _Trials(subject, examples, objective, score_kw or {}, progress, scorer)
     profile = []
     side = [g for g in gammas if g != 1]
     with trials.progress_bar(1 + 2 * len(units) + len(side), "zerotuning profile"):
-        base = trials.run("baseline", [], phase="baseline", unit=None, gamma=1.0)
+        first = [("baseline", [], {"phase": "baseline", "unit": None, "gamma": 1.0})]
+        for name, key in units:  # each unit scaled up, then down, alone
+            first += [(f"profile:{name}:x{g:g}", _unit_edits(unit, [key], g),
+                       {"phase": "profile", "unit": name, "gamma": g}) for g in (up, down)]
+        base, *scaled = trials.run_many(first)
         base_key = (base["objective"], base["tiebreak"])
-        for name, key in units:
-            r_up = trials.run(f"profile:{name}:x{up:g}", _unit_edits(unit, [key], up), phase="profile", unit=name,
-                              gamma=up)
-            r_dn = trials.run(f"profile:{name}:x{down:g}", _unit_edits(unit, [key], down), phase="profile",
-                              unit=name, gamma=down)
+        for j, (name, key) in enumerate(units):
+            r_up, r_dn = scaled[2 * j], scaled[2 * j + 1]
             k_up, k_dn = (r_up["objective"], r_up["tiebreak"]), (r_dn["objective"], r_dn["tiebreak"])
             kind = "up" if k_up > max(base_key, k_dn) else "down" if k_dn > max(base_key, k_up) else "neutral"
             profile.append({"unit": name, "key": key, "objective_up": r_up["objective"],
@@ -203,8 +224,8 @@ def zerotuning_profiled(subject, examples, *, unit: str = "layer", up: float = 1
         grid = [g for g in side if (g > 1) == (dominant == "up")] if dominant else []
         if trials.bar is not None:
             trials.bar.total = len(trials.rows) + len(grid)
-        for g in grid:
-            trials.run(f"tune:{dominant}:x{g:g}", _unit_edits(unit, keys, g), phase="tune", unit=dominant, gamma=g)
+        trials.run_many([(f"tune:{dominant}:x{g:g}", _unit_edits(unit, keys, g),
+                          {"phase": "tune", "unit": dominant, "gamma": g}) for g in grid])
     best = _best(trials.rows[:1] + [r for r in trials.rows if r.get("phase") == "tune"])
     prof = pd.DataFrame(profile)
     if len(prof):
@@ -219,7 +240,8 @@ def zerotuning_profiled(subject, examples, *, unit: str = "layer", up: float = 1
 
 def act_search(subject, examples, *, heads: Sequence[tuple[int, int]] | None = None, beta: float = 0.4,
                theta: float = 0.1, alpha: float | None = None, max_heads: int | None = None,
-               objective: str = "accuracy", score_kw: dict | None = None, progress: bool = True) -> Calibration:
+               objective: str = "accuracy", score_kw: dict | None = None, progress: bool = True,
+               scorer=None) -> Calibration:
     """ACT head search (METHODS sec 6): calibrate one head at a time, keep those that help.
 
     A head is kept when ACT on it alone raises the calibration objective strictly above the
@@ -232,13 +254,12 @@ def act_search(subject, examples, *, heads: Sequence[tuple[int, int]] | None = N
     heads = [tuple(x) for x in heads]
     subject.check_heads(heads)
     kw = dict(score_kw or {})
-    trials = _Trials(subject, examples, objective, kw, progress)
+    trials = _Trials(subject, examples, objective, kw, progress, scorer)
     with trials.progress_bar(len(heads) + 2, "act search"):
-        base = trials.run("baseline", [], phase="baseline", layer=None, head=None)
-        for l, h in heads:
-            trials.run(f"act:L{l}H{h}", [CalibrateSinks(layer=l, head=h, beta=beta, theta=theta, alpha=alpha)],
-                       phase="search", layer=l, head=h)
-        search = [r for r in trials.rows if r.get("phase") == "search"]
+        base, *search = trials.run_many(
+            [("baseline", [], {"phase": "baseline", "layer": None, "head": None})]
+            + [(f"act:L{l}H{h}", [CalibrateSinks(layer=l, head=h, beta=beta, theta=theta, alpha=alpha)],
+                {"phase": "search", "layer": l, "head": h}) for l, h in heads])
         better = sorted((r for r in search if r["objective"] > base["objective"]),
                         key=lambda r: (-r["objective"], -r["tiebreak"], r["layer"], r["head"]))
         if max_heads is not None:

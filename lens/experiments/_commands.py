@@ -5,19 +5,45 @@ from __future__ import annotations
 from pathlib import Path
 
 from lens.experiments._db import DEFAULT_DB, compare_runs, list_runs
-from lens.experiments._spec import SpecError, load_spec
+from lens.experiments._spec import SpecError
+from lens.experiments._spec_sweep import load_specs
 
 
-def run_command(spec_path: str | Path, *, db: str | Path | None = None, quiet: bool = False, echo=print) -> str:
-    """Check the spec (before any model loads), run it, print the table; returns the run id.
+def run_command(spec_path: str | Path, *, db: str | Path | None = None, quiet: bool = False, echo=print,
+                executor: str | None = None, address: str | None = None, workers: int | None = None,
+                resume: bool = False) -> str | list[str]:
+    """Check the spec and every run of its ``[sweep]`` (before any model loads), run them, print
+    the tables; returns the run id (a list of them for a sweep).
 
-    Raises ``SpecError`` (a ValueError naming the file, key path and line) for a bad spec.
+    executor: None (one process, as always), "local" or "ray" (``lens._executor``; ray
+    needs the ``ray`` extra and says how to install it). resume: skip runs already complete
+    in the database. Raises ``SpecError`` (a ValueError naming the file, key path and line)
+    for a bad spec.
     """
-    spec = load_spec(spec_path)
+    specs = load_specs(spec_path)
     from lens.experiments._runner import run_spec
+    from lens.experiments._sweep import run_sweep
 
-    result = run_spec(spec, db=db, progress=not quiet, echo=echo)
-    return result.run_id
+    if executor != "ray" and not resume and len(specs) == 1 and not specs[0].sweep:
+        return run_spec(specs[0], db=db, progress=not quiet, echo=echo).run_id
+    ex = None
+    if executor == "ray" and resume:  # nothing left to run: no cluster to start
+        from lens.experiments._db import complete_runs_by_hash
+
+        path = db or specs[0].db or DEFAULT_DB
+        if len(complete_runs_by_hash(path, [s.spec_hash() for s in specs])) == len({s.spec_hash() for s in specs}):
+            executor = None
+    if executor == "ray":  # "local" runs here, one run after another, on a model loaded once per name
+        from lens._executor import make_executor
+
+        ex = make_executor("ray", address=address, workers=workers, progress=not quiet)
+    try:
+        table = run_sweep(specs, executor=ex, db=db, resume=resume, progress=not quiet, echo=echo)
+    finally:
+        if ex is not None:
+            ex.close()
+    ids = list(dict.fromkeys(table["run_id"]))
+    return ids if len(specs) > 1 else ids[0]
 
 
 STATUS_MEANING = {  # the statuses list_runs reports, as `lens runs` explains them under its table

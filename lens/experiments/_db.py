@@ -3,7 +3,8 @@
 Tables (JSON columns hold JSON text):
   runs      run_id, created (when the run started), name, model, task, seed, n_calibration, n_test,
             spec_path, spec_toml, config (JSON), method, edits (JSON), calibration (JSON), versions (JSON),
-            git_commit, git_dirty, seconds, status, finished_at, host, pid, pid_started, error
+            git_commit, git_dirty, seconds, status, finished_at, host, pid, pid_started, error,
+            spec_hash (the resolved run's Spec.spec_hash), sweep (JSON: its swept values, {} if none)
   examples  run_id, split, condition, idx, prompt, choices (JSON), answer, pred, correct, margin,
             logit_diff, logprob_answer, entropy, entropy_vocab, choice_logits (JSON)
   summary   run_id, condition ("baseline" | "edited" | "delta"), metric, value, ci_low, ci_high, n
@@ -43,7 +44,7 @@ CREATE TABLE IF NOT EXISTS runs (
     n_calibration INTEGER, n_test INTEGER, spec_path VARCHAR, spec_toml VARCHAR, config VARCHAR, method VARCHAR,
     edits VARCHAR, calibration VARCHAR, versions VARCHAR, git_commit VARCHAR, git_dirty BOOLEAN, seconds DOUBLE,
     status VARCHAR DEFAULT 'running', finished_at TIMESTAMP, host VARCHAR, pid INTEGER, pid_started DOUBLE,
-    error VARCHAR
+    error VARCHAR, spec_hash VARCHAR, sweep VARCHAR
 );
 CREATE TABLE IF NOT EXISTS examples (
     run_id VARCHAR, split VARCHAR, condition VARCHAR, idx INTEGER, prompt VARCHAR, choices VARCHAR,
@@ -63,7 +64,7 @@ CREATE TABLE IF NOT EXISTS trials (
 # before them are migrated on the next write; every run stored then had finished (the old
 # code wrote a run only when it was done), hence status 'complete' for those rows.
 ADDED_RUN_COLUMNS = {"status": "VARCHAR", "finished_at": "TIMESTAMP", "host": "VARCHAR", "pid": "INTEGER",
-                     "pid_started": "DOUBLE", "error": "VARCHAR"}
+                     "pid_started": "DOUBLE", "error": "VARCHAR", "spec_hash": "VARCHAR", "sweep": "VARCHAR"}
 
 EXAMPLE_COLUMNS = ("run_id", "split", "condition", "idx", "prompt", "choices", "answer", "pred", "correct", "margin",
                    "logit_diff", "logprob_answer", "entropy", "entropy_vocab", "choice_logits")
@@ -203,6 +204,23 @@ def abandon_run(path: str | Path, run_id: str, err: BaseException) -> bool:
         return True
     except Exception:
         return False
+
+
+def complete_runs_by_hash(path: str | Path, hashes) -> dict[str, str]:
+    """``{spec_hash: run_id}`` of the complete runs in ``path`` among ``hashes`` (``--resume``);
+    the earliest run where one hash completed more than once."""
+    hashes = list(hashes)
+    if not hashes or not Path(path).is_file():
+        return {}
+    con = connect(path, read_only=True)
+    try:
+        if "spec_hash" not in _run_columns(con):
+            return {}
+        rows = con.execute(f"SELECT spec_hash, run_id FROM runs WHERE status = '{COMPLETE}' AND spec_hash IN "
+                           f"({', '.join('?' for _ in hashes)}) ORDER BY created DESC, run_id DESC", hashes).fetchall()
+    finally:
+        con.close()
+    return dict(rows)  # the last assignment wins: the earliest
 
 
 def run_state(status: str | None, host: str | None, pid, pid_started) -> str:

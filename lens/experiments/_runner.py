@@ -13,6 +13,7 @@ import platform
 import subprocess
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import metadata
@@ -34,7 +35,7 @@ from lens.experiments import _db
 from lens.experiments._bootstrap import bootstrap_ci, paired_bootstrap_ci
 from lens.experiments._calibrate import Calibration, act_search, zerotuning, zerotuning_profiled
 from lens.experiments._scoring import metric_values, score
-from lens.experiments._spec import Spec, SpecError, find_line, load_spec
+from lens.experiments._spec import Spec, load_spec, spec_error
 
 
 @dataclass
@@ -62,12 +63,15 @@ class RunResult:
 
 
 def run_spec(spec: Spec | str | Path, *, subject=None, db: str | Path | None | bool = None, progress: bool = True,
-             echo=print) -> RunResult:
+             echo=print, executor=None) -> RunResult:
     """Run an experiment spec (a path or a checked ``Spec``); returns the results.
 
     subject: an already loaded model to use instead of ``spec.model`` (tests, notebooks).
     db: the DuckDB file (default: the spec's ``output.db``, else ``runs.duckdb``); False
     writes nothing. echo: where progress lines and the final table go (None: nowhere).
+    executor: a ``lens._executor`` executor: every scoring (each calibration candidate, the
+    test split without and with the edits) is a job on its workers, which hold the model;
+    this process only assembles and stores the results (same numbers as without one).
 
     The run is recorded as ``running`` before the model loads and its results are stored,
     with the status flipped to ``complete``, in one transaction at the end (``_db``): a run
@@ -75,6 +79,8 @@ def run_spec(spec: Spec | str | Path, *, subject=None, db: str | Path | None | b
     marked failed with its error.
     """
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
+    if subject is not None and executor is not None:
+        raise ValueError("give either subject (scored here) or executor (scored on its workers), not both")
     say = echo or (lambda *_: None)
     t0 = time.perf_counter()
     task = spec.build_task()
@@ -86,12 +92,16 @@ def run_spec(spec: Spec | str | Path, *, subject=None, db: str | Path | None | b
         say(f"run {run_id} started (recorded as running in {path})")
     result = None
     try:
-        if subject is None:
+        scorer = None
+        if executor is not None:
+            scorer = _scorer_for(executor, spec.model)
+            subject = scorer.facts()
+        elif subject is None:
             import lens
 
             say(f"loading {spec.model} ...")
             subject = lens.load(spec.model)
-        result = _execute(spec, task, subject, run_id, prov, t0, progress, say)
+        result = _execute(spec, task, subject, run_id, prov, t0, progress, say, scorer)
         if path is not None:
             _db.finish_run(path, run_id, _finish_row(result, subject), result.examples, result.summary,
                            _trials_frame(run_id, result.calibration))
@@ -107,25 +117,47 @@ def run_spec(spec: Spec | str | Path, *, subject=None, db: str | Path | None | b
     return result
 
 
-def _execute(spec: Spec, task, subject, run_id: str, prov: dict, t0: float, progress: bool, say) -> RunResult:
-    """Calibrate (or build the fixed edits), score the test split without and with them, summarize."""
+_SCORERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # executor -> {model: ExecutorScorer}
+
+
+def _scorer_for(executor, model: str):
+    """One ``ExecutorScorer`` per (executor, model), so the model's facts are asked for once per sweep."""
+    from lens.experiments._scorers import ExecutorScorer
+
+    cache = _SCORERS.setdefault(executor, {})
+    if model not in cache:
+        cache[model] = ExecutorScorer(executor, model)
+    return cache[model]
+
+
+def _execute(spec: Spec, task, subject, run_id: str, prov: dict, t0: float, progress: bool, say,
+             scorer=None) -> RunResult:
+    """Calibrate (or build the fixed edits), score the test split without and with them, summarize.
+
+    ``scorer`` (``_scorers``) runs the scoring elsewhere; then ``subject`` is only its ``ModelFacts``.
+    """
+    from lens.experiments._scorers import LocalScorer
+
+    remote = scorer  # None: the calibration scores here too (through _calibrate's own score)
+    scorer = scorer if scorer is not None else LocalScorer(subject, score)
     score_kw = {"batch_size": spec.eval["batch_size"], "prefix_cache": spec.eval["prefix_cache"],
                 "backend": spec.eval["backend"]}
     _check_targets(spec, subject)
 
     calibration = None
     if spec.calibration is not None:
-        calibration = _calibrate(spec, subject, task.calibration, score_kw, progress)
+        calibration = _calibrate(spec, subject, task.calibration, score_kw, progress, remote)
         edits = calibration.edits
         say(f"calibration ({calibration.method}, {calibration.objective}) chose: {_describe(calibration)}")
     else:
-        edits = build_edits(spec, subject, [e.prompt for e in task.calibration])
+        edits = scorer.build_edits(spec, [e.prompt for e in task.calibration])
 
-    base = score(subject, task.test, progress=progress, desc="test: baseline", **score_kw)
+    conditions = {"baseline": (), **({"edited": edits} if edits else {})}  # scored independently, at once
+    scored: dict[int, pd.DataFrame] = dict(scorer.map(task.test, list(conditions.values()), score_kw, progress=progress,
+                                                      descs=[f"test: {c}" for c in conditions]))
+    base, edited = scored[0], scored.get(1)
     frames = [_tag(base, task.test, "baseline")]
-    edited = None
-    if edits:
-        edited = score(subject, task.test, edits=edits, progress=progress, desc="test: edited", **score_kw)
+    if edited is not None:
         frames.append(_tag(edited, task.test, "edited"))
     summary = summarize(spec, base, edited)
     seconds = time.perf_counter() - t0
@@ -173,9 +205,7 @@ def _check_targets(spec: Spec, subject) -> None:
         for i, v in enumerate(items):
             if not 0 <= v < n:
                 kp = keypath if isinstance(values, int) else f"{keypath}[{i}]"
-                line = find_line(spec.text, kp)
-                raise SpecError(f"{spec.path or '<spec>'}: {kp}: {what} {v} does not exist in {subject.name} "
-                                f"({what}s 0..{n - 1}){f' (line {line})' if line else ''}")
+                raise spec_error(spec, kp, f"{what} {v} does not exist in {subject.name} ({what}s 0..{n - 1})")
 
     for i, e in enumerate(spec.edits):
         check(e.get("layer"), subject.n_layers, f"edits[{i}].layer", "layer")
@@ -216,9 +246,9 @@ def build_edits(spec: Spec, subject, reference_prompts) -> tuple[Edit, ...]:
     return tuple(out)
 
 
-def _calibrate(spec: Spec, subject, examples, score_kw: dict, progress: bool) -> Calibration:
+def _calibrate(spec: Spec, subject, examples, score_kw: dict, progress: bool, scorer=None) -> Calibration:
     cal = spec.calibration
-    common = {"objective": cal["objective"], "score_kw": score_kw, "progress": progress}
+    common = {"objective": cal["objective"], "score_kw": score_kw, "progress": progress, "scorer": scorer}
     if cal["method"] == "zerotuning":
         return zerotuning(subject, examples, scopes=cal["scopes"], gammas=cal["gammas"], layers=cal["layers"],
                           heads=cal["heads"], **common)
@@ -275,6 +305,7 @@ def _start_row(run_id: str, spec: Spec, task, prov: dict) -> dict:
         "spec_path": spec.path, "spec_toml": spec.text, "config": json.dumps(_jsonable(spec.config())),
         "method": spec.calibration["method"] if spec.calibration else ("edits" if spec.edits else "baseline"),
         "versions": json.dumps(prov["versions"]), "git_commit": prov["git_commit"], "git_dirty": prov["git_dirty"],
+        "spec_hash": spec.spec_hash(), "sweep": json.dumps(_jsonable(spec.sweep)),
     }
 
 

@@ -30,12 +30,23 @@
     [output]
     db = "runs.duckdb"
 
+    [sweep]                                # optional: a run for each combination
+    seed = [0, 1, 2]                       # key: a dotted spec path; value: the list it takes
+    "task.shots" = [0, 2]
+    "calibration.gammas" = [[0.5], [0.5, 2.0]]
+
+A ``[sweep]`` crosses its lists into runs (``_spec_sweep``: ``parse_specs`` / ``load_specs``);
+each run's ``Spec.sweep`` holds its values and ``Spec.spec_hash()`` identifies the resolved
+run (``--resume``).
+
 A syntax error names the line and column (tomllib's message); a schema error names the key
 path (``calibration.gammas[2]``) and, where it can be found in the text, the line.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -47,6 +58,14 @@ from lens.experiments._tasks import TASKS, TaskData, make_task, read_jsonl, task
 
 METRICS = ("accuracy", *OUTPUTS[1:])
 METHODS = ("zerotuning", "zerotuning_profiled", "act")
+#: Most examples (calibration + test) a spec may ask for. Checking a spec builds its task, and the
+#: generated tasks build ~20k examples a second (ioi, colored_objects, induction: 10k in 0.4-0.6 s), so
+#: test = 2**31 hung the check (found by tests/test_fuzz_specs.py); 50k keeps it under ~3 s, and a
+#: run over more examples takes hours on a CPU anyway.
+MAX_EXAMPLES = 50_000
+#: Largest integer task option (shots, filler, period, n_choices: counts inside every prompt). 1,000
+#: is past any model's context here; colored_objects shots = 10**7 hung the check (test_fuzz_specs.py).
+MAX_TASK_OPTION = 1_000
 
 
 class SpecError(ValueError):
@@ -82,7 +101,8 @@ CALIBRATION_FIELDS: dict[str, dict[str, tuple]] = {
 }
 
 EVAL_FIELDS = {"batch_size": 16, "prefix_cache": True, "backend": "auto", "bootstrap": 2000, "confidence": 0.95}
-TOP_LEVEL = ("name", "description", "model", "seed", "metrics", "task", "calibration", "edits", "eval", "output")
+TOP_LEVEL = ("name", "description", "model", "seed", "metrics", "task", "calibration", "edits", "eval", "output",
+             "sweep")
 
 
 @dataclass
@@ -104,6 +124,7 @@ class Spec:
     description: str = ""
     path: str | None = None
     text: str = ""
+    sweep: dict = field(default_factory=dict)  # the swept values of this run, {dotted key: value}
 
     def build_task(self) -> TaskData:
         return make_task(self.task, self.n_calibration, self.n_test, self.seed, **self.task_options)
@@ -114,15 +135,29 @@ class Spec:
                 "metrics": list(self.metrics), "edits": [dict(e) for e in self.edits],
                 "calibration": self.calibration, "eval": self.eval, "description": self.description}
 
+    def spec_hash(self) -> str:
+        """Identifies the resolved run (its checked config, not the file it came from): ``--resume``
+        skips a sweep run whose hash has a complete run in the database."""
+        text = json.dumps(self.config(), sort_keys=True, default=repr)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
 
 class _Check:
-    def __init__(self, text: str, source: str):
+    def __init__(self, text: str, source: str, swept: dict | None = None):
         self.text, self.source = text, source
+        self.swept = swept or {}  # in a sweep run: {dotted key: (index in its list, value)}
 
     def fail(self, keypath: str, message: str):
+        for key, (i, value) in self.swept.items():
+            # the swept value is at keypath or inside it, or it made keypath (seed.x swept: seed became a table)
+            if keypath == key or keypath.startswith((f"{key}.", f"{key}[")) or key.startswith(f"{keypath}."):
+                line = sweep_line(self.text, key)
+                where = f" (line {line})" if line else ""
+                raise SpecError(f"{self.source}: sweep.{key}[{i}]: {keypath}: {message}{where}"
+                                f"{_sweep_note(self.swept)}")
         line = find_line(self.text, keypath)
         where = f" (line {line})" if line else ""
-        raise SpecError(f"{self.source}: {keypath}: {message}{where}")
+        raise SpecError(f"{self.source}: {keypath}: {message}{where}{_sweep_note(self.swept)}")
 
     def table(self, value, keypath: str) -> dict:
         if not isinstance(value, dict):
@@ -133,7 +168,8 @@ class _Check:
         extra = [k for k in table if k not in known]
         if extra:
             prefix = f"{keypath}." if keypath else ""
-            self.fail(f"{prefix}{extra[0]}", f"unknown key; known keys here: {', '.join(known)}")
+            key = extra[0] if re.fullmatch(r"[A-Za-z0-9_\-]+", extra[0]) else json.dumps(extra[0])  # "a.b" quoted
+            self.fail(f"{prefix}{key}", f"unknown key; known keys here: {', '.join(known)}")
 
     def int_(self, value, keypath: str, minimum: int | None = None) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -145,6 +181,8 @@ class _Check:
     def float_(self, value, keypath: str, minimum: float | None = None) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             self.fail(keypath, f"expected a number, got {_show(value)}")
+        if value != value:  # nan: every range check below would pass it
+            self.fail(keypath, "expected a number, got nan")
         if minimum is not None and value < minimum:
             self.fail(keypath, f"must be >= {minimum}, got {value}")
         return float(value)
@@ -172,14 +210,19 @@ def _show(value) -> str:
 
 
 def find_line(text: str, keypath: str) -> int | None:
-    """Best-effort line of ``keypath`` (``a.b``, ``edits[2].layer``, ``a.b[3]``) in TOML ``text``."""
+    """Best-effort line of ``keypath`` (``a.b``, ``edits[2].layer``, ``a.b[3]``) in TOML ``text``.
+
+    tomllib gives no positions, so this searches the raw text: a ``[table]`` / ``[[table]]``
+    header, then ``key =`` inside it (dotted keys and inline tables are not followed). A key
+    that is not written (a missing field) gets the line of the table that should hold it.
+    """
     items: list[list] = []
-    for p in re.findall(r"[^.\[\]]+|\[\d+\]", keypath):
+    for p in re.findall(r'"(?:[^"\\]|\\.)*"|[^.\[\]"]+|\[\d+\]', keypath):
         if p.startswith("["):
             if items:
                 items[-1][1] = int(p[1:-1])
         else:
-            items.append([p, None])
+            items.append([json.loads(p) if p.startswith('"') else p, None])
     if not items:
         return None
     *tables, (key, _) = items
@@ -187,7 +230,7 @@ def find_line(text: str, keypath: str) -> int | None:
     table_index = tables[-1][1] if tables else None
     whole, whole_index = ".".join(n for n, _ in items), items[-1][1]
     seen: dict[str, int] = {}
-    current = ""
+    current, header = "", None
     for n, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         m = re.match(r"^\[\[\s*([^\]]+?)\s*\]\]$", line) or re.match(r"^\[\s*([^\]]+?)\s*\]$", line)
@@ -196,20 +239,73 @@ def find_line(text: str, keypath: str) -> int | None:
             seen[current] = seen.get(current, -1) + 1
             if current == whole and whole_index in (None, seen[current]):
                 return n
+            if table and current == table and (table_index is None or seen[current] == table_index):
+                header = header or n
             continue
-        km = re.match(r'^"?([A-Za-z0-9_\-]+)"?\s*=', line)
-        if km and km.group(1) == key and current == table and (table_index is None or seen.get(current) == table_index):
+        km = re.match(r'^(?:"([^"]*)"|\'([^\']*)\'|([A-Za-z0-9_\-]+))\s*=', line)  # "quoted", 'literal', bare
+        name = next((g for g in km.groups() if g is not None), None) if km else None
+        if name == key and current == table and (table_index is None or seen.get(current) == table_index):
             return n
-    return None
+    return header
+
+
+def spec_error(spec: Spec, keypath: str, message: str) -> SpecError:
+    """A ``SpecError`` found after checking (e.g. a layer the loaded model lacks), located like
+    the checker's own: under a swept key, the sweep key and its line."""
+    swept = {k: (None, v) for k, v in spec.sweep.items()}
+    try:
+        _Check(spec.text, spec.path or "<spec>", swept).fail(keypath, message)
+    except SpecError as err:
+        return SpecError(str(err).replace("[None]: ", ": "))
+    raise AssertionError("unreachable")
+
+
+def _sweep_note(swept: dict) -> str:
+    if not swept:
+        return ""
+    return " [in the sweep run with " + ", ".join(f"{k} = {_brief(v)}" for k, (_, v) in swept.items()) + "]"
+
+
+def _brief(value) -> str:
+    text = json.dumps(value, default=repr)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def sweep_line(text: str, key: str) -> int | None:
+    """Line of ``key`` (``task.shots``, quoted or bare) inside the ``[sweep]`` table of ``text``."""
+    parts = key.split(".")
+    bare = r"\s*\.\s*".join(re.escape(p) for p in parts)
+    pattern = re.compile(rf'^(?:"{re.escape(key)}"|\'{re.escape(key)}\'|{bare})\s*=')
+    inside = False
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if re.match(r"^\[\[?[^\]]*\]\]?$", line):
+            inside = line.replace(" ", "") == "[sweep]"
+            continue
+        if inside and pattern.match(line):
+            return n
+    return find_line(text, "sweep")
+
+
+def _toml(text: str, source: str) -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise SpecError(f"{source}: not valid TOML: {err}") from None
 
 
 def parse_spec(text: str, *, source: str = "<spec>", base_dir: Path | None = None) -> Spec:
-    """Check a spec given as TOML text (see the module docstring for the format)."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise SpecError(f"{source}: not valid TOML: {err}") from None
+    """Check a spec given as TOML text (see the module docstring for the format); one run only
+    (a spec with a ``[sweep]`` is read by ``parse_specs``)."""
+    raw = _toml(text, source)
     c = _Check(text, source)
+    if "sweep" in raw:
+        c.fail("sweep", "this spec is a sweep of several runs: read it with parse_specs / load_specs")
+    return _check_spec(raw, c, source, base_dir)
+
+
+def _check_spec(raw: dict, c: _Check, source: str, base_dir: Path | None) -> Spec:
+    text = c.text
     c.unknown(raw, TOP_LEVEL, "")
     if "model" not in raw:
         c.fail("model", "missing: name the model (e.g. model = \"smollm2\")")
@@ -236,6 +332,9 @@ def parse_spec(text: str, *, source: str = "<spec>", base_dir: Path | None = Non
     if "test" not in task:
         c.fail("task.test", "missing: how many held-out test examples")
     n_test = c.int_(task["test"], "task.test", 1)
+    if n_cal + n_test > MAX_EXAMPLES:
+        c.fail("task.test" if n_test > n_cal else "task.calibration",
+               f"{n_cal} calibration + {n_test} test examples is more than {MAX_EXAMPLES:,}; ask for fewer")
     options = {k: v for k, v in task.items() if k not in ("name", "path", "calibration", "test")}
     if "name" in task:
         task_name = c.str_(task["name"], "task.name", tuple(TASKS))
@@ -247,7 +346,8 @@ def parse_spec(text: str, *, source: str = "<spec>", base_dir: Path | None = Non
                 if type(v) is not type(default):
                     c.fail(f"task.{k}", f"expected a {type(default).__name__}, got {_show(v)}")
             elif isinstance(default, int):
-                c.int_(v, f"task.{k}", 0)
+                if c.int_(v, f"task.{k}", 0) > MAX_TASK_OPTION:
+                    c.fail(f"task.{k}", f"must be <= {MAX_TASK_OPTION:,}, got {v}")
             elif isinstance(default, float):
                 c.float_(v, f"task.{k}")
         if "vocab" in known and "vocab" not in options and task_name == "induction":
@@ -311,7 +411,7 @@ def load_spec(path: str | Path) -> Spec:
     """Read and check a spec file; relative task paths are relative to the spec's folder."""
     path = Path(path)
     if not path.is_file():
-        raise SpecError(f"{path}: spec file not found")
+        raise SpecError(f"{path}: spec file not found; give the path of a .toml spec (see experiments/*.toml)")
     spec = parse_spec(path.read_text(encoding="utf-8"), source=str(path), base_dir=path.parent)
     spec.path = str(path)
     return spec
