@@ -37,19 +37,23 @@ def capture_cmd(
     workers: int = typer.Option(None, help="with --executor ray and no GPUs: how many actors"),
     shard_size: int = typer.Option(64, help="with --dataset: inputs per shard"),
     resume: bool = typer.Option(False, help="with --dataset: finish an interrupted store, keeping its valid shards"),
+    stats: str = typer.Option("default", help="comma-separated statistic names to keep, or 'default' (all but "
+                                              "patterns); a census keeps what it queries, e.g. "
+                                              "sink_mass,entropy,distance,received,visible"),
 ):
     """Capture per-head attention statistics of one text (and print a summary), or of a dataset into a store."""
     import lens
 
     if sum(x is not None for x in (text, file, dataset)) != 1:
         raise typer.BadParameter("give exactly one of --text or --file, or --dataset")
+    stat_list = "default" if stats.strip() == "default" else [s.strip() for s in stats.split(",") if s.strip()]
     if dataset is not None:
-        _capture_dataset(model, dataset, out, backend, executor, address, workers, shard_size, resume)
+        _capture_dataset(model, dataset, out, backend, executor, address, workers, shard_size, resume, stat_list)
         return
     body = text if text is not None else file.read_text()
     subject = lens.load(model)
     try:
-        cap = lens.capture(subject, body, backend=backend)
+        cap = lens.capture(subject, body, backend=backend, stats=stat_list)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
     typer.echo(lens.summarize(cap))
@@ -58,7 +62,7 @@ def capture_cmd(
         typer.echo(f"saved to {out}")
 
 
-def _capture_dataset(model, dataset, out, backend, executor, address, workers, shard_size, resume) -> None:
+def _capture_dataset(model, dataset, out, backend, executor, address, workers, shard_size, resume, stats) -> None:
     from lens._executor import make_executor
     from lens._store import Store, capture_dataset
 
@@ -72,8 +76,14 @@ def _capture_dataset(model, dataset, out, backend, executor, address, workers, s
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from err
     try:
+        from kernels import STAT_NAMES
+
+        unknown = [] if stats == "default" else [s for s in stats if s not in STAT_NAMES or s == "pattern"]
+        if unknown:
+            raise ValueError(f"--stats: unknown statistic(s) {unknown}; valid: {', '.join(STAT_NAMES[:-2])}, "
+                             "learned_sink_mass, or 'default'")
         store = capture_dataset(model, dataset, out, executor=ex, shard_size=shard_size, backend=backend,
-                                resume=resume, echo=typer.echo)
+                                resume=resume, stats=stats, echo=typer.echo)
     except KeyboardInterrupt:
         done = Store(out).n_shards - len(Store(out).missing()) if (out / "store.json").is_file() else 0
         typer.echo(f"interrupted: {done} complete shard(s) in {out}; continue with the same command and --resume",

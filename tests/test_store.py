@@ -147,6 +147,26 @@ def test_cli_capture_dataset_and_analyze_store(local_store, dataset, tmp_path):
     assert again.exit_code == 2 and "already holds a store: pass --resume" in again.output
 
 
+def test_cli_census_keeps_only_the_statistics_asked(dataset, tmp_path):
+    """--stats: a census keeps what it queries; the index has exactly the columns those give."""
+    from typer.testing import CliRunner
+
+    from lens._cli import app
+
+    out = tmp_path / "census"
+    res = CliRunner().invoke(app, ["capture", "--model", MODEL, "--dataset", str(dataset), "--out", str(out),
+                                   "--shard-size", str(SHARD), "--stats", "sink_mass,entropy"])
+    assert res.exit_code == 0, res.output
+    store = lens.Store(out)
+    kept = set(store.load_shard(0).stats)
+    assert {"entropy", "sink_mass"} <= kept and not {"distance", "received", "pooled", "topk_idx"} & kept
+    cols = set(store.query("SELECT * FROM heads LIMIT 1").columns)
+    assert {"sink_mass", "dormancy", "entropy"} <= cols and not {"distance", "top_key"} & cols
+    bad = CliRunner().invoke(app, ["capture", "--model", MODEL, "--dataset", str(dataset), "--out",
+                                   str(tmp_path / "x"), "--stats", "sink_mass,bogus"])
+    assert bad.exit_code == 2 and "unknown statistic(s) ['bogus']" in bad.output
+
+
 def test_dataset_errors(tmp_path):
     bad = tmp_path / "p.jsonl"
     bad.write_text('{"text": "t01 t02"}\n{"prompt": "t03"}\n')
