@@ -282,3 +282,19 @@ def test_ray_actor_killed_mid_run(ray_cluster, local_store, dataset, tmp_path):
     assert sorted(writes) == [0, 1, 2, 3]  # complete, and each shard written once
     _shard_tensors_equal(store, local_store)
     _assert_atlas_equal(lens.analyze(store), lens.analyze(local_store))
+
+
+@pytest.mark.smollm2
+def test_smollm2_store_atlas_equals_in_process_atlas(smollm2, tmp_path):
+    """The real model: shards of 8 (= capture's batch size, so the batches are the same) -> same atlas."""
+    texts = [f"Note {i}: the {c} box on shelf {i % 5} holds {3 * i + 1} marbles and a key."
+             for i, c in enumerate(["red", "blue", "green", "amber"] * 4)]
+    data = tmp_path / "prompts.txt"
+    data.write_text("\n".join(texts) + "\n")
+    store = capture_dataset("smollm2", data, tmp_path / "store", shard_size=8,
+                            executor=make_executor("local", progress=False), echo=lambda s: None)
+    assert store.n_shards == 2
+    whole = lens.capture(smollm2, texts)
+    _assert_atlas_equal(lens.analyze(store), lens.analyze(whole))
+    rows = store.query("SELECT count(*) AS n FROM heads")
+    assert int(rows["n"][0]) == 16 * smollm2.n_layers * smollm2.n_heads
