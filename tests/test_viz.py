@@ -61,8 +61,8 @@ def test_attention_pattern_exact_rows_and_window():
     assert "L1 H2" in fig.layout.title.text and "exact" in fig.layout.title.text
     win = viz.attention_pattern(cap, 1, 2, window=(3, 5))
     assert np.allclose(np.array(win.data[0].z), p[1, 2, 3:5, :5].numpy())  # causal: keys cut at the window's end
-    assert list(win.data[0].y) == ["3 \u2423sat", "4 \u2423on"]
-    assert win.data[0].x[2] == "2 \u2423cat"  # the hover of query 4, key 2 reads "q 4 on -> k 2 cat"
+    assert list(win.data[0].y) == ["3 \u00b7sat", "4 \u00b7on"]
+    assert win.data[0].x[2] == "2 \u00b7cat"  # the hover of query 4, key 2 reads "q 4 on -> k 2 cat"
     assert win.data[0].hovertemplate.startswith("q %{y} \u2192 k %{x}") and win.data[0].text is None
     # the capture's kept rows (pattern_window 2..6) win over the pooled map when they cover the window
     kept = {(0, 1): p[0, 1, 2:6][None] * 0 + 0.5}

@@ -40,11 +40,17 @@ def as_array(x, what: str, ndim: int | None = None) -> np.ndarray:
     return arr
 
 
+#: Marks for whitespace in token labels. A leading space is a middle dot: visible but quiet,
+#: and unlike the open box (U+2423), which the default plotly font draws like a subscript
+#: "u" ("\u2423and" read as "uand"), it cannot be mistaken for a letter.
+SPACE_MARK, NEWLINE_MARK, TAB_MARK = "\u00b7", "\u21b5", "\u2192"
+
+
 def clean(tok: str) -> str:
-    """A token as a short, visible label (leading spaces and newlines shown)."""
-    s = str(tok).replace("\n", "\\n").replace("\t", "\\t")
+    """A token as a short, visible label: a leading space as a middle dot, newlines as an arrow."""
+    s = str(tok).replace("\n", NEWLINE_MARK).replace("\t", TAB_MARK)
     if s.startswith(" "):
-        s = "\u2423" + s[1:]  # open box: a leading space
+        s = SPACE_MARK + s[1:]
     return s if len(s) <= 12 else s[:11] + "\u2026"
 
 
