@@ -63,14 +63,18 @@ class Blocks:
 
 
 def default_blocks(head_dim: int, dtype: torch.dtype, row_stats: bool) -> tuple[Blocks, Blocks]:
-    """(pass 1, pass 2) tiles: 16 x 16 in the interpreter. On a GPU, picked from the register
-    and spill counts ptxas reports for sm_90 at head size 64 and 128 (no spills; pass 1 with
-    statistics holds ~12 row accumulators and the top-k, so it takes 64-row blocks over 8
-    warps); ``benchmarks/kernel_attention_stats.py --sweep`` times the alternatives."""
+    """(pass 1, pass 2) tiles: 16 x 16 in the interpreter; on a GPU, the fastest measured.
+
+    Measured on an H200 (bf16, causal, n = 32K; ``../shared/gpu/2026-11-28-h200.md``, tile
+    sweep and ablation): pass 1 with statistics on 64 x 64 tiles over 4 warps took 20.7 ms
+    against 34.0 ms over 8 warps at d 64 (9/3 heads), and 82.2 against 139.9 ms at d 128
+    (32/8 heads); 4 warps won every statistic set of the ablation. Without statistics the
+    128 x 64, 8-warp tile stays (0.71x sdpa against 0.75x). Pass 2 on 64 x 64 tiles costs
+    the same over 4 or 8 warps (5.3 and 5.4 ms at d 64)."""
     if INTERPRETED:
         return Blocks(16, 16, 1, 1), Blocks(16, 16, 1, 1)
     stages = 2 if dtype == torch.float32 else 3
-    first = Blocks(64, 64, 8, stages) if row_stats else Blocks(128, 64, 8, stages)
+    first = Blocks(64, 64, 4, stages) if row_stats else Blocks(128, 64, 8, stages)
     return first, Blocks(64, 64, 8, stages)
 
 
