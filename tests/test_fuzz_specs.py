@@ -22,22 +22,11 @@ pytest.importorskip("hypothesis", reason="fuzzing needs hypothesis: pip install 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from test_experiments import GOOD as ORGANISM  # the organism spec the experiment tests use
+
 from lens.experiments import Spec, SpecError, parse_specs
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-ORGANISM = """\
-model = "induction"
-seed = 3
-
-[task]
-name = "induction"
-calibration = 8
-test = 16
-
-[calibration]
-method = "zerotuning"
-gammas = [0.5, 2.0]
-"""
 BASES = [ORGANISM, *(p.read_text(encoding="utf-8") for p in sorted(EXPERIMENTS.glob("*.toml")))]
 SOURCE = "fuzz.toml"
 BARE = re.compile(r"^[A-Za-z0-9_-]+$")

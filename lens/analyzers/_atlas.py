@@ -31,6 +31,18 @@ ANALYZERS: dict[str, tuple[Callable[..., Findings], tuple[str, ...]]] = {
 }
 
 
+def requested(only: list[str] | None, params: dict) -> list[str]:
+    """The analyzers to run, in ``ANALYZERS`` order when ``only`` is None; unknown names raise."""
+    unknown = set(params) - set(ANALYZERS)
+    if unknown:
+        raise TypeError(f"no analyzer named {sorted(unknown)}; known: {list(ANALYZERS)}")
+    names = list(ANALYZERS) if only is None else list(only)
+    bad = [n for n in names if n not in ANALYZERS]
+    if bad:
+        raise ValueError(f"no analyzer named {bad}; known: {list(ANALYZERS)}")
+    return names
+
+
 def analyze(capture: Capture, *, only: list[str] | None = None, **params: dict) -> Atlas:
     """Run every analyzer whose statistics the capture holds; return an Atlas.
 
@@ -50,13 +62,7 @@ def analyze(capture: Capture, *, only: list[str] | None = None, **params: dict) 
         return analyze_shards(capture.shards, only=only, **params)
     if not isinstance(capture, Capture):
         raise TypeError(f"analyze takes a lens.Capture or a lens.Store, got {type(capture).__name__}")
-    unknown = set(params) - set(ANALYZERS)
-    if unknown:
-        raise TypeError(f"no analyzer named {sorted(unknown)}; known: {list(ANALYZERS)}")
-    names = list(ANALYZERS) if only is None else list(only)
-    bad = [n for n in names if n not in ANALYZERS]
-    if bad:
-        raise ValueError(f"no analyzer named {bad}; known: {list(ANALYZERS)}")
+    names = requested(only, params)
     found: dict[str, Findings] = {}
     skipped: dict[str, str] = {}
     for name in names:

@@ -40,7 +40,7 @@ import pandas as pd
 import torch
 
 from lens._capture_data import Capture
-from lens.analyzers._atlas import ANALYZERS
+from lens.analyzers._atlas import ANALYZERS, requested
 from lens.analyzers._common import missing, window_param
 from lens.analyzers._dormant import dormant_finish, dormant_partial
 from lens.analyzers._entropy import entropy_finish, entropy_partial
@@ -167,13 +167,7 @@ def analyze_shards(shards: Shards, *, only: list[str] | None = None, **params: d
     """``analyze`` over shards: ``shards()`` yields (offset of the first input, Capture) in input order,
     and is called twice when ``preplan_anchor`` runs (its head sets need D^h over every input first).
     Equal to ``analyze`` of one Capture holding every input (module docstring)."""
-    unknown = set(params) - set(ANALYZERS)
-    if unknown:
-        raise TypeError(f"no analyzer named {sorted(unknown)}; known: {list(ANALYZERS)}")
-    names = list(ANALYZERS) if only is None else list(only)
-    bad = [n for n in names if n not in ANALYZERS]
-    if bad:
-        raise ValueError(f"no analyzer named {bad}; known: {list(ANALYZERS)}")
+    names = requested(only, params)
     if "queries" in params.get("dormant_heads", {}):
         raise ValueError("dormant_heads: a queries mask per capture cannot be given for a store; "
                          "analyze its shards one by one (store.load_shard) to pass one")
