@@ -130,7 +130,9 @@ def discover(model, *, overrides: dict | None = None) -> Structure:
     proj_inputs: dict[int, torch.Tensor] = {}
     outputs: dict[int, torch.Tensor] = {}
     head_input: list[torch.Tensor] = []
-    block_io: dict[tuple[str, str], torch.Tensor | None] = {}  # ("in"|"out", child of block 0) -> tensor
+    # (id of a candidate block 0, "in"|"out", child name) -> tensor: every ModuleList's first entry
+    # is watched, since which list holds the blocks is known only after the pass.
+    block_io: dict[tuple[int, str, str], torch.Tensor | None] = {}
     with _hook.model_lock(model):  # every hook below is on the shared model: one thread at a time
         handles = []
         try:
@@ -141,14 +143,14 @@ def discover(model, *, overrides: dict | None = None) -> Structure:
                 handles.append(m.register_forward_hook(
                     lambda mod, args, out: outputs.__setitem__(id(mod), out.detach())
                     if isinstance(out, torch.Tensor) else None))
-            first_block = _first_block(model, names)
-            if first_block is not None:
-                for child_name, child in [("", first_block), *first_block.named_children()]:
+            for first in _candidate_first_blocks(model):
+                for child_name, child in [("", first), *first.named_children()]:
+                    key = (id(first), child_name)
                     handles.append(child.register_forward_pre_hook(
-                        lambda mod, args, kwargs, n=child_name: _keep(block_io, ("in", n), _hidden(args, kwargs)),
+                        lambda mod, args, kwargs, k=key: _keep(block_io, (k[0], "in", k[1]), _hidden(args, kwargs)),
                         with_kwargs=True))
                     handles.append(child.register_forward_hook(
-                        lambda mod, args, out, n=child_name: _keep(block_io, ("out", n), _first(out))))
+                        lambda mod, args, out, k=key: _keep(block_io, (k[0], "out", k[1]), _first(out))))
             unembed = model.get_output_embeddings()
             if unembed is None:
                 raise StructureError(f"{model_type}: the model has no output embedding "
@@ -185,7 +187,8 @@ def discover(model, *, overrides: dict | None = None) -> Structure:
         if get_path(block, attn_path) is not modules[i] or (mlp is not None and not hasattr(block, mlp)):
             raise StructureError(f"{model_type}: block {i} does not have the layout of block 0 "
                                  f"(attention at {attn_path!r}, MLP at {mlp!r})")
-    attn_norm, mlp_norm, residual = _residual_layout(blocks[0], attn_path, mlp, block_io)
+    io = {(kind, name): t for (block, kind, name), t in block_io.items() if block == id(blocks[0])}
+    attn_norm, mlp_norm, residual = _residual_layout(blocks[0], attn_path, mlp, io)
     overrides = dict(overrides or {})
     structure = Structure(
         model_type=model_type, layers=layers_path, attn=attn_path, mlp=mlp, o_proj=o_proj, o_proj_conv1d=conv1d,
@@ -294,12 +297,10 @@ def _hidden(args, kwargs):
     return x.detach() if isinstance(x, torch.Tensor) else None
 
 
-def _first_block(model, names) -> nn.Module | None:
-    """Block 0 of the first ModuleList of blocks (found again, properly, from the traced pass)."""
-    for m in model.modules():
-        if isinstance(m, nn.ModuleList) and len(m) and any(True for _ in m[0].children()):
-            return m[0]
-    return None
+def _candidate_first_blocks(model) -> list[nn.Module]:
+    """Entry 0 of every ModuleList whose entries have children: one of them is block 0."""
+    return [m[0] for m in model.modules()
+            if isinstance(m, nn.ModuleList) and len(m) and any(True for _ in m[0].children())]
 
 
 def _same(a, b) -> bool:
