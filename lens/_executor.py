@@ -24,7 +24,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-__all__ = ["LocalExecutor", "RayExecutor", "make_executor", "RAY_INSTALL"]
+__all__ = ["LocalExecutor", "RayExecutor", "cached_subject", "make_executor", "RAY_INSTALL"]
 
 RAY_INSTALL = "pip install 'attention-workbench[ray]'  (or: pip install 'ray>=2.30')"
 KINDS = ("local", "ray")
@@ -42,11 +42,15 @@ def make_executor(kind: str = "local", *, address: str | None = None, workers: i
     return RayExecutor(address=address, workers=workers, retries=retries, progress=progress)
 
 
-def _subject(cache: dict, model: str):
+def cached_subject(cache: dict, model: str, echo=None):
+    """``lens.load(model)``, kept in ``cache``: one model at a time per process (a sweep over
+    models swaps them)."""
     import lens
 
     if model not in cache:
-        cache.clear()  # one model at a time per process: a sweep over models swaps them
+        cache.clear()
+        if echo is not None:
+            echo(f"loading {model} ...")
         cache[model] = lens.load(model)
     return cache[model]
 
@@ -65,7 +69,7 @@ class LocalExecutor:
         bar = tqdm(total=len(jobs), desc=desc, unit="job", disable=not self.progress, leave=False)
         try:
             for i, job in enumerate(jobs):
-                yield i, fn(_subject(self._models, model), job)
+                yield i, fn(cached_subject(self._models, model), job)
                 bar.update(1)
         finally:
             bar.close()
@@ -81,7 +85,7 @@ class _Worker:
         self._models: dict[str, Any] = {}
 
     def call(self, model: str, fn: Callable, job) -> Any:
-        return fn(_subject(self._models, model), job)
+        return fn(cached_subject(self._models, model), job)
 
     def pid(self) -> int:
         return os.getpid()

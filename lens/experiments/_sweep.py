@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lens._executor import cached_subject
 from lens.experiments import _db
 from lens.experiments._spec import Spec
 
@@ -51,7 +52,8 @@ def run_sweep(specs: Sequence[Spec], *, executor=None, db: str | Path | None = N
                 bar.update(1)
                 continue
             say(f"{label}:")
-            kw = {"executor": executor} if executor is not None else {"subject": _local_subject(subjects, spec, say)}
+            kw = ({"executor": executor} if executor is not None
+                  else {"subject": cached_subject(subjects, spec.model, echo=say)})
             result = run_spec(spec, db=path, progress=progress, echo=echo, **kw)
             ids.append(result.run_id)
             done[h] = result.run_id
@@ -83,16 +85,6 @@ def format_sweep(table: pd.DataFrame) -> str:
                      if len(d) else "-"})
     with pd.option_context("display.width", 200, "display.max_colwidth", 50):
         return pd.DataFrame(rows).to_string(index=False)
-
-
-def _local_subject(cache: dict, spec: Spec, say):
-    if spec.model not in cache:
-        import lens
-
-        cache.clear()  # one model at a time
-        say(f"loading {spec.model} ...")
-        cache[spec.model] = lens.load(spec.model)
-    return cache[spec.model]
 
 
 def describe_sweep(values: dict) -> str:
