@@ -42,14 +42,15 @@ def entry_path(kind: str, key: str) -> Path:
     return cache_root() / kind / key
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, streamed (cache manifests, capture checksums, store datasets)."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _file_records(directory: Path) -> dict[str, dict]:
     return {
-        p.relative_to(directory).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+        p.relative_to(directory).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)}
         for p in sorted(directory.rglob("*"))
         if p.is_file() and p.name != MANIFEST
     }
@@ -73,7 +74,7 @@ def is_valid(directory: Path) -> bool:
         path = directory / name
         if not path.is_file() or path.stat().st_size != rec["size"]:
             return False
-        if _sha256(path) != rec["sha256"]:
+        if file_sha256(path) != rec["sha256"]:
             return False
     return True
 

@@ -44,6 +44,8 @@ from pathlib import Path
 
 import torch
 
+from lens._cache import file_sha256
+
 TENSORS = "tensors.safetensors"
 SIDECAR = "capture.json"
 
@@ -101,7 +103,7 @@ class Capture:
         if self.logits is not None:
             tensors["logits"] = self.logits
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(directory / TENSORS))
-        check = {TENSORS: {"bytes": (directory / TENSORS).stat().st_size, "sha256": _sha256(directory / TENSORS)}}
+        check = {TENSORS: {"bytes": (directory / TENSORS).stat().st_size, "sha256": file_sha256(directory / TENSORS)}}
         side = {"str_tokens": self.str_tokens, "meta": self.meta, "checksums": check}
         (directory / SIDECAR).write_text(json.dumps(side, indent=1))
         return directory
@@ -162,13 +164,6 @@ class CaptureFileError(ValueError):
 _NO_HEAD_AXIS = {"visible", "resid_norm", "massive_val", "massive_pos", "massive_dim", "massive_median", "pool_factor"}
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _verify(path: Path, recorded: dict | None) -> None:
     """Compare the tensor file with the size and SHA-256 that ``save`` recorded (older saves have none)."""
     if not recorded:
@@ -178,7 +173,7 @@ def _verify(path: Path, recorded: dict | None) -> None:
         what = "truncated" if size < recorded.get("bytes", 0) else "changed"
         raise CaptureFileError(f"{path} was {what} after it was saved: {size} bytes, {recorded.get('bytes')} at save "
                                f"(recorded in {SIDECAR}); re-capture, or copy it again from the original save")
-    if _sha256(path) != recorded.get("sha256"):
+    if file_sha256(path) != recorded.get("sha256"):
         raise CaptureFileError(f"{path} was changed after it was saved: its SHA-256 differs from the one recorded in "
                                f"{SIDECAR}; re-capture, or copy it again from the original save")
 

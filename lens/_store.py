@@ -16,7 +16,6 @@ recomputes the others (a truncated file fails its checksum and is never read).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -27,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from lens._cache import file_sha256
 from lens._capture_data import Capture, CaptureFileError
 
 __all__ = ["Store", "capture_dataset", "read_dataset"]
@@ -277,7 +277,7 @@ def capture_dataset(model: str, dataset: str | Path, out: str | Path, *, executo
         raise ValueError(f"--shard-size must be at least 1, got {shard_size}")
     prompts = read_dataset(dataset)
     out = Path(out)
-    sha = hashlib.sha256(Path(dataset).read_bytes()).hexdigest()
+    sha = file_sha256(Path(dataset))
     n_shards = -(-len(prompts) // shard_size)
     manifest = {"format": FORMAT, "model": model, "shard_size": shard_size, "n_inputs": len(prompts),
                 "n_shards": n_shards, "dataset": {"path": str(dataset), "sha256": sha},
