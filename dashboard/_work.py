@@ -21,7 +21,6 @@ from lens.analyzers import dormant_inputs
 # Display pooling: inputs up to this many tokens get exact patterns for every head from
 # the ``pooled`` statistic (pool factor 1); longer ones are block-averaged to this size.
 POOL_MAX = 128
-DEFAULT_MAX_TOKENS = 2048
 
 
 @dataclass
@@ -33,15 +32,26 @@ class Analysis:
     atlas: lens.Atlas
     dormant: object  # Findings from dormant_inputs
     seconds: float
+    source: str = "live text"  # or the directory of a saved capture
 
 
-def check_text(subject: lens.Subject, text: str | None, max_tokens: int) -> int:
+def token_limit(subject: lens.Subject, max_tokens: int | None = None) -> int:
+    """The longest live text: the model's context, or a lower ``--max-tokens``.
+
+    No backend sets a lower limit: on a CPU the ``auto`` backend streams keys in chunks
+    (memory linear in length), on a GPU the Triton kernels do; and ``lens.capture``
+    refuses, before the model runs, a capture whose results do not fit in memory.
+    """
+    return min(int(subject.n_ctx), int(max_tokens)) if max_tokens else int(subject.n_ctx)
+
+
+def check_text(subject: lens.Subject, text: str | None, max_tokens: int | None = None) -> int:
     """Number of tokens of ``text``; ValueError with a message for the page when it is empty or too long."""
     if text is None or not str(text).strip():
         raise ValueError("The text is empty: type or paste some text to analyze.")
     check_unicode(str(text), "The text")
     n = len(subject.tokenizer(str(text), add_special_tokens=True)["input_ids"])
-    limit = min(int(max_tokens), int(subject.n_ctx))
+    limit = token_limit(subject, max_tokens)
     if n > limit:
         why = "the model's context" if limit == subject.n_ctx else "this dashboard's limit"
         raise ValueError(f"The text has {n} tokens; {subject.name} takes at most {limit} here ({why}). "
@@ -95,6 +105,42 @@ def analyze_text(subject: lens.Subject, text: str, progress=None) -> Analysis:
         progress.update("analyzing", 1.0)
     atlas = lens.analyze(cap)
     return Analysis(text, cap, atlas, dormant_inputs(cap), time.perf_counter() - t0)
+
+
+def analyze_capture(cap: lens.Capture, source: str) -> Analysis:
+    """``lens.analyze`` of a saved Capture (no model: every analyzer reads the stored statistics).
+
+    Only the first input is shown; ``text`` is None (the tokens are in the capture).
+    """
+    import time
+
+    t0 = time.perf_counter()
+    if cap.n_inputs > 1:
+        cap = select_input(cap, 0)
+    atlas = lens.analyze(cap)
+    return Analysis(None, cap, atlas, dormant_inputs(cap), time.perf_counter() - t0, source=source)
+
+
+def select_input(cap: lens.Capture, i: int) -> lens.Capture:
+    """Input ``i`` of a Capture as a one-input Capture, cut to its real length (every per-input tensor)."""
+    n = int(cap.lengths[i])
+    stats = {}
+    for name, t in cap.stats.items():
+        t = t[i:i + 1]
+        if name in POSITION_STATS and t.shape[-1] >= n:
+            t = t[..., :n]
+        elif name in ("topk_idx", "topk_val") and t.shape[-2] >= n:
+            t = t[..., :n, :]
+        stats[name] = t
+    return lens.Capture(tokens=cap.tokens[i:i + 1, :n], lengths=cap.lengths[i:i + 1], str_tokens=[cap.str_tokens[i]],
+                        stats=stats, patterns={k: v[i:i + 1] for k, v in cap.patterns.items()},
+                        resid={k: v[i:i + 1, :n] for k, v in cap.resid.items()},
+                        logits=None if cap.logits is None else cap.logits[i:i + 1], meta=dict(cap.meta))
+
+
+#: Statistics whose last axis is a position (cut to the input's length by ``select_input``).
+POSITION_STATS = ("sink_mass", "learned_sink_mass", "sink_mass_k", "entropy", "entropy_norm", "received", "visible",
+                  "distance", "waad", "prev_token", "diag_mass", "dup_token", "induction", "value_norm", "resid_norm")
 
 
 def generate(subject: lens.Subject, prompt: str, max_new_tokens: int, progress=None) -> str:

@@ -12,6 +12,15 @@ RESULT_KEY = "result-key"  # the analysis this tab shows
 PENDING = "pending-key"  # the analysis this tab waits for
 GENERATED = "generated-text"
 PAGE_PREFIX = "page-"  # page containers: page-overview, page-attention, ...
+NAV_PREFIX = "nav-"  # navigation links: nav-overview, ...
+THEME = "theme"  # "light" | "dark", kept in the browser's local storage
+THEME_SWITCH = "theme-switch"
+PROVIDER = "mantine-provider"
+NOTIFY = "notifications"
+SOURCE = "source-select"  # what the tab shows: the live text or a saved capture
+LIMIT = "token-limit"
+PROGRESS = "analysis-progress"
+INPUT_CARD = "input-card"
 
 # overview
 OV_SUMMARY = "overview-summary"
@@ -19,6 +28,8 @@ OV_STAT = "overview-statistic"
 OV_GRID = "overview-head-grid"
 OV_MASSIVE = "overview-massive"
 OV_ENTROPY = "overview-entropy"
+OV_TABLE = "overview-head-table"
+OV_CARDS = "overview-cards"
 
 # attention
 AT_LAYER = "attention-layer"
@@ -30,6 +41,8 @@ AT_PATTERN = "attention-pattern"
 AT_STRIP = "attention-strip"
 AT_NOTE = "attention-note"
 AT_POLL = "attention-poll"
+AT_POSITIONS = "attention-positions"  # statistics along positions (WebGL, min/max decimated)
+AT_POS_STATS = "attention-position-stats"
 
 # reasoning
 RS_PROMPT = "reasoning-prompt"
@@ -87,3 +100,33 @@ PR_PENDING = "probes-pending"
 PR_KEY = "probes-key"
 PR_STATUS = "probes-status"
 PR_CURVES = "probes-curves"
+
+# runs (the DuckDB of lens run)
+RU_TABLE = "runs-table"
+RU_METRIC = "runs-metric"
+RU_COMPARE = "runs-compare"
+RU_SWEEP = "runs-sweep"
+RU_SPEC = "runs-spec"
+RU_NOTE = "runs-note"
+
+# census (a store of lens capture --dataset)
+CE_STAT = "census-statistic"
+CE_LAYER = "census-layer"
+CE_HEAD = "census-head"
+CE_DIST = "census-distributions"
+CE_DORMANT = "census-dormant-grid"
+CE_OUTLIERS = "census-outliers"
+CE_STRIP = "census-strip"
+CE_NOTE = "census-note"
+
+# runs page: the sweep heatmap's pickers, the compare note, the spec's title
+RU_SWEEP_PICK = "runs-sweep-pick"
+RU_SWEEP_X = "runs-sweep-x"
+RU_SWEEP_Y = "runs-sweep-y"
+RU_CONDITION = "runs-condition"
+RU_COMPARE_NOTE = "runs-compare-note"
+RU_SPEC_TITLE = "runs-spec-title"
+# census page: the outlier head's layer, which extremes, the token strip's caption
+CE_OUT_LAYER = "census-outlier-layer"
+CE_KIND = "census-outlier-kind"
+CE_STRIP_NOTE = "census-strip-note"

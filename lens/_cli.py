@@ -174,15 +174,28 @@ def runs_cmd(
 
 @app.command("dashboard")
 def dashboard_cmd(
-    model: str = typer.Option("smollm2", help="built-in name, model directory, .gguf file or hub id"),
+    model: str = typer.Option("smollm2", help="built-in name, model directory, .gguf file or hub id; 'none' serves "
+                                              "saved work only, with no forward pass"),
+    capture: list[Path] = typer.Option(None, exists=True, file_okay=False,
+                                       help="a capture saved with lens capture --out to open (repeat the option)"),
+    store: Path = typer.Option(None, exists=True, file_okay=False,
+                               help="a store written by lens capture --dataset, for the Census page"),
+    runs: Path = typer.Option(None, exists=True, dir_okay=False,
+                              help="the results database of lens run (default ./runs.duckdb when present)"),
+    max_tokens: int = typer.Option(None, help="cap live texts below the model's context"),
     host: str = typer.Option("127.0.0.1", help="interface to bind (127.0.0.1 = this machine only)"),
     port: int = typer.Option(8050, help="port to serve on"),
     debug: bool = typer.Option(False, help="Dash debug mode (reloader, error pop-ups)"),
 ):
-    """Serve the Dash dashboard on a model."""
+    """Serve the Dash dashboard on a model, on saved captures (--capture), a store (--store) and runs (--runs)."""
     from dashboard import serve
 
-    serve(model=model, host=host, port=port, debug=debug)
+    try:
+        serve(model=model, host=host, port=port, debug=debug, max_tokens=max_tokens, captures=capture or (),
+              store=store, runs=runs)
+    except (FileNotFoundError, ValueError) as err:  # a directory that is not a capture or a store
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
 
 
 def main() -> None:

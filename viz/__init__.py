@@ -11,12 +11,14 @@ from viz._compare import distribution_shift, next_token_comparison
 from viz._export import export, find_browser
 from viz._graphs import circuit_graph, node_layer, probe_curves
 from viz._heads import active_dormant_matrix, entropy_by_layer, head_grid
+from viz._positions import decimate, position_plot
 from viz._patterns import PatternView, attention_pattern, pattern_comparison, pattern_heatmap, pattern_view
 from viz._tokens import reasoning_profile, token_strip
 
 __all__ = [
-    "PatternView", "active_dormant_matrix", "attention_pattern", "circuit_graph", "distribution_shift",
+    "PatternView", "active_dormant_matrix", "attention_pattern", "circuit_graph", "decimate", "distribution_shift",
     "entropy_by_layer", "export", "find_browser", "head_grid", "massive_profile", "next_token_comparison",
-    "node_layer", "pattern_comparison", "pattern_heatmap", "pattern_view", "probe_curves", "reasoning_profile",
+    "node_layer", "pattern_comparison", "pattern_heatmap", "pattern_view", "position_plot", "probe_curves",
+    "reasoning_profile",
     "token_strip",
 ]

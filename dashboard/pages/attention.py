@@ -1,22 +1,26 @@
-"""Attention: one head's pattern (exact, or pooled for long inputs) with a query window, and a token strip."""
+"""Attention: one head's pattern (exact, or pooled for long inputs) with a query window, its statistics
+along positions (any length: WebGL, min/max decimated, exact on zoom) and, for inputs short enough
+to read, a token strip."""
 
 from __future__ import annotations
 
 import dash
+import dash_mantine_components as dmc
 from dash import Input, Output, dcc, html, no_update
+from dash.exceptions import PreventUpdate
 
 import lens
 import viz
+from dashboard import _ui as ui
 from dashboard import ids
-from dash.exceptions import PreventUpdate
-
-from dashboard._context import Context, labelled, placeholder, visible
+from dashboard._context import Context, visible
 from dashboard._jobs import make_key
 from dashboard._work import layer_progress
 
 PATH = "/attention"
 NAME = "Attention"
-EXACT_ROWS = 256  # a query window this short on a pooled input gets its exact rows captured
+EXACT_ROWS = 256  # a query window this short on a pooled input gets its exact rows captured (model loaded)
+STRIP_MAX = 2048  # longer inputs get no token strip (one cell per token stops being readable)
 
 # token strip value -> (label, how to read it from the tab's analysis)
 STRIP_VALUES = {
@@ -27,27 +31,51 @@ STRIP_VALUES = {
     "fai": "FAI (reasoning: attention from later tokens, global heads)",
     "waad": "WAAD (reasoning: windowed distance, local heads)",
 }
+# per-head statistics along positions offered in the positions plot
+POSITION_VALUES = ("sink_mass", "entropy_norm", "received", "distance", "prev_token", "diag_mass", "dup_token",
+                   "induction", "value_norm", "learned_sink_mass")
 
 
 def layout(ctx: Context) -> html.Div:
-    s = ctx.subject
-    num = dict(type="number", debounce=False, style={"width": "90px"})
+    # layer/head pickers are sized by the model, or by the largest saved capture when there is none
+    n_layers, n_heads = _shape(ctx)
+    window = dict(min=0, step=1, w=130, allowDecimal=False, allowNegative=False)
     return html.Div([
-        html.H3("Attention"),
-        html.Div([
-            labelled(f"layer (0-{s.n_layers - 1})", dcc.Input(id=ids.AT_LAYER, value=0, step=1, **num)),
-            labelled(f"head (0-{s.n_heads - 1})", dcc.Input(id=ids.AT_HEAD, value=0, step=1, **num)),
-            labelled("query window from", dcc.Input(id=ids.AT_START, value=None, step=1, placeholder="0", **num)),
-            labelled("to (exclusive)", dcc.Input(id=ids.AT_STOP, value=None, step=1, placeholder="end", **num)),
-            labelled("token strip", dcc.Dropdown(id=ids.AT_STRIP_VALUE, value="received", clearable=False,
-                                                 options=[{"label": v, "value": k} for k, v in STRIP_VALUES.items()]),
-                     width="380px"),
-        ]),
-        html.Div(id=ids.AT_NOTE, style={"fontSize": "13px", "color": "#555", "margin": "6px 0"}),
+        ui.card(None, dmc.Group([
+            ui.index_select(ids.AT_LAYER, n_layers, "layer", prefix="L"),
+            ui.index_select(ids.AT_HEAD, n_heads, "head", prefix="H"),
+            dmc.NumberInput(id=ids.AT_START, label="window from", placeholder="0", **window),
+            dmc.NumberInput(id=ids.AT_STOP, label="to (exclusive)", placeholder="end", **window),
+            ui.select(ids.AT_STRIP_VALUE, [(k, v) for k, v in STRIP_VALUES.items()], value="received",
+                      label="token strip", width=380),
+        ], align="flex-end", gap="md", wrap="wrap"),
+            dmc.Text(id=ids.AT_NOTE, size="sm", c="dimmed", mt=8)),
         dcc.Interval(id=ids.AT_POLL, interval=300, disabled=True),
-        dcc.Graph(id=ids.AT_PATTERN, figure=placeholder("pattern: analyze a text", 560)),
-        dcc.Graph(id=ids.AT_STRIP, figure=placeholder("token strip", 200)),
+        ui.card("Pattern", ui.graph(ids.AT_PATTERN, 560, empty="analyze a text or open a saved capture to see its "
+                                                              "patterns")),
+        ui.card("Along positions", dmc.MultiSelect(
+            id=ids.AT_POS_STATS, label="statistics of this head", value=["sink_mass", "entropy_norm"],
+            data=list(POSITION_VALUES), w=520, maxValues=4, clearable=False, mb="xs"),
+            ui.graph(ids.AT_POSITIONS, 300, empty="no input yet")),
+        ui.card("Tokens", ui.graph(ids.AT_STRIP, 220, empty="no input yet")),
     ])
+
+
+def _shape(ctx: Context) -> tuple[int, int]:
+    if ctx.subject is not None:
+        return ctx.subject.n_layers, ctx.subject.n_heads
+    shapes = [(int(s["n_layers"]), int(s["n_heads"])) for s in (_peek(i.path) for i in ctx.saved.values()) if s]
+    return (max(s[0] for s in shapes), max(s[1] for s in shapes)) if shapes else (1, 1)
+
+
+def _peek(path) -> dict | None:
+    """n_layers/n_heads from a saved capture's JSON, without reading its tensors."""
+    import json
+
+    try:
+        return json.loads((path / "capture.json").read_text())["meta"]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def strip_values(analysis, layer: int, head: int, which: str):
@@ -55,6 +83,8 @@ def strip_values(analysis, layer: int, head: int, which: str):
     cap = analysis.capture
     n = int(cap.lengths[0])
     if which in ("fai", "waad"):
+        if "preplan_anchor" not in analysis.atlas:
+            raise KeyError(f"the analysis has no {which.upper()} (preplan_anchor was skipped)")
         f = analysis.atlas["preplan_anchor"].frame
         f = f[f["input"] == 0].sort_values("pos")
         return f[which].to_numpy()[:n], which.upper() + " (all local/global heads)"
@@ -65,84 +95,173 @@ def strip_values(analysis, layer: int, head: int, which: str):
     return cap.stats[which][0, layer, head, :n], f"L{layer}H{head} {which}"
 
 
+def position_series(analysis, layer: int, head: int, names) -> dict:
+    """{label: per-position values} of one head for the positions plot (statistics the capture holds)."""
+    cap = analysis.capture
+    n = int(cap.lengths[0])
+    out = {}
+    for name in names or ():
+        if name == "received" and "received" in cap.stats and "visible" in cap.stats:
+            out["received (mean per query)"] = cap.alpha()[0, layer, head, :n]
+        elif name in cap.stats and cap.stats[name].ndim == 4:
+            out[name] = cap.stats[name][0, layer, head, :n]
+    return out
+
+
 def exact_window(ctx: Context, analysis, layer: int, head: int, window: tuple[int, int]):
     """The exact rows ``window`` of one head, from the cache or started in the background.
 
     Returns (capture or None, job key). The capture keeps only that head's pattern for
     those query rows (``lens.capture(patterns=..., pattern_window=...)``), the design's
-    way to look closely at a long input without materialising every pattern.
+    way to look closely at a long input without materialising every pattern. A saved
+    capture is re-run from its token ids, and only on the model it was captured from.
     """
     a, b = window
-    key = make_key("window", ctx.model, analysis.text, layer, head, a, b)
+    source = analysis.text if analysis.text is not None else analysis.source
+    key = make_key("window", ctx.model, source, layer, head, a, b)
     cap = ctx.jobs.get(key)
     if cap is None:
-        text = analysis.text
+        inputs = analysis.text if analysis.text is not None else analysis.capture.tokens[:, :int(analysis.capture.lengths[0])]
 
         def job(progress):
             with layer_progress(ctx.subject, progress, f"exact rows {a}-{b - 1} of L{layer}H{head}"):
-                return lens.capture(ctx.subject, text, stats=["sink_mass"], patterns=[(layer, head)],
+                return lens.capture(ctx.subject, inputs, stats=["sink_mass"], patterns=[(layer, head)],
                                     pattern_window=(a, b), value_norm=False, resid_norm=False, massive=False)
 
         ctx.jobs.submit(key, job)
     return cap, key
 
 
-def render(ctx: Context, key, layer, head, start, stop, which):
-    """(pattern figure, strip figure, note, poll disabled); the callback only forwards to this."""
+def _int(v):
+    try:
+        return None if v is None or v == "" else int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def render(ctx: Context, key, layer, head, start, stop, which, theme=None):
+    """(pattern figure, pattern style, strip figure, strip style, note, poll disabled).
+
+    A plain function: the callback only forwards to it.
+    """
     analysis = ctx.analysis(key)
+    hidden = ui.shown(None, theme)
     if analysis is None:
-        return placeholder("analyze a text to see its patterns", 560), placeholder("token strip", 200), "", True
-    s = ctx.subject
-    if layer is None or head is None:
-        return no_update, no_update, "Choose a layer and a head.", True
-    layer, head = int(layer), int(head)
-    if not (0 <= layer < s.n_layers and 0 <= head < s.n_heads):
-        return (no_update, no_update,
-                f"No head L{layer}H{head}: layers 0-{s.n_layers - 1}, heads 0-{s.n_heads - 1}.", True)
+        return (*hidden, *hidden, "", True)
     cap = analysis.capture
+    layer, head = _int(layer), _int(head)
+    if layer is None or head is None:
+        return no_update, no_update, no_update, no_update, "Choose a layer and a head.", True
+    if not (0 <= layer < cap.n_layers and 0 <= head < cap.n_heads):
+        return (no_update, no_update, no_update, no_update,
+                f"No head L{layer}H{head}: layers 0-{cap.n_layers - 1}, heads 0-{cap.n_heads - 1}.", True)
     n = int(cap.lengths[0])
     window = None
     if start is not None or stop is not None:
-        a, b = int(start or 0), min(int(stop if stop is not None else n), n)
+        a, b = _int(start) or 0, min(_int(stop) if _int(stop) is not None else n, n)
         if not 0 <= a < b:
-            return no_update, no_update, f"The window must satisfy 0 <= from < to, inside the {n} tokens.", True
+            return no_update, no_update, no_update, no_update, (
+                f"The window must satisfy 0 <= from < to, inside the {n} tokens."), True
         window = (a, b)
     pool = int(cap.stats["pool_factor"][0, layer]) if "pool_factor" in cap.stats else 1
     waiting = False
     source = cap
     if pool == 1:
-        note = f"{n} tokens; exact pattern (every cell is one query/key pair)."
-    elif window is not None and window[1] - window[0] <= EXACT_ROWS:
+        note = f"{n:,} tokens; exact pattern (every cell is one query/key pair)."
+    elif window is not None and window[1] - window[0] <= EXACT_ROWS and ctx.same_model(analysis):
         exact, _ = exact_window(ctx, analysis, layer, head, window)
         if exact is not None:
             source = exact
-            note = f"{n} tokens; exact rows {window[0]}-{window[1] - 1} of L{layer}H{head} (captured for this window)."
+            note = f"{n:,} tokens; exact rows {window[0]}-{window[1] - 1} of L{layer}H{head} (captured for this window)."
         else:
             waiting = True
-            note = (f"{n} tokens, pooled {pool}x{pool}; capturing the exact rows {window[0]}-{window[1] - 1} "
+            note = (f"{n:,} tokens, pooled {pool}x{pool}; capturing the exact rows {window[0]}-{window[1] - 1} "
                     "of this head...")
     else:
-        note = (f"{n} tokens, pooled {pool}x{pool} for display (each cell is a block mean); set a query window "
-                f"of at most {EXACT_ROWS} rows to see its exact pattern, or zoom the figure.")
+        why = (f"set a query window of at most {EXACT_ROWS} rows to see its exact pattern" if ctx.same_model(analysis)
+               else "exact rows need the model this capture was made with (start the dashboard with --model "
+                    f"{cap.meta.get('model', '?')})")
+        note = f"{n:,} tokens, pooled {pool}x{pool} for display (each cell is a block mean; zoom the figure); {why}."
     fig = viz.attention_pattern(source, layer, head, window=window)
-    values, label = strip_values(analysis, layer, head, which)
-    strip = viz.token_strip(cap.str_tokens[0][:n], values, name=label, per_row=16)
-    return fig, strip, note, not waiting
+    strip = None
+    if n <= STRIP_MAX:
+        try:
+            values, label = strip_values(analysis, layer, head, which)
+            strip = viz.token_strip(cap.str_tokens[0][:n], values, name=label, per_row=16)
+        except KeyError as err:
+            note += f" Token strip: {err.args[0]}."
+    else:
+        note += f" No token strip beyond {STRIP_MAX:,} tokens: read the positions plot (zoom in for exact values)."
+    return (*ui.shown(fig, theme, 560), *ui.shown(strip, theme), note, not waiting)
+
+
+def positions(ctx: Context, key, layer, head, names, x_range=None, theme=None):
+    """(figure, style) of the positions plot for the current head and the zoomed range."""
+    analysis = ctx.analysis(key)
+    layer, head = _int(layer), _int(head)
+    if analysis is None or layer is None or head is None:
+        return ui.shown(None, theme)
+    cap = analysis.capture
+    if not (0 <= layer < cap.n_layers and 0 <= head < cap.n_heads):
+        return ui.shown(None, theme)
+    series = position_series(analysis, layer, head, names)
+    if not series:
+        return ui.shown(None, theme)
+    fig = viz.position_plot(series, x_range=x_range, tokens=[viz_label(t) for t in cap.str_tokens[0]],
+                            title=f"L{layer}H{head} along positions")
+    return ui.shown(fig, theme, 300)
+
+
+def viz_label(tok: str) -> str:
+    from viz._common import clean
+
+    return clean(tok)
+
+
+def zoom_range(relayout: dict | None):
+    """The x range a plotly relayout event asks for, or None for the full range (autorange/reset)."""
+    if not relayout:
+        return None
+    if "xaxis.range[0]" in relayout and "xaxis.range[1]" in relayout:
+        return float(relayout["xaxis.range[0]"]), float(relayout["xaxis.range[1]"])
+    if "xaxis.range" in relayout:
+        a, b = relayout["xaxis.range"]
+        return float(a), float(b)
+    return None
 
 
 def register(app, ctx: Context) -> None:
-    @app.callback(Output(ids.AT_PATTERN, "figure"), Output(ids.AT_STRIP, "figure"), Output(ids.AT_NOTE, "children"),
-                  Output(ids.AT_POLL, "disabled"), Input(ids.AT_POLL, "n_intervals"),
+    @app.callback(Output(ids.AT_PATTERN, "figure"), Output(ids.AT_PATTERN, "style"), Output(ids.AT_STRIP, "figure"),
+                  Output(ids.AT_STRIP, "style"), Output(ids.AT_NOTE, "children"), Output(ids.AT_POLL, "disabled"),
+                  Output(ids.AT_PATTERN + "-empty", "style"), Output(ids.AT_STRIP + "-empty", "style"),
+                  Input(ids.AT_POLL, "n_intervals"),
                   Input(ids.RESULT_KEY, "data"), Input(ids.AT_LAYER, "value"), Input(ids.AT_HEAD, "value"),
                   Input(ids.AT_START, "value"), Input(ids.AT_STOP, "value"), Input(ids.AT_STRIP_VALUE, "value"),
-                  Input(ids.URL, "pathname"))
-    def _render(_tick, key, layer, head, start, stop, which, path):
+                  Input(ids.URL, "pathname"), Input(ids.THEME, "data"))
+    def _render(_tick, key, layer, head, start, stop, which, path, theme):
         if not visible(path, PATH):
             raise PreventUpdate
-        out = render(ctx, key, layer, head, start, stop, which)
-        if dash.ctx.triggered_id == ids.AT_POLL and not out[3]:  # still waiting: keep the figures drawn
-            return no_update, no_update, out[2], False
-        return out
+        out = render(ctx, key, layer, head, start, stop, which, theme)
+        if dash.ctx.triggered_id == ids.AT_POLL and not out[5]:  # still waiting: keep the figures drawn
+            return no_update, no_update, no_update, no_update, out[4], False, no_update, no_update
+        empties = [no_update if s is no_update else (ui.HIDDEN if s.get("display") == "block" else {})
+                   for s in (out[1], out[3])]
+        return (*out, *empties)
+
+    @app.callback(Output(ids.AT_POSITIONS, "figure"), Output(ids.AT_POSITIONS, "style"),
+                  Output(ids.AT_POSITIONS + "-empty", "style"),
+                  Input(ids.AT_POSITIONS, "relayoutData"), Input(ids.RESULT_KEY, "data"),
+                  Input(ids.AT_LAYER, "value"), Input(ids.AT_HEAD, "value"), Input(ids.AT_POS_STATS, "value"),
+                  Input(ids.URL, "pathname"), Input(ids.THEME, "data"))
+    def _positions(relayout, key, layer, head, names, path, theme):
+        if not visible(path, PATH):
+            raise PreventUpdate
+        x_range = zoom_range(relayout) if dash.ctx.triggered_id == ids.AT_POSITIONS else None
+        if dash.ctx.triggered_id == ids.AT_POSITIONS and x_range is None and not (relayout or {}).get(
+                "xaxis.autorange"):
+            raise PreventUpdate  # a hover or a y-only change: nothing to redraw
+        fig, style = positions(ctx, key, layer, head, names, x_range, theme)
+        return fig, style, ui.HIDDEN if style.get("display") == "block" else {}
 
     @app.callback(Output(ids.AT_LAYER, "value"), Output(ids.AT_HEAD, "value"), Output(ids.URL, "pathname"),
                   Input(ids.OV_GRID, "clickData"), prevent_initial_call=True)
@@ -150,4 +269,5 @@ def register(app, ctx: Context) -> None:
         if not click or not click.get("points"):
             return no_update, no_update, no_update
         p = click["points"][0]
-        return int(p["y"]), int(p["x"]), PATH
+        return str(int(p["y"])), str(int(p["x"])), PATH
+

@@ -1,0 +1,124 @@
+"""Shared pieces of the browser tests: serve an app in a thread, one headless chromium, read plots.
+
+Playwright drives Debian's chromium (never Playwright's own download). ``overlaps(page)``
+checks the layout: no two visible controls of the shown page may overlap.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+needs_browser = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
+                                   "(apt-get install chromium); Playwright's own browser is not used")
+
+BB_TEXT = "t03 t17 t42 t05 t11 t30 t08 t03 t21 t09 t14 t30 t02 t44 t07 t19"  # 16 tokens + <bos>
+
+
+@contextlib.contextmanager
+def served(app):
+    """Serve a Dash app on 127.0.0.1 and a free port in a thread; yields its URL."""
+    import logging
+
+    from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = make_server("127.0.0.1", 0, app.server, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        app._lens_context.jobs.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright python package")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _decode(v):
+    """Plotly's base64 typed arrays ({"dtype", "bdata", "shape"}) as nested lists; everything else as is."""
+    if isinstance(v, dict) and "bdata" in v and "dtype" in v:
+        arr = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        if v.get("shape"):
+            arr = arr.reshape([int(x) for x in str(v["shape"]).split(",")])
+        return arr.tolist()
+    if isinstance(v, dict):
+        return {k: _decode(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_decode(x) for x in v]
+    return v
+
+
+def plot_data(page, graph_id: str):
+    """The plotly traces drawn inside the dcc.Graph ``graph_id`` (as the browser holds them)."""
+    raw = page.evaluate(f"""() => JSON.parse(JSON.stringify(document.querySelector('#{graph_id} .js-plotly-plot').data,
+                                  (k, v) => ArrayBuffer.isView(v) ? Array.from(v) : v))""")
+    return _decode(raw)
+
+
+def wait_plot(page, graph_id: str, predicate: str = "true", timeout: float = 60_000):
+    """Wait until the graph has traces and ``predicate`` (JS over ``d`` = data, ``t`` = title) holds."""
+    page.wait_for_function(
+        f"""() => {{ const g = document.querySelector('#{graph_id} .js-plotly-plot');
+                   if (!g || !g.data || !g.data.length) return false;
+                   const d = g.data, t = (g.layout && g.layout.title && g.layout.title.text) || '';
+                   return {predicate}; }}""", timeout=timeout)
+
+
+def analyze(page, text: str, expect: str, timeout: float = 60_000) -> float:
+    """Type ``text``, press Analyze, wait for the overview line to contain ``expect``; seconds it took."""
+    page.fill("#text-input", text)
+    t0 = time.perf_counter()
+    page.click("#analyze-button")
+    page.wait_for_function(f"() => (document.querySelector('#overview-meta') || {{}})"
+                           f".textContent?.includes({expect!r})",
+                           timeout=timeout)
+    wait_plot(page, "overview-head-grid")
+    return time.perf_counter() - t0
+
+
+def go_to(page, name: str) -> None:
+    page.click(f"#nav-{name}")
+    page.wait_for_selector(f"#page-{name}", state="visible")
+
+
+
+def overlaps(page, scope: str = "body") -> list[str]:
+    """Pairs of visible controls (buttons, inputs, selects, switches, labels) inside ``scope`` whose boxes overlap."""
+    return page.evaluate("""(scope) => {
+        const sel = 'button, input:not([type=hidden]), textarea, select, label, .mantine-Select-root, .mantine-Switch-root';
+        const els = [...document.querySelector(scope).querySelectorAll(sel)].filter(e => {
+            const r = e.getBoundingClientRect(), s = getComputedStyle(e);
+            return r.width > 0 && r.height > 0 && s.visibility !== 'hidden' && e.offsetParent !== null; });
+        const name = e => e.id || e.getAttribute('aria-label') || (e.textContent || '').trim().slice(0, 30) || e.tagName;
+        const out = [];
+        for (let i = 0; i < els.length; i++) for (let j = i + 1; j < els.length; j++) {
+            const a = els[i], b = els[j];
+            if (a.contains(b) || b.contains(a)) continue;
+            const ra = a.closest('.mantine-InputWrapper-root'), rb = b.closest('.mantine-InputWrapper-root');
+            if (ra && ra === rb) continue;  // the parts of one Mantine input (its field, its arrows)
+            const r = a.getBoundingClientRect(), q = b.getBoundingClientRect();
+            const w = Math.min(r.right, q.right) - Math.max(r.left, q.left);
+            const h = Math.min(r.bottom, q.bottom) - Math.max(r.top, q.top);
+            if (w > 1 && h > 1) out.push(name(a) + ' / ' + name(b));
+        }
+        return out; }""", scope)
