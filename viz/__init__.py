@@ -13,6 +13,7 @@ from viz._graphs import circuit_graph, node_layer, probe_curves
 from viz._heads import active_dormant_matrix, entropy_by_layer, head_grid
 from viz._positions import decimate, position_plot
 from viz._patterns import PatternView, attention_pattern, pattern_comparison, pattern_heatmap, pattern_view
+from viz._show import show
 from viz._tokens import reasoning_profile, token_strip
 
 __all__ = [
@@ -20,5 +21,5 @@ __all__ = [
     "entropy_by_layer", "export", "find_browser", "head_grid", "massive_profile", "next_token_comparison",
     "node_layer", "pattern_comparison", "pattern_heatmap", "pattern_view", "position_plot", "probe_curves",
     "reasoning_profile",
-    "token_strip",
+    "show", "token_strip",
 ]
