@@ -2,7 +2,8 @@
 
 Same contract as ``_eager`` (the reference it is tested against): ``run(call) ->
 AttentionResult``. Pass 1 (a flash-attention forward) returns the output with the head
-edits applied, the lse, the per-row statistics and the top-k; pass 2 recomputes ``p``
+edits applied, the lse, the per-row statistics and each row's top-k candidate key spans,
+which a small kernel rescans for the exact top-k; pass 2 recomputes ``p``
 from the stored lse for the column sums (``received``) and the ``pooled`` map; it runs
 only when one of those is asked for. What is left is cheap torch on the host:
 ``visible`` (prefix sums of the query mask, or the caller's mask block by block),
@@ -50,6 +51,16 @@ FP32_DOT_PRECISION = "tf32x3"
 #: Precision of the one-hot dots that group p into pooled cells on a GPU: three tf32
 #: products give about fp32 accuracy on the tensor cores (the interpreter uses ieee).
 POOL_DOT_PRECISION = "tf32x3"
+
+
+#: Warps of the top-k rescan (one row a program, one candidate span of keys at a time).
+TOPK_WARPS = 1
+#: Keys per top-k candidate span (pass 1 keeps each row's k spans with the largest maxima,
+#: the rescan reads k spans a row); capped by pass 1's BLOCK_N. Static sm_90 cost
+#: (benchmarks/kernel_static_cost.py, d 64, n 32K, k 8): pass 1 + rescan 3.1 + 0.6 G
+#: warp-cycles at 16, 2.6 + 1.1 at 32, 2.4 + 3.9 at 64 (one candidate a tile); 16 for
+#: half the rescan's key reads of 32 at the same estimate.
+TOPK_SPAN = 16
 
 
 @dataclass(frozen=True)
@@ -103,14 +114,14 @@ def run(call: Call, *, blocks: tuple[Blocks, Blocks] | None = None) -> Attention
     out = torch.empty(b, h, nq, dv, dtype=q.dtype, device=dev)
     lse = torch.empty(b, h, nq, **f32)
     rows = torch.empty(max(1, len(slot)), b, h, nq, **f32)
-    top_v = torch.empty(b, h, nq, max(1, topk), **f32)
-    top_i = torch.empty(b, h, nq, max(1, topk), dtype=torch.long, device=dev)
+    cand = torch.empty(b, h, nq, max(1, topk), dtype=torch.int32, device=dev)  # top-k candidate spans
     bias, bias_strides = _bias(call, dummy_f)
     mask, mask_strides = _mask(call)
     qmask = call.query_mask.to(torch.uint8).contiguous() if call.query_mask is not None else mask
     tok = call.token_ids if call.token_ids is not None and want & {"dup_token", "induction"} else None
+    tok = tok.to(torch.int32) if tok is not None else None  # int32 compares: half the work of int64
     tok_strides = (tok.stride(0), tok.stride(1)) if tok is not None else (0, 0)
-    tok = tok if tok is not None else torch.zeros(1, dtype=torch.long, device=dev)
+    tok = tok if tok is not None else torch.zeros(1, dtype=torch.int32, device=dev)
     gate = call.head_gate.contiguous() if call.head_gate is not None else dummy_f
     add = call.head_add.contiguous() if call.head_add is not None else dummy_f
     sinks = (call.sinks * _k.LOG2E.value).contiguous() if call.sinks is not None else dummy_f  # base 2
@@ -125,16 +136,21 @@ def run(call: Call, *, blocks: tuple[Blocks, Blocks] | None = None) -> Attention
 
     _k.attn_rows_kernel[(triton.cdiv(nq, p1.block_m), b * h)](
         q, k, v, bias, mask, qmask, tok, gate, add, sinks,
-        out, lse, rows, top_v, top_i,
+        out, lse, rows, cand,
         *_strides3(q), *_strides3(k), *_strides3(v), *bias_strides, *mask_strides, *tok_strides,
         *shape_args,
         V_DIM=dv, BLOCK_M=p1.block_m, BLOCK_N=p1.block_n, BLOCK_DV=_pow2(dv),
         HAS_GATE=call.head_gate is not None, HAS_ADD=call.head_add is not None,
         HAS_SINKS=call.sinks is not None, SINK_K=opt.sink_k, WAAD_W=opt.window,
         **{arg: slot.get(name, -1) for name, arg in ROW_SLOTS.items()},
-        TOPK=topk, TOPK_P=max(2, _pow2(topk, 1)),
+        TOPK=topk, TOPK_P=max(2, _pow2(topk, 1)), SPAN=_span(p1),
         num_warps=p1.num_warps, num_stages=p1.num_stages, **common,
     )
+
+    top_i = top_v = None
+    if topk > 0:
+        top_v, top_i = _topk(call, q, k, lse, cand, bias, bias_strides, mask, mask_strides, qmask,
+                             shape_args, common, p1, topk)
 
     received = pooled = None
     if want & {"received", "pooled"}:
@@ -166,6 +182,27 @@ def run(call: Call, *, blocks: tuple[Blocks, Blocks] | None = None) -> Attention
             "scale": call.scale, "backend": "triton", "interpreted": INTERPRETED,
             "blocks": (p1.block_m, p1.block_n, p2.block_m, p2.block_n)}
     return AttentionResult(output=out, lse=lse, stats=stats, meta=meta)
+
+
+def _topk(call, q, k, lse, cand, bias, bias_strides, mask, mask_strides, qmask, shape_args, common,
+          p1: Blocks, topk: int) -> tuple[Tensor, Tensor]:
+    """The exact top-k: each row's k candidate spans (``_span`` keys each, chosen by pass 1) rescanned."""
+    geo = call.geo
+    b, h, nq = geo.batch, geo.heads, geo.query_pos
+    top_v = torch.empty(b, h, nq, topk, dtype=torch.float32, device=q.device)
+    top_i = torch.empty(b, h, nq, topk, dtype=torch.long, device=q.device)
+    consts = {key: val for key, val in common.items() if key not in ("UPCAST", "DOT_PREC")}
+    _k.attn_topk_kernel[(nq, b * h)](
+        q, k, bias, mask, qmask, lse, cand, top_v, top_i,
+        *_strides3(q), *_strides3(k), *bias_strides, *mask_strides, *shape_args,
+        SPAN=_span(p1), TOPK=topk, TOPK_P=max(2, _pow2(topk, 1)),
+        num_warps=TOPK_WARPS if not INTERPRETED else 1, num_stages=1, **consts,
+    )
+    return top_v, top_i
+
+
+def _span(p1: Blocks) -> int:
+    return min(TOPK_SPAN, p1.block_n)
 
 
 def _columns(call, q, k, lse, bias, bias_strides, mask, mask_strides, qmask, shape_args, common, p2: Blocks,

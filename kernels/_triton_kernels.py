@@ -1,10 +1,14 @@
-"""The two Triton programs of the fused attention-statistics backend (host side: ``_triton``).
+"""The Triton programs of the fused attention-statistics backend (host side: ``_triton``).
 
 Pass 1 (``attn_rows_kernel``) is a flash-attention forward: one program per (query block,
 batch * head), key tiles streamed, tiles the causal / sliding-window rules hide are never
 loaded. Besides the output and the log-sum-exp it carries one running accumulator per row
 statistic, rescaled by ``alpha = 2^(m - m')`` whenever the running max moves, exactly
-like ``l`` (KERNELS.md, "Pass 1"), and a running top-k of the raw scores.
+like ``l`` (KERNELS.md, "Pass 1"); sums over a few tiles only (sink tiles, the diagonal
+band) keep their own reference max instead and are rescaled once. For the top-k it keeps,
+branch-free, each row's k key spans (SPAN keys) with the largest maxima; ``attn_topk_kernel``
+then rescans only those k spans per row for the exact top-k (issue 15: the per-tile insertion loop it
+replaces cost more than every other statistic together).
 
 Pass 2 (``attn_columns_kernel``) needs the final log-sum-exp: one program per (key block,
 batch * head) keeps its K tile resident, walks the query tiles that can see it (from the
@@ -21,6 +25,7 @@ max starts at the sink logit, ``l`` keeps the REAL keys' sum, and the sink's ter
 reads the stored lse, which already includes the sink.
 Masked scores are -inf; products with them are guarded (``e > 0``) so no 0 * inf appears.
 All block sizes, flags and stat slots are constexprs: a disabled statistic costs nothing.
+Token ids arrive as int32.
 """
 
 from __future__ import annotations
@@ -78,7 +83,7 @@ def _visibility(offs_m, offs_n, pos_m, m_valid, n_valid, b, h, MASK,
 @triton.jit
 def attn_rows_kernel(
     Q, K, V, BIAS, MASK, QMASK, TOK, GATE, ADD, SINKS,
-    OUT, LSE, ROWS, TOPV, TOPI,
+    OUT, LSE, ROWS, CAND,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -95,7 +100,7 @@ def attn_rows_kernel(
     S_SINK: tl.constexpr, S_SINKK: tl.constexpr, S_ENT: tl.constexpr, S_DIST: tl.constexpr,
     S_WAAD: tl.constexpr, S_PREV: tl.constexpr, S_DIAG: tl.constexpr, S_DUP: tl.constexpr,
     S_IND: tl.constexpr, S_NVIS: tl.constexpr,
-    TOPK: tl.constexpr, TOPK_P: tl.constexpr,
+    TOPK: tl.constexpr, TOPK_P: tl.constexpr, SPAN: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     """Output, lse, row statistics and top-k for one block of query rows of one head.
@@ -143,28 +148,36 @@ def attn_rows_kernel(
         lo = (lo // BLOCK_N) * BLOCK_N
 
     zero = tl.zeros([BLOCK_M], dtype=tl.float32)
-    m_i = zero - float("inf")
+    ninf = zero - float("inf")
+    m_i = ninf
     if HAS_SINKS:  # the sink is a key every row sees first: the running max starts at it
         sink2 = tl.load(SINKS + h)  # base 2; -inf = no sink
         m_i = zero + sink2
         seen = zero  # 1 once a row has a visible real key (l may underflow under a big sink)
     l_i = zero       # sum over the REAL keys of 2^(s - m)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
-    a_sink = zero    # sum_{j = 0} e
-    a_sinkk = zero   # sum_{j < SINK_K} e
     a_ent = zero     # u = sum e (s - m)  (base 2)
     a_dist = zero    # sum e (pos - j)
-    a_waad = zero    # sum e max(W - (pos - j), 0): waad = (W l - a_waad) / l_tot
-    a_prev = zero
-    a_diag = zero
     a_dup = zero
     a_ind = zero
     n_vis = zero
-    slots = tl.arange(0, TOPK_P)
-    # Padded slots hold +inf so they are never the minimum that gets replaced.
-    top_v = tl.where(slots[None, :] < TOPK, float("-inf"), float("inf")) + tl.zeros([BLOCK_M, TOPK_P], tl.float32)
-    top_i = tl.zeros([BLOCK_M, TOPK_P], dtype=tl.int32) - 1
+    # Sums over a few tiles only (the sink tiles, the diagonal band) keep their own reference
+    # max and meet the final one once, in the epilogue: no rescaling on the other tiles.
+    a_sink = zero    # sum_{j = 0} 2^(s - m_sink)
+    a_sinkk = zero   # sum_{j < SINK_K} 2^(s - m_sink)
+    m_sink = ninf
+    a_waad = zero    # sum e max(W - (pos - j), 0) (at m_band): waad = (W l - a_waad) / l_tot
+    a_prev = zero
+    a_diag = zero
+    m_band = ninf
     BAND: tl.constexpr = WAAD_W if WAAD_W > 2 else 2
+    offs_nlf = offs_nl.to(tl.float32)
+    if TOPK > 0:
+        # Top-k candidates: per row the k key spans with the largest maxima, as (max, span index).
+        # Empty slots: -inf with distinct negative indices; padded slots: +inf, never replaced.
+        slots = tl.arange(0, TOPK_P)
+        cand_v = tl.where(slots[None, :] < TOPK, float("-inf"), float("inf")) + tl.zeros([BLOCK_M, TOPK_P], tl.float32)
+        cand_t = tl.zeros([BLOCK_M, TOPK_P], dtype=tl.int32) - 1 - slots[None, :]
 
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + offs_nl
@@ -195,18 +208,16 @@ def attn_rows_kernel(
                               stride_mb, stride_mh, stride_mm, stride_mn, SLIDE, CAUSAL, HAS_SLIDE, HAS_MASK)
             s = tl.where(vis, s, float("-inf"))
 
-        if TOPK > 0:  # the top-k wants the arg-max too: one reduction for both
-            tile_max, tile_arg = tl.max(s, 1, return_indices=True)
-        else:
-            tile_max = tl.max(s, 1)
+        tile_max = tl.max(s, 1)
         if HAS_SINKS:
             seen = tl.where(tile_max > float("-inf"), 1.0, seen)
         m_new = tl.maximum(m_i, tile_max)
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw nothing yet
         alpha = tl.exp2(m_i - m_use)
         e = tl.exp2(s - m_use[:, None])  # 0 on masked entries
+        e_sum = tl.sum(e, 1)
         l_old = l_i
-        l_i = l_i * alpha + tl.sum(e, 1)
+        l_i = l_i * alpha + e_sum
 
         if S_ENT >= 0:
             # u' = alpha (u - delta l_old) when the max moves by delta (KERNELS.md).
@@ -214,54 +225,66 @@ def attn_rows_kernel(
             a_ent = alpha * (a_ent - delta * l_old)
             a_ent += tl.sum(e * tl.where(e > 0, s - m_use[:, None], 0.0), 1)
         if S_DIST >= 0:
-            a_dist = a_dist * alpha + tl.sum(e * (pos_m[:, None] - offs_n[None, :]).to(tl.float32), 1)
+            # sum e (pos - j) = (pos - start) sum e - sum e (j - start): one FMA a score, and
+            # small numbers near the diagonal (no cancellation of pos against j).
+            a_dist = a_dist * alpha + (pos_m - start_n).to(tl.float32) * e_sum - tl.sum(e * offs_nlf[None, :], 1)
         if S_SINK >= 0 or S_SINKK >= 0:
-            a_sink = a_sink * alpha
-            a_sinkk = a_sinkk * alpha
             if start_n < SINK_K:  # sinks live in the first tile(s) only
+                r = tl.exp2(m_sink - m_use)
+                m_sink = m_use
                 if S_SINK >= 0:
-                    a_sink += tl.sum(tl.where(offs_n[None, :] == 0, e, 0.0), 1)
+                    a_sink = a_sink * r + tl.sum(tl.where(offs_n[None, :] == 0, e, 0.0), 1)
                 if S_SINKK >= 0:
-                    a_sinkk += tl.sum(tl.where(offs_n[None, :] < SINK_K, e, 0.0), 1)
+                    a_sinkk = a_sinkk * r + tl.sum(tl.where(offs_n[None, :] < SINK_K, e, 0.0), 1)
         if S_WAAD >= 0 or S_PREV >= 0 or S_DIAG >= 0:
-            a_waad = a_waad * alpha
-            a_prev = a_prev * alpha
-            a_diag = a_diag * alpha
             # min(d, W) = W - max(W - d, 0): only keys with d < W (a band) need work.
             if start_n + BLOCK_N - 1 > pos_min - BAND:
+                r = tl.exp2(m_band - m_use)
+                m_band = m_use
                 dist = pos_m[:, None] - offs_n[None, :]
                 if S_WAAD >= 0:
-                    a_waad += tl.sum(e * tl.maximum(WAAD_W - dist, 0).to(tl.float32), 1)
+                    a_waad = a_waad * r + tl.sum(e * tl.maximum(WAAD_W - dist, 0).to(tl.float32), 1)
                 if S_PREV >= 0:
-                    a_prev += tl.sum(tl.where(dist == 1, e, 0.0), 1)
+                    a_prev = a_prev * r + tl.sum(tl.where(dist == 1, e, 0.0), 1)
                 if S_DIAG >= 0:
-                    a_diag += tl.sum(tl.where(dist == 0, e, 0.0), 1)
+                    a_diag = a_diag * r + tl.sum(tl.where(dist == 0, e, 0.0), 1)
+        if S_DUP >= 0 or S_IND >= 0:
+            # Token ids are int32 (the host converts). Only tiles reaching the block's first row
+            # (and tile 0 for induction's j >= 1) need the position tests.
+            edge = start_n + BLOCK_N - 1 >= pos_min
         if S_DUP >= 0:
             tok_k = tl.load(TOK + b64 * stride_tb + offs_n * stride_tn, mask=n_valid, other=-1)
-            hit = (tok_k[None, :] == tok_q[:, None]) & (offs_n[None, :] < pos_m[:, None])
-            a_dup = a_dup * alpha + tl.sum(tl.where(hit, e, 0.0), 1)
+            part = tl.sum(tl.where(tok_k[None, :] == tok_q[:, None], e, 0.0), 1)
+            if edge:  # j < pos: the row's own key and later ones do not count
+                hit = (tok_k[None, :] == tok_q[:, None]) & (offs_n[None, :] < pos_m[:, None])
+                part = tl.sum(tl.where(hit, e, 0.0), 1)
+            a_dup = a_dup * alpha + part
         if S_IND >= 0:
             # tok_{j-1}: a shifted direct load, not an indirect one.
             tok_p = tl.load(TOK + b64 * stride_tb + (offs_n - 1) * stride_tn, mask=n_valid & (offs_n >= 1), other=-1)
-            hit = (tok_p[None, :] == tok_q[:, None]) & (offs_n[None, :] >= 1) & (offs_n[None, :] <= pos_m[:, None])
-            a_ind = a_ind * alpha + tl.sum(tl.where(hit, e, 0.0), 1)
+            part = tl.sum(tl.where(tok_p[None, :] == tok_q[:, None], e, 0.0), 1)
+            if edge | (start_n == 0):  # 1 <= j <= pos
+                hit = (tok_p[None, :] == tok_q[:, None]) & (offs_n[None, :] >= 1) & (offs_n[None, :] <= pos_m[:, None])
+                part = tl.sum(tl.where(hit, e, 0.0), 1)
+            a_ind = a_ind * alpha + part
 
         if TOPK > 0:
-            # Running top-k of raw scores (softmax is monotone per row). A tile usually adds
-            # nothing, which costs one compare of its max against the current k-th best.
-            cand = s
-            c_max = tile_max
-            arg = tile_arg  # first maximum: ties go to the lower key
-            k_min, slot = tl.min(top_v, 1, return_indices=True)
-            go = tl.max(tl.where(c_max > k_min, 1, 0), 0) > 0
-            while go:
-                take = (slots[None, :] == slot[:, None]) & (c_max > k_min)[:, None]
-                top_v = tl.where(take, c_max[:, None], top_v)
-                top_i = tl.where(take, (start_n + arg)[:, None], top_i)
-                cand = tl.where(offs_nl[None, :] == arg[:, None], float("-inf"), cand)
-                c_max, arg = tl.max(cand, 1, return_indices=True)
-                k_min, slot = tl.min(top_v, 1, return_indices=True)
-                go = tl.max(tl.where(c_max > k_min, 1, 0), 0) > 0
+            # Cut the keys into spans of SPAN (a tile or a slice of one). The row's top-k keys
+            # lie in its k spans with the largest maxima: a span holding one has max >= the k-th
+            # value, and k other spans with larger maxima (or equal ones earlier: ties go to
+            # the lower key) would each hold a better key. Keep those k (max, span) per row,
+            # branch-free; attn_topk_kernel rescans them (k * SPAN keys a row). A span enters
+            # on a strictly larger max and replaces the smallest, the latest span among equals.
+            for c in tl.static_range(BLOCK_N // SPAN):
+                if SPAN == BLOCK_N:
+                    c_max = tile_max
+                else:
+                    c_max = tl.max(tl.where((offs_nl // SPAN == c)[None, :], s, float("-inf")), 1)
+                low = tl.min(cand_v, 1)
+                last = tl.max(tl.where(cand_v == low[:, None], cand_t, -TOPK_P - 1), 1)
+                take = (cand_t == last[:, None]) & (c_max > low)[:, None]
+                cand_v = tl.where(take, c_max[:, None], cand_v)
+                cand_t = tl.where(take, start_n // SPAN + c, cand_t)
 
         v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_dv[None, :],
                     mask=n_valid[:, None] & (offs_dv[None, :] < V_DIM), other=0.0)
@@ -298,6 +321,16 @@ def attn_rows_kernel(
     if HAS_QMASK:
         ok = ok & (tl.load(QMASK + b64 * NQ + offs_m, mask=m_valid, other=0) != 0)
     w = tl.where(ok, inv_l, 0.0)  # 1/l on rows that enter the statistics, else 0
+    m_fin = tl.where(m_i == float("-inf"), 0.0, m_i)  # the last tile's m_use
+    if S_SINK >= 0 or S_SINKK >= 0:
+        r = tl.exp2(m_sink - m_fin)
+        a_sink = a_sink * r
+        a_sinkk = a_sinkk * r
+    if S_WAAD >= 0 or S_PREV >= 0 or S_DIAG >= 0:
+        r = tl.exp2(m_band - m_fin)
+        a_waad = a_waad * r
+        a_prev = a_prev * r
+        a_diag = a_diag * r
     plane = tl.num_programs(1).to(tl.int64) * NQ  # elements of one ROWS slot: b * h * q
     if S_SINK >= 0:
         tl.store(ROWS + S_SINK * plane + row, a_sink * w, mask=m_valid)
@@ -321,16 +354,80 @@ def attn_rows_kernel(
         tl.store(ROWS + S_NVIS * plane + row, n_vis, mask=m_valid)
 
     if TOPK > 0:
-        # Emit best first; among equal scores the lower key first.
-        top_v = tl.where(slots[None, :] < TOPK, top_v, float("-inf"))
-        for r in tl.static_range(TOPK):
-            best = tl.max(top_v, 1)
-            tie = top_v == best[:, None]
-            pick = tl.min(tl.where(tie, top_i, 2147483647), 1)
-            good = ok & (best > float("-inf"))
-            tl.store(TOPV + row * TOPK + r, tl.where(good, tl.exp2(best - lse2), 0.0), mask=m_valid)
-            tl.store(TOPI + row * TOPK + r, tl.where(good, pick, -1).to(tl.int64), mask=m_valid)
-            top_v = tl.where(tie & (top_i == pick[:, None]), float("-inf"), top_v)
+        tl.store(CAND + row[:, None] * TOPK + slots[None, :], cand_t, mask=m_valid[:, None] & (slots[None, :] < TOPK))
+
+
+@triton.jit
+def attn_topk_kernel(
+    Q, K, BIAS, MASK, QMASK, LSE, CAND,
+    TOPV, TOPI,
+    stride_qb, stride_qh, stride_qm,
+    stride_kb, stride_kh, stride_kn,
+    stride_bb, stride_bh, stride_bn,
+    stride_mb, stride_mh, stride_mm, stride_mn,
+    H, NQ, NK, OFFSET, SLIDE, qk_scale, softcap2,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, SPAN: tl.constexpr, BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_SLIDE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
+    HAS_QMASK: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    TOPK: tl.constexpr, TOPK_P: tl.constexpr,
+):
+    """The exact top-k of one query row from the k candidate key spans pass 1 chose (CAND).
+
+    Rescores the row's candidate spans (SPAN keys each) with the same scale, soft-cap, bias
+    and visibility rules, then takes the k best, best first, the lower key first among equal
+    scores; p = 2^(s - L) with pass 1's lse. Work per row: k spans, not the row's n keys.
+    """
+    i = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    kvh = h // GROUP
+    b64, h64, kvh64 = b.to(tl.int64), h.to(tl.int64), kvh.to(tl.int64)
+    row = bh.to(tl.int64) * NQ + i
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_sl = tl.arange(0, SPAN)
+    slots = tl.arange(0, TOPK_P)
+    offs_m = tl.zeros([1], dtype=tl.int32) + i  # the row, as a one-row tile for _visibility
+    pos_m = OFFSET + offs_m
+    m_valid = offs_m < NQ
+
+    q = tl.load(Q + b64 * stride_qb + h64 * stride_qh + i * stride_qm + offs_d, mask=offs_d < HEAD_DIM, other=0.0)
+    q = q.to(tl.float32)
+    lse = tl.load(LSE + row)
+    ok = lse > float("-inf")
+    if HAS_QMASK:
+        ok = ok & (tl.load(QMASK + b64 * NQ + i) != 0)
+    k_base = K + b64 * stride_kb + kvh64 * stride_kh
+
+    tiles = tl.load(CAND + row * TOPK + slots, mask=slots < TOPK, other=-1)
+    keys = tiles[:, None] * SPAN + offs_sl[None, :]  # [TOPK_P, SPAN]; < 0 in empty slots
+    s_all = tl.zeros([TOPK_P, SPAN], dtype=tl.float32) - float("inf")
+    for r in range(TOPK):
+        t = tl.load(CAND + row * TOPK + r)
+        offs_n = t * SPAN + offs_sl
+        n_valid = (offs_n >= 0) & (offs_n < NK)  # empty slots (t < 0) give offs_n < 0
+        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :],
+                    mask=n_valid[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+        s = tl.sum(k.to(tl.float32) * q[None, :], 1) * qk_scale
+        if HAS_SOFTCAP:
+            s = softcap2 * _tanh(s * (1.0 / softcap2))
+        if HAS_BIAS:
+            s = s + tl.load(BIAS + b64 * stride_bb + h64 * stride_bh + offs_n * stride_bn, mask=n_valid, other=0.0)
+        vis = _visibility(offs_m, offs_n, pos_m, m_valid, n_valid, b64, h64, MASK,
+                          stride_mb, stride_mh, stride_mm, stride_mn, SLIDE, CAUSAL, HAS_SLIDE, HAS_MASK)
+        s_all = tl.where(slots[:, None] == r, tl.where(vis, s[None, :], float("-inf")), s_all)
+
+    # Best first; among equal scores the lower key first.
+    v = tl.reshape(s_all, [TOPK_P * SPAN])
+    idx = tl.reshape(keys, [TOPK_P * SPAN])
+    lse2 = lse * LOG2E
+    for r in tl.static_range(TOPK):
+        best = tl.max(v, 0)
+        pick = tl.min(tl.where(v == best, idx, 2147483647), 0)
+        good = ok & (best > float("-inf"))
+        tl.store(TOPV + row * TOPK + r, tl.where(good, tl.exp2(best - lse2), 0.0))
+        tl.store(TOPI + row * TOPK + r, tl.where(good, pick, -1).to(tl.int64))
+        v = tl.where(idx == pick, float("-inf"), v)
 
 
 @triton.jit
