@@ -11,8 +11,10 @@ package:
   regs, stack   registers per thread and the stack frame (bytes; > 0 with spills) from
                 ``cuobjdump -res-usage``; STL counts local stores (spills) in the SASS.
   per iteration SASS instructions of one warp in the main loop body, the outermost backward
-                branch's span (the key-tile loop in pass 1, the query-tile loop in pass 2):
-                MUFU.EX2, MUFU (all), BAR (BAR.*), SHFL, TC (HGMMA/HMMA/WGMMA), total.
+                branch's span (the key-tile loop in pass 1, the candidate loop of the top-k
+                rescan, the query-tile loop in pass 2): MUFU.EX2, MUFU (all), BAR (BAR.*),
+                SHFL, TC (HGMMA/HMMA/WGMMA), total. "once": the instructions outside that
+                loop, run once a program (prologue, epilogue, the rescan's k selections).
                 "hot": run on every tile; "cond": regions a predicated forward branch in
                 the loop skips (the causal-mask code of the diagonal tile, the WAAD/prev/diag
                 band, the sink tile, the top-k guard), weighted by ``--cond`` (default 0:
@@ -37,17 +39,23 @@ least-squares fit of the weighted sum (optimistic: 13 rows, 7 parameters).
 Ground truth: the H200 ablation (times sdpa, n = 32K; d 64 at 9/3 heads, d 128 at 32/8),
 with the tiles it ran: "H200 default" = pass 1 64x64 on 8 warps with statistics, 128x64
 on 8 warps without, pass 2 64x64 on 8 warps (commit 31180a5); and "64x64 w4" on both
-passes (3 stages throughout). Spearman's rho between estimated cost and measured time
-over the 13 rows is printed per head size and tile config.
+passes (3 stages throughout). The ablation measured the kernels before issue 15's redesign,
+so the calibration compiles those ("old": OLD_REF's kernels/_triton*.py, read from git into
+a temporary package); Spearman's rho between their estimated cost and the measured time
+over the 13 rows is printed per head size and tile config. The current kernels ("new")
+are estimated with the same model, and every run's estimate is also given as times sdpa:
+G x the geometric mean of measured / estimated over the calibration rows of its head size.
 
 Usage:
-  python benchmarks/kernel_static_cost.py                      # d 64 and 128, both tile configs
-  python benchmarks/kernel_static_cost.py --out benchmarks/RESULTS.md
-  python benchmarks/kernel_static_cost.py --dims 64 --configs w4 --sets none entropy
+  python benchmarks/kernel_static_cost.py          # d 64 and 128: calibration, then old vs new
+  python benchmarks/kernel_static_cost.py --sensitivity --fit --out benchmarks/RESULTS.md
+  python benchmarks/kernel_static_cost.py --dims 64 --runs old:w4 new:now --sets none entropy
 Compiled kernels land in Triton's cache (~/.triton/cache): a second run is fast.
 Limitations: static counts and a throughput model: no latency chains, occupancy (registers
 limit resident warps), memory traffic, L2 or scheduling; warp divergence ignored; branch
-regions taken as never run (``--cond``); top-k trips from iid scores, not real attention;
+regions taken as never run (``--cond``); top-k trips from iid scores, not real attention
+(the old insertion loop); the top-k rescan's gathered key reads (k x SPAN keys a row, from
+L2) are not modelled;
 compiled by the installed triton, which may differ from the one the H200 ran (3.6).
 """
 
@@ -95,7 +103,7 @@ MEASURED = {
 }
 HEADS = {64: (9, 3), 128: (32, 8)}
 CONFIGS = {"default": "H200 default (p1 64x64 w8 / 128x64 w8 without stats, p2 64x64 w8)",
-           "w4": "64x64 w4 on both passes"}
+           "w4": "64x64 w4 on both passes", "now": "the wrapper's own default_blocks"}
 
 WEIGHTS = {"alu": 1.0, "mufu": 8.0, "shfl": 4.0, "bar": 16.0, "smem": 2.0, "tc": 8.0}
 TC_OPS = ("HGMMA", "HMMA", "WGMMA", "IMMA")
@@ -107,12 +115,42 @@ def _bin(tool: str) -> str:
     return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / tool)
 
 
-def capture_launches(d: int, stats, topk: int, config: str, n: int):
-    """Run kernels._triton.run on empty CPU tensors with the launches intercepted:
-    [(kernel, grid, args, kwargs)] for pass 1 and (if any) pass 2."""
+#: The kernels the H200 ablation ran, as far as the static model is concerned: the commit
+#: this tool was calibrated on (its kernels equal commit 31180a5's but for soft-capping and
+#: sinks, compiled off here). ``--kernels old`` compiles them from git.
+OLD_REF = "c41b002"
+KERNEL_NAMES = ("attn_rows_kernel", "attn_topk_kernel", "attn_columns_kernel")
+
+
+def backend(which: str):
+    """The host module ``_triton`` of the current kernels ("new") or of OLD_REF ("old"),
+    the latter written from git into a temporary package beside shims for _types/_stats."""
+    if which == "new":
+        import kernels._triton as T
+
+        return T
+    if "kernels_old" not in sys.modules:
+        root = Path(__file__).resolve().parents[1]
+        pkg = Path(tempfile.mkdtemp(prefix="static_cost_")) / "kernels_old"
+        pkg.mkdir()
+        for name in ("_triton.py", "_triton_kernels.py"):
+            src = subprocess.run(["git", "show", f"{OLD_REF}:kernels/{name}"], cwd=root, capture_output=True,
+                                 text=True, check=True).stdout
+            (pkg / name).write_text(src)
+        (pkg / "__init__.py").write_text("")
+        (pkg / "_types.py").write_text("from kernels._types import AttentionResult, Call  # noqa: F401\n")
+        (pkg / "_stats.py").write_text("from kernels._stats import pattern_rows, pool_factor  # noqa: F401\n")
+        sys.path.insert(0, str(pkg.parent))
+    import importlib
+
+    return importlib.import_module("kernels_old._triton")
+
+
+def capture_launches(d: int, stats, topk: int, config: str, n: int, which: str = "new"):
+    """Run the host wrapper's ``run`` on empty CPU tensors with the launches intercepted:
+    [(kernel, grid, args, kwargs)] for pass 1, the top-k rescan and pass 2, as launched."""
     import torch
 
-    import kernels._triton as T
     from kernels import STAT_NAMES, StatOptions
     from kernels._api import _validate
 
@@ -134,17 +172,18 @@ def capture_launches(d: int, stats, topk: int, config: str, n: int):
         def __getitem__(self, grid):
             return lambda *a, **kw: got.append((self.fn, grid, a, kw))
 
-    names = ("attn_rows_kernel", "attn_columns_kernel")
+    T = backend(which)
+    names = [nm for nm in KERNEL_NAMES if hasattr(T._k, nm)]
     saved = {nm: getattr(T._k, nm) for nm in names}
     saved_check = T._check_device
     try:
         for nm in names:
             setattr(T._k, nm, _Catch(saved[nm]))
         T._check_device = lambda dev: None
-        blocks = None
+        blocks = None  # "now": the wrapper's own default_blocks
         if config == "w4":
             blocks = (T.Blocks(64, 64, 4, 3), T.Blocks(64, 64, 4, 3))
-        else:  # the tiles the H200 run used (commit 31180a5's default_blocks)
+        elif config == "default":  # the tiles the H200 run used (commit 31180a5's default_blocks)
             first = T.Blocks(64, 64, 8, 3)
             T.run(call, blocks=(first, T.Blocks(64, 64, 8, 3)))  # probe: are row statistics on?
             kw = got[0][3]
@@ -207,8 +246,8 @@ def analyse_cubin(cubin: bytes) -> dict:
     if loops:
         outer = max(loops, key=lambda se: se[1] - se[0])
         inner = [se for se in loops if se != outer and outer[0] <= se[0] and se[1] <= outer[1]]
-    else:
-        outer, inner = (0, len(instrs) - 1), []
+    else:  # straight-line kernel: everything runs once a program
+        outer, inner = (0, -1), []
     in_inner = set()
     for s, e in inner:
         in_inner.update(range(s, e + 1))
@@ -225,9 +264,11 @@ def analyse_cubin(cubin: bytes) -> dict:
     hot = [instrs[i] for i in range(outer[0], outer[1] + 1) if i not in in_inner and i not in in_cond]
     cond = [instrs[i] for i in sorted(in_cond)]
     inner_body = [instrs[i] for i in sorted(in_inner)]
+    # Once a program: prologue and epilogue (the top-k rescan's k selection rounds live there).
+    once = [x for i, x in enumerate(instrs) if not outer[0] <= i <= outer[1]]
     return {"regs": regs, "stack": stack, "stl": sum(_op(x).startswith("STL") for x in instrs),
             "loop_found": bool(loops), "body": count(hot), "cond": count(cond), "inner": count(inner_body),
-            "n_inner": len(inner)}
+            "n_inner": len(inner), "once": count(once)}
 
 
 def _op(ins: str) -> str:
@@ -313,6 +354,8 @@ _TRIPS: dict = {}
 def trips(kernel_name: str, grid, kw: dict, n: int) -> tuple[int, float]:
     """(outer-loop iterations over the whole grid, inner-loop trips over the whole grid)."""
     heads = grid[1]
+    if kernel_name == "attn_topk_kernel":  # one row a program, a loop over its k candidate tiles
+        return grid[0] * heads * kw["TOPK"], 0.0
     if kernel_name == "attn_rows_kernel":
         bm, bn, k = kw["BLOCK_M"], kw["BLOCK_N"], kw["TOPK"]
         tiles = [-(-min(n, m0 + bm) // bn) for m0 in range(0, n, bm)]
@@ -359,7 +402,8 @@ def spearman(a, b) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dims", type=int, nargs="+", default=[64, 128], choices=[64, 128])
-    ap.add_argument("--configs", nargs="+", default=["default", "w4"], choices=list(CONFIGS))
+    ap.add_argument("--runs", nargs="+", default=["old:default", "old:w4", "old:now", "new:now"],
+                    help="kernels:tiles pairs; kernels old (OLD_REF, calibrated) or new; tiles " + ", ".join(CONFIGS))
     ap.add_argument("--sets", nargs="+", help="only these rows (labels as printed; partial match)")
     ap.add_argument("--n", type=int, default=32768, help="sequence length of the grid (ablation: 32768)")
     ap.add_argument("--cond", type=float, default=0.0,
@@ -369,6 +413,10 @@ def main() -> None:
     ap.add_argument("--fit", action="store_true", help="also fit the weights by least squares (optimistic)")
     ap.add_argument("--out", help="append the Markdown to this file")
     args = ap.parse_args()
+    runs = [tuple(r.split(":")) for r in args.runs]
+    for which, cfg in runs:
+        if which not in ("old", "new") or cfg not in CONFIGS:
+            raise SystemExit(f"--runs wants kernels:tiles with kernels old|new and tiles {'|'.join(CONFIGS)}")
     t0 = time.time()
     if args.weights:
         for item in args.weights.split(","):
@@ -389,24 +437,28 @@ def main() -> None:
     w_txt = ", ".join(f"{k} {v:g}" for k, v in WEIGHTS.items())
     emit(f"Static, sm_90 (GPUTarget cuda 90), triton {triton.__version__}, bf16, causal, batch 1, n {args.n}; "
          f"compiled on the CPU, no GPU. Counts: SASS instructions per main-loop iteration of one warp "
-         f"(hot path; cond = branch-skipped regions, weight {args.cond:g}). Pipe model: max(issue, 8 MUFU, "
-         f"4 (SHFL + LDS/STS), tensor N/2 per HGMMA) + {BAR_CYCLES:g} per BAR cycles per iteration; "
-         f"pipe G = that x warps x iterations, G warp-cycles. Weighted sum: {w_txt}.")
+         f"(hot path; cond = branch-skipped regions, weight {args.cond:g}); once = outside the main loop, "
+         f"per program. Pipe model: max(issue, 8 MUFU, 4 (SHFL + LDS/STS), tensor N/2 per HGMMA) + "
+         f"{BAR_CYCLES:g} per BAR cycles; pipe G = that x warps x (iterations, programs), G warp-cycles. "
+         f"Weighted sum: {w_txt}. Kernels: old = commit {OLD_REF} (the H200 ablation's), new = this tree.")
     summary, sens, both = [], [], {}
+    totals: dict = {}  # (d, which, cfg) -> {row index: pipe-model G}
     for d in args.dims:
-        for cfg in args.configs:
-            emit(f"\n#### d {d}, heads {HEADS[d][0]}/{HEADS[d][1]}, tiles: {CONFIGS[cfg]}\n")
-            emit("| statistics | pass | tile | regs | stack B | STL | MUFU.EX2 | MUFU | BAR | SHFL | TC | hot total "
-                 "| cond total | inner loop x trips | pipe cycles / iter | weighted / iter | pipe G | H200 x sdpa |")
-            emit("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-            costs, feats = [], []
+        for which, cfg in runs:
+            calibrating = which == "old" and cfg in MEASURED[d]
+            emit(f"\n#### d {d}, heads {HEADS[d][0]}/{HEADS[d][1]}, {which} kernels, tiles: {CONFIGS[cfg]}\n")
+            emit("| statistics | kernel | tile | regs | stack B | STL | MUFU.EX2 | MUFU | BAR | SHFL | TC | hot total "
+                 "| cond total | inner loop x trips | once total | pipe cycles / iter | weighted / iter | pipe G "
+                 "| H200 x sdpa |")
+            emit("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+            feats = []
             for idx, (label, stats, topk) in enumerate(SETS):
                 if (label, stats, topk) not in sets:
                     continue
-                parts = []  # (per-iteration counts, warps x iterations) of each launch
-                for fn, grid, a, kw in capture_launches(d, stats, topk, cfg, args.n):
+                parts = []  # (counts, warps x repetitions): per loop iteration and once per program
+                for fn, grid, a, kw in capture_launches(d, stats, topk, cfg, args.n, which):
                     name = fn.__name__ if hasattr(fn, "__name__") else fn.fn.__name__
-                    key = (name, tuple(sorted((k, str(v)) for k, v in kw.items())), tuple(
+                    key = (which, name, tuple(sorted((k, str(v)) for k, v in kw.items())), tuple(
                         getattr(x, "dtype", type(x)) for x in a))
                     if key not in cache:
                         cache[key] = analyse_cubin(compile_sm90(fn, a, kw).asm["cubin"])
@@ -415,17 +467,23 @@ def main() -> None:
                     r_inner = inner_total / outer if r["n_inner"] else 0.0  # trips per outer iteration
                     per_iter = {k2: r["body"][k2] + args.cond * r["cond"][k2] + r_inner * r["inner"][k2]
                                 for k2 in r["body"]}
+                    programs = grid[0] * grid[1]
                     parts.append((per_iter, kw["num_warps"] * outer))
+                    parts.append((r["once"], kw["num_warps"] * programs))
                     c = r["body"]
-                    tile = f"{kw['BLOCK_M']}x{kw['BLOCK_N']} w{kw['num_warps']}"
+                    tile = f"{kw.get('BLOCK_M', 1)}x{kw.get('BLOCK_N', kw.get('SPAN'))} w{kw['num_warps']}"
                     inner_txt = f"{r['inner']['total']} x {r_inner:.2f}" if r["n_inner"] else "-"
-                    emit(f"| {label} | {'1' if name == 'attn_rows_kernel' else '2'} | {tile} | {r['regs']} | "
+                    g = (pipe_cycles(per_iter) * outer + pipe_cycles(r["once"]) * programs) * kw["num_warps"]
+                    meas = f"{MEASURED[d][cfg][idx]:.2f}" if calibrating else "-"
+                    emit(f"| {label} | {KERNEL_LABEL[name]} | {tile} | {r['regs']} | "
                          f"{r['stack']} | {r['stl']} | {c['ex2']} | {c['mufu']} | {c['bar']} | {c['shfl']} | "
-                         f"{c['tc']} | {c['total']} | {r['cond']['total']} | {inner_txt} | "
-                         f"{pipe_cycles(per_iter):.0f} | {weighted(per_iter):.0f} | "
-                         f"{pipe_cycles(per_iter) * parts[-1][1] / 1e9:.2f} | {MEASURED[d][cfg][idx]:.2f} |")
+                         f"{c['tc']} | {c['total']} | {r['cond']['total']} | {inner_txt} | {r['once']['total']} | "
+                         f"{pipe_cycles(per_iter):.0f} | {weighted(per_iter):.0f} | {g / 1e9:.2f} | {meas} |")
                 feats.append((idx, parts))
-            if len(feats) >= 3:
+            totals[(d, which, cfg)] = {i: _total(p, pipe_cycles) for i, p in feats}
+            emit("\nEstimated total, G warp-cycles (pipe model), by row: " + ", ".join(
+                f"{SETS[i][0]} {_total(p, pipe_cycles) / 1e9:.1f}" for i, p in feats))
+            if calibrating and len(feats) >= 3:
                 meas = [MEASURED[d][cfg][i] for i, _ in feats]
                 rho = spearman([_total(p, pipe_cycles) for _, p in feats], meas)
                 rho_sum = spearman([_total(p, weighted) for _, p in feats], meas)
@@ -434,25 +492,48 @@ def main() -> None:
                     extra = f"; least-squares fitted weights: rho = {_fit(feats, meas):.2f}"
                 emit(f"\nSpearman rho (estimated cost vs H200 time, {len(feats)} rows): pipe model **{rho:.2f}**, "
                      f"weighted sum {rho_sum:.2f}{extra}")
-                emit("Estimated total, G warp-cycles (pipe model), by row: " + ", ".join(
-                    f"{SETS[i][0]} {_total(p, pipe_cycles) / 1e9:.1f}" for i, p in feats))
                 summary.append((d, cfg, rho, rho_sum, len(feats)))
                 both.setdefault(d, []).extend((_total(p, pipe_cycles), m) for (_, p), m in zip(feats, meas))
                 if args.sensitivity:
                     sens.append((d, cfg, feats, meas))
-    emit("\n| d | tiles | rows | Spearman rho, pipe model | Spearman rho, weighted sum |\n|---|---|---|---|---|")
-    for d, cfg, rho, rho_sum, nrows in summary:
-        emit(f"| {d} | {cfg} | {nrows} | {rho:.2f} | {rho_sum:.2f} |")
-    for d, pairs in both.items():
-        if len(pairs) > 13:  # both tile configs: one ranking over the two
-            rho_both = spearman([c for c, _ in pairs], [m for _, m in pairs])
-            emit(f"| {d} | both (pooled) | {len(pairs)} | {rho_both:.2f} | |")
+    if summary:
+        emit(f"\nCalibration: {OLD_REF}'s kernels (the H200 ablation's) against the ablation.\n")
+        emit("| d | tiles | rows | Spearman rho, pipe model | Spearman rho, weighted sum |\n|---|---|---|---|---|")
+        for d, cfg, rho, rho_sum, nrows in summary:
+            emit(f"| {d} | {cfg} | {nrows} | {rho:.2f} | {rho_sum:.2f} |")
+        for d, pairs in both.items():
+            if len(pairs) > 13:  # both tile configs: one ranking over the two
+                rho_both = spearman([c for c, _ in pairs], [m for _, m in pairs])
+                emit(f"| {d} | both (pooled) | {len(pairs)} | {rho_both:.2f} | |")
+    _estimates(totals, both, runs, emit)
     if sens:
         _sensitivity(sens, emit)
     emit(f"\n{len(cache)} kernels compiled or read from the cache; total {time.time() - t0:.0f} s")
     if args.out:
         with open(args.out, "a") as fh:
             fh.write("\n".join(lines) + "\n")
+
+
+KERNEL_LABEL = {"attn_rows_kernel": "1", "attn_topk_kernel": "top-k", "attn_columns_kernel": "2"}
+
+
+def _estimates(totals: dict, both: dict, runs, emit) -> None:
+    """Each run's estimate as times sdpa: G times the H200 seconds-per-G of the calibration rows
+    (geometric mean of measured / estimated over the ablation rows of that head size)."""
+    import math
+
+    for d, pairs in both.items():
+        scale = math.exp(sum(math.log(m / c) for c, m in pairs) / len(pairs))
+        cols = [(w, c) for w, c in runs if (d, w, c) in totals]
+        emit(f"\n#### d {d}: estimated x sdpa (pipe G x {scale * 1e9:.3f} per G, the geometric mean of the "
+             f"{len(pairs)} calibration rows' measured / estimated)\n")
+        emit("| statistics | " + " | ".join(f"{w} kernels, {c} tiles" for w, c in cols) + " | H200 measured, w4 |")
+        emit("|---|" + "---|" * (len(cols) + 1))
+        for i, (label, _, _) in enumerate(SETS):
+            if not all(i in totals[(d, w, c)] for w, c in cols):
+                continue
+            cells = [f"{totals[(d, w, c)][i] * scale:.2f}" for w, c in cols]
+            emit(f"| {label} | " + " | ".join(cells) + f" | {MEASURED[d]['w4'][i]:.2f} |")
 
 
 def _total(parts, model) -> float:
