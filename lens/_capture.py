@@ -4,6 +4,12 @@ The model's attention runs through ``kernels.attention`` (see ``lens._hook``), w
 returns each layer's output *and* the statistics asked for, and applies the edits asked
 for, in one pass. Residual-stream quantities come from forward hooks on the blocks,
 registered for the pass and removed after it, also on error.
+
+On CUDA each layer's statistics leave the device as soon as the layer is done, into pinned
+host memory (asynchronous copies, one synchronisation before the batch is assembled), with
+``topk_idx`` as int32: the device then holds the model and one layer's work, not every
+layer's statistics (issue 15: 15 GB above the model for SmolLM2 at 128K when they stayed).
+On a CPU nothing moves and ``topk_idx`` stays int64.
 """
 
 from __future__ import annotations
@@ -72,14 +78,34 @@ class _Session:
     def record(self, layer, module, value, result):
         _check_finite(self.subject, layer, result, self.query_mask)
         home = self.token_ids.device  # with a device map, layers run on several devices: gather here
-        out = {k: v.detach().to(home) for k, v in result.stats.items()}
+        out = {k: _off_device(k, v.detach(), home) for k, v in result.stats.items()}
         if "pooled" in out:
             out["pool_factor"] = torch.tensor(result.meta.get("pool_factor", 1))
         if self.value_norm:
-            out["value_norm"] = _value_norms(self.subject, module, value.detach(), self.query_mask).to(home)
+            norms = _value_norms(self.subject, module, value.detach(), self.query_mask)
+            out["value_norm"] = _off_device("value_norm", norms, home)
         self.layers[layer] = out
         if self.bar is not None:
             self.bar.update(1)
+
+
+def _off_device(name: str, t: torch.Tensor, home: torch.device) -> torch.Tensor:
+    """One layer's statistic where the capture keeps it: on CUDA a pinned host copy, filled
+    asynchronously (read only after ``_host_ready``), ``topk_idx`` as int32; elsewhere on ``home``."""
+    if t.device.type != "cuda":
+        return t.to(home)
+    if name == "topk_idx":
+        t = t.to(torch.int32)  # key positions < 2^31; half the bytes
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    return host
+
+
+def _host_ready(device: torch.device) -> None:
+    """Wait for the asynchronous device-to-host copies of ``_off_device``."""
+    if device.type == "cuda":  # with a device map, layers ran on several GPUs
+        for index in range(torch.cuda.device_count()):
+            torch.cuda.synchronize(index)
 
 
 class NonFiniteAttention(ValueError):
@@ -277,6 +303,7 @@ def capture(
                 logits = subject.model(input_ids=ids, attention_mask=mask.long() if not mask.all() else None,
                                        use_cache=False, logits_to_keep=last).logits
             logits_out.append(logits[:, -1].float().cpu())
+            _host_ready(device)
             per_batch.append(_assemble_batch(session.layers, store, subject.n_layers))
             for (l, h) in patterns:
                 heads = pattern_heads[l]

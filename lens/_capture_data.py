@@ -17,7 +17,8 @@ received           [batch, layer, head, key_pos]          column sum of attentio
 visible            [batch, layer, key_pos]                number of valid queries that can see the key
 distance           [batch, layer, head, query_pos]        mean attention distance sum_j p (i - j)
 waad               [batch, layer, head, query_pos]        sum_j p min(i - j, window)
-topk_idx/topk_val  [batch, layer, head, query_pos, k]     the k most attended keys and their weights
+topk_idx/topk_val  [batch, layer, head, query_pos, k]     the k most attended keys and their weights (topk_idx
+                                                          int64, int32 when captured on CUDA; -1 = no key)
 prev_token         [batch, layer, head, query_pos]        attention on key i-1
 diag_mass          [batch, layer, head, query_pos]        attention on key i (itself)
 dup_token          [batch, layer, head, query_pos]        attention on earlier keys with the same token
