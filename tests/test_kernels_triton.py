@@ -111,6 +111,37 @@ def test_uniform_rows_give_closed_forms():
     close(s["received"], ((pos[None, :] >= j[:, None]) / (pos + 1)[None, :]).sum(-1))
 
 
+@pytest.mark.parametrize("tile", [16, 32])
+def test_topk_from_span_maxima_keeps_the_tie_order(tile):
+    """Pass 1 keeps each row's k key spans (16 keys) with the largest maxima; a second kernel
+    rescans them. One query row, scores set by hand (s_j = val_j / 4, exact in fp32) over 96
+    keys; tile 16 holds one span, tile 32 two."""
+    nk, d = 96, 16
+    q = torch.eye(d)[0].reshape(1, 1, 1, d).to(DEVICE)
+    v = torch.randn(1, 1, nk, d, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+
+    def top(val: dict[int, float], kk: int) -> list[int]:
+        row = torch.zeros(nk)
+        for j, x in val.items():
+            row[j] = x
+        k = (row[:, None] * torch.eye(d)[0])[None, None].to(DEVICE)
+        call = make_call(q, k, v, stats=("topk_idx", "topk_val"), options=StatOptions(topk=kk))
+        got = _triton.run(call, blocks=blocks(tile))
+        # torch.topk (eager) may order tied keys either way: the values must agree, the
+        # kernels' lower-key-first order is checked against the lists below.
+        torch.testing.assert_close(got.stats["topk_val"], _eager.run(call).stats["topk_val"], atol=1e-6, rtol=0)
+        return got.stats["topk_idx"][0, 0, 0].tolist()
+
+    # Spans 0 and 1 tie at their maxima (keys 3 and 20) and fill k = 2; key 40 then beats
+    # both: the later span must leave, so the tie goes to key 3.
+    assert top({3: 5.0, 20: 5.0, 40: 7.0}, 2) == [40, 3]
+    # Span 3 holds three of the top keys; the ties at 5 fill the last slots lower key first.
+    many = {3: 5.0, 20: 5.0, 40: 7.0, 50: 9.0, 51: 8.5, 60: 8.0}
+    assert top(many, 4) == [50, 51, 60, 40]
+    assert top(many, 6) == [50, 51, 60, 40, 3, 20]
+    assert top(many, 8) == [50, 51, 60, 40, 3, 20, 0, 1]  # then the zeros, lowest keys first
+
+
 def test_head_sizes_128_and_odd():
     for d in (128, 14):
         q, k, v = qkv(1, 2, 1, 20, 23, d, seed=d)
