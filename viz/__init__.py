@@ -7,6 +7,7 @@ their shapes); ``export`` writes PNG/SVG offline through kaleido and the system 
 """
 
 from viz._activations import massive_profile
+from viz._census import head_distributions, run_comparison, sweep_heatmap
 from viz._compare import distribution_shift, next_token_comparison
 from viz._export import export, find_browser
 from viz._graphs import circuit_graph, node_layer, probe_curves
@@ -22,4 +23,5 @@ __all__ = [
     "node_layer", "pattern_comparison", "pattern_heatmap", "pattern_view", "position_plot", "probe_curves",
     "reasoning_profile",
     "show", "token_strip",
+    "head_distributions", "run_comparison", "sweep_heatmap",
 ]
