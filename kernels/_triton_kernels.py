@@ -223,7 +223,13 @@ def attn_rows_kernel(
             # u' = alpha (u - delta l_old) when the max moves by delta (KERNELS.md).
             delta = tl.where(l_old > 0, m_use - m_i, 0.0)
             a_ent = alpha * (a_ent - delta * l_old)
-            a_ent += tl.sum(e * tl.where(e > 0, s - m_use[:, None], 0.0), 1)
+            if HAS_MASK or HAS_BIAS:  # -inf scores may sit in any tile: 0 * -inf must not reach u
+                a_ent += tl.sum(e * tl.where(e > 0, s - m_use[:, None], 0.0), 1)
+            else:  # only the tiles a rule cuts hold -inf scores
+                part = tl.sum(e * (s - m_use[:, None]), 1)
+                if need:
+                    part = tl.sum(e * tl.where(e > 0, s - m_use[:, None], 0.0), 1)
+                a_ent += part
         if S_DIST >= 0:
             # sum e (pos - j) = (pos - start) sum e - sum e (j - start): one FMA a score, and
             # small numbers near the diagonal (no cancellation of pos against j).
