@@ -130,3 +130,5 @@ RU_SPEC_TITLE = "runs-spec-title"
 CE_OUT_LAYER = "census-outlier-layer"
 CE_KIND = "census-outlier-kind"
 CE_STRIP_NOTE = "census-strip-note"
+AT_ZOOM = "attention-zoom"  # the positions plot's x range, from its relayout events (clientside filter)
+RU_STAMP = "runs-table-stamp"  # which file state and metric the run list shows (redrawn only when they change)

@@ -17,12 +17,10 @@ import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
 DOCS = Path(__file__).resolve().parents[1] / "docs"
+SHOTS = DOCS / "screenshots"  # the light-theme screenshot of every page, committed
 
 needs_browser = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
                                    "(apt-get install chromium); Playwright's own browser is not used")
-
-BB_TEXT = "t03 t17 t42 t05 t11 t30 t08 t03 t21 t09 t14 t30 t02 t44 t07 t19"  # 16 tokens + <bos>
-
 
 @contextlib.contextmanager
 def served(app):
@@ -97,6 +95,7 @@ def analyze(page, text: str, expect: str, timeout: float = 60_000) -> float:
 
 
 def go_to(page, name: str) -> None:
+    """Open a page from the navigation and wait until it is the one shown."""
     page.click(f"#nav-{name}")
     page.wait_for_selector(f"#page-{name}", state="visible")
 
@@ -122,3 +121,17 @@ def overlaps(page, scope: str = "body") -> list[str]:
             if (w > 1 && h > 1) out.push(name(a) + ' / ' + name(b));
         }
         return out; }""", scope)
+
+
+def pick(page, select_id: str, label: str) -> None:
+    """Choose the option labelled ``label`` in the Mantine Select ``select_id`` (as a user would: open, click)."""
+    page.click(f"#{select_id}")
+    page.get_by_role("option", name=label, exact=True).click()
+
+
+def set_theme(page, dark: bool) -> None:
+    """Flip the header's light/dark switch to ``dark`` (figures redraw in the matching template)."""
+    if page.is_checked("#theme-switch") != dark:
+        page.click("#theme-switch", force=True)
+    page.wait_for_function("(d) => document.documentElement.getAttribute('data-mantine-color-scheme') === d",
+                           arg="dark" if dark else "light")

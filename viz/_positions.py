@@ -72,7 +72,7 @@ def position_plot(series: dict[str, object], *, x_range: tuple[float, float] | N
         hover = None
         if tokens is not None:
             hover = [tokens[int(i)] if int(i) < len(tokens) else "" for i in xs]
-        fig.add_trace(go.Scattergl(x=xs, y=ys, mode="lines", name=name, text=hover, line=dict(width=1),
+        fig.add_trace(go.Scattergl(x=xs.astype(np.int32), y=ys, mode="lines", name=name, text=hover, line=dict(width=1),
                                    hovertemplate="pos %{x}" + (" %{text}" if hover else "") + "<br>%{y:.4g}<extra>"
                                                  + name + "</extra>"))
     what = "every position" if exact else f"min and max of {buckets} slices of the range (zoom for exact values)"

@@ -51,6 +51,7 @@ def layout(ctx: Context) -> html.Div:
         ], align="flex-end", gap="md", wrap="wrap"),
             dmc.Text(id=ids.AT_NOTE, size="sm", c="dimmed", mt=8)),
         dcc.Interval(id=ids.AT_POLL, interval=300, disabled=True),
+        dcc.Store(id=ids.AT_ZOOM, storage_type="memory"),
         ui.card("Pattern", ui.graph(ids.AT_PATTERN, 560, empty="analyze a text or open a saved capture to see its "
                                                               "patterns")),
         ui.card("Along positions", dmc.MultiSelect(
@@ -218,16 +219,16 @@ def viz_label(tok: str) -> str:
     return clean(tok)
 
 
-def zoom_range(relayout: dict | None):
-    """The x range a plotly relayout event asks for, or None for the full range (autorange/reset)."""
-    if not relayout:
-        return None
-    if "xaxis.range[0]" in relayout and "xaxis.range[1]" in relayout:
-        return float(relayout["xaxis.range[0]"]), float(relayout["xaxis.range[1]"])
-    if "xaxis.range" in relayout:
-        a, b = relayout["xaxis.range"]
-        return float(a), float(b)
-    return None
+# Plotly reports every layout change (autosize, hover mode, y zoom) as a relayout event. Only a new
+# x range (or a reset) reaches the server: otherwise a later, empty event would supersede the zoom.
+ZOOM_FILTER = """function(r) {
+    const nu = window.dash_clientside.no_update;
+    if (!r) return nu;
+    if ('xaxis.range[0]' in r && 'xaxis.range[1]' in r) return [r['xaxis.range[0]'], r['xaxis.range[1]']];
+    if ('xaxis.range' in r) return r['xaxis.range'];
+    if (r['xaxis.autorange']) return null;
+    return nu;
+}"""
 
 
 def register(app, ctx: Context) -> None:
@@ -250,18 +251,18 @@ def register(app, ctx: Context) -> None:
 
     @app.callback(Output(ids.AT_POSITIONS, "figure"), Output(ids.AT_POSITIONS, "style"),
                   Output(ids.AT_POSITIONS + "-empty", "style"),
-                  Input(ids.AT_POSITIONS, "relayoutData"), Input(ids.RESULT_KEY, "data"),
+                  Input(ids.AT_ZOOM, "data"), Input(ids.RESULT_KEY, "data"),
                   Input(ids.AT_LAYER, "value"), Input(ids.AT_HEAD, "value"), Input(ids.AT_POS_STATS, "value"),
                   Input(ids.URL, "pathname"), Input(ids.THEME, "data"))
-    def _positions(relayout, key, layer, head, names, path, theme):
+    def _positions(zoom, key, layer, head, names, path, theme):
         if not visible(path, PATH):
             raise PreventUpdate
-        x_range = zoom_range(relayout) if dash.ctx.triggered_id == ids.AT_POSITIONS else None
-        if dash.ctx.triggered_id == ids.AT_POSITIONS and x_range is None and not (relayout or {}).get(
-                "xaxis.autorange"):
-            raise PreventUpdate  # a hover or a y-only change: nothing to redraw
+        x_range = tuple(zoom) if zoom and dash.ctx.triggered_id == ids.AT_ZOOM else None  # a new head: full range
         fig, style = positions(ctx, key, layer, head, names, x_range, theme)
         return fig, style, ui.HIDDEN if style.get("display") == "block" else {}
+
+    app.clientside_callback(ZOOM_FILTER, Output(ids.AT_ZOOM, "data"), Input(ids.AT_POSITIONS, "relayoutData"),
+                            prevent_initial_call=True)
 
     @app.callback(Output(ids.AT_LAYER, "value"), Output(ids.AT_HEAD, "value"), Output(ids.URL, "pathname"),
                   Input(ids.OV_GRID, "clickData"), prevent_initial_call=True)
