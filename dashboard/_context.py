@@ -170,16 +170,3 @@ def poll_job(ctx: Context, pending: str | None, what: str, done: Callable[[objec
         return None, True, pending, msg, ui.notice(f"{what} done", msg, "success")
     return None, True, no_update, "", no_update
 
-
-# --- TRANSITIONAL: the old pages' helpers, removed once every page uses dashboard._ui ----------------
-def placeholder(message: str, height: int = 320):
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
-    fig.update_layout(height=height, xaxis=dict(visible=False), yaxis=dict(visible=False))
-    return fig
-
-
-def labelled(label: str, component, width: str | None = None):
-    return ui.field(label, component, width)
