@@ -194,12 +194,17 @@ def _register_shell(app, ctx: Context) -> None:
     @app.callback(Output(ids.RESULT_KEY, "data"), Output(ids.PENDING, "data"), Output(ids.POLL, "disabled"),
                   Output(ids.MESSAGE, "children"), Output(ids.STATUS, "children"),
                   Output(ids.PROGRESS, "value"), Output(ids.PROGRESS, "style"),
-                  Output(ids.NOTIFY, "sendNotifications", allow_duplicate=True),
+                  Output(ids.NOTIFY, "sendNotifications", allow_duplicate=True), Output(ids.SOURCE, "value"),
                   Input(ids.ANALYZE, "n_clicks"), Input(ids.POLL, "n_intervals"), Input(ids.GENERATED, "data"),
                   Input(ids.SOURCE, "value"),
                   State(ids.TEXT, "value"), State(ids.PENDING, "data"), State(ids.SESSION, "data"),
                   prevent_initial_call="initial_duplicate")
     def _analyze(_clicks, _tick, generated, source, text, pending, session):
+        # a generated trace is a live text: the picker follows it (it may have shown a saved capture)
+        follow = LIVE if dash.ctx.triggered_id == ids.GENERATED and source != LIVE else no_update
+        return (*_analysis_step(_clicks, _tick, generated, source, text, pending, session), follow)
+
+    def _analysis_step(_clicks, _tick, generated, source, text, pending, session):
         trigger = dash.ctx.triggered_id
         quiet = (no_update, ui.HIDDEN, no_update)
         if trigger == ids.SOURCE or trigger is None:

@@ -132,6 +132,6 @@ def pick(page, select_id: str, label: str) -> None:
 def set_theme(page, dark: bool) -> None:
     """Flip the header's light/dark switch to ``dark`` (figures redraw in the matching template)."""
     if page.is_checked("#theme-switch") != dark:
-        page.click("#theme-switch", force=True)
+        page.dispatch_event("#theme-switch", "click")  # a notification may sit over the switch (top right)
     page.wait_for_function("(d) => document.documentElement.getAttribute('data-mantine-color-scheme') === d",
                            arg="dark" if dark else "light")
