@@ -33,6 +33,7 @@ from dashboard._work import analyze_text, check_text
 from dashboard.pages import attention, census, circuits, interventions, overview, probes, reasoning, runs
 
 PAGES = (overview, attention, reasoning, interventions, circuits, probes, runs, census)
+OWN_INPUTS = (runs, census)  # pages that read saved work of their own, not the tab's analysis: no input card
 LIVE = "live"  # the source value of the live text
 
 EXAMPLE_TEXT = {
@@ -168,13 +169,14 @@ def analyze_request(ctx: Context, text: str | None) -> tuple[str | None, str]:
 
 def _register_shell(app, ctx: Context) -> None:
     @app.callback(*[Output(ids.PAGE_PREFIX + p.NAME.lower(), "style") for p in PAGES],
-                  *[Output(ids.NAV_PREFIX + p.NAME.lower(), "active") for p in PAGES],
+                  *[Output(ids.NAV_PREFIX + p.NAME.lower(), "active") for p in PAGES], Output(ids.INPUT_CARD, "style"),
                   Input(ids.URL, "pathname"))
     def _route(path):
         path = path or "/"
         known = any(path == p.PATH for p in PAGES)
         on = [path == p.PATH or (not known and p is overview) for p in PAGES]
-        return [{"display": "block" if o else "none"} for o in on] + on
+        card = ui.HIDDEN if any(o and p in OWN_INPUTS for o, p in zip(on, PAGES)) else {}
+        return [{"display": "block" if o else "none"} for o in on] + on + [card]
 
     @app.callback(Output(ids.THEME, "data"), Output(ids.PROVIDER, "forceColorScheme"), Input(ids.THEME_SWITCH, "checked"))
     def _theme(dark):
