@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -25,10 +26,17 @@ import lens
 from lens.experiments import _db
 
 COMPLETE = _db.COMPLETE
+#: States of a run whose process may still end it (run_state's "running" and its cross-host doubt).
+LIVE_STATES = (_db.RUNNING, "interrupted (or still running)")
+LIVE_TTL_S = 10.0
 CONDITIONS = ("baseline", "edited", "delta")
 
 
 # --- runs ---------------------------------------------------------------------------------------
+_OPEN: dict = {}
+_OPEN_LOCK = threading.Lock()
+
+
 class Runs:
     """Read-only views of one runs database (``lens run --db FILE``), cached until the file changes."""
 
@@ -38,9 +46,26 @@ class Runs:
         self._stamp = None
         self._lock = threading.Lock()
 
+    @classmethod
+    def of(cls, path: str | Path) -> Runs:
+        """The reader of ``path``, one per file in the process (the layout and the callbacks share its cache)."""
+        path = Path(path).resolve()
+        with _OPEN_LOCK:
+            if path not in _OPEN:
+                _OPEN[path] = cls(path)
+            return _OPEN[path]
+
+    def stamp(self) -> list:
+        """The file's state (size and modification time of it and of its write-ahead log): the cache's key.
+
+        DuckDB appends to FILE.wal first and folds it into FILE at a checkpoint, so both are watched.
+        """
+        wal = self.path.with_name(self.path.name + ".wal")
+        return [[st.st_size, st.st_mtime_ns] for st in (self.path.stat(), wal.stat() if wal.exists() else None)
+                if st is not None]
+
     def _cached(self, key, make):
-        st = self.path.stat()
-        stamp = (st.st_size, st.st_mtime_ns)
+        stamp = self.stamp()
         with self._lock:
             if stamp != self._stamp:
                 self._cache.clear()
@@ -69,8 +94,18 @@ class Runs:
 
     def table(self, metric: str = "accuracy") -> pd.DataFrame:
         """Every run, newest first: ``list_runs``' columns (its state, delta and delta CI) plus the
-        baseline and edited CIs, the sweep values as text and the run's spec name."""
-        return self._cached(("table", metric), lambda: _runs_table(self.path, metric, self._query))
+        baseline and edited CIs, the sweep values as text and the run's spec name.
+
+        A run in progress can end without writing to the file (killed: it becomes interrupted),
+        so a list that shows one is read again after ``LIVE_TTL_S``.
+        """
+        made, df = self._cached(("table", metric), lambda: (time.monotonic(),
+                                                             _runs_table(self.path, metric, self._query)))
+        if time.monotonic() - made > LIVE_TTL_S and df["state"].isin(LIVE_STATES).any():
+            with self._lock:
+                self._cache.pop(("table", metric), None)
+            return self.table(metric)
+        return df
 
     def compare(self, run_ids) -> pd.DataFrame:
         """The summaries of complete runs as long rows (run_id, metric, condition, value, ci_low, ci_high, n).

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from _browser import DOCS, browser, needs_browser, overlaps, plot_data, served, wait_plot  # noqa: F401
 
 import lens
@@ -53,7 +52,8 @@ bootstrap = 100
 
 [sweep]
 seed = [0, 1, 2, 3, 4]
-edits = [[{ type = "scale_attention", layer = 1, factor = 0.5 }], [{ type = "scale_attention", layer = 1, factor = 2.0 }],
+edits = [[{ type = "scale_attention", layer = 1, factor = 0.5 }],
+         [{ type = "scale_attention", layer = 1, factor = 2.0 }],
          [{ type = "ablate", layer = 0 }], [{ type = "ablate", layer = 1 }]]
 """
 N_PROMPTS, SHARD = 20, 8
@@ -122,7 +122,7 @@ def shards_index(store) -> tuple[pd.DataFrame, dict[int, lens.Capture]]:
 def test_runs_table_equals_list_runs(runs_db):
     from dashboard.pages import runs as page
 
-    runs = Runs(runs_db)
+    runs = Runs.of(runs_db)
     for metric in ("accuracy", "logit_diff"):
         rows, cols = page.table(runs, metric)
         want = list_runs(runs_db, metric=metric).set_index("run_id")
@@ -150,7 +150,7 @@ def test_runs_table_equals_list_runs(runs_db):
 def test_compare_bars_equal_compare_runs(runs_db):
     from dashboard.pages import runs as page
 
-    runs = Runs(runs_db)
+    runs = Runs.of(runs_db)
     listed = list_runs(runs_db)
     a, b = listed.loc[listed["status"] == "complete", "run_id"].iloc[[0, 5]]
     fig, note = page.compare(runs, [a, b])
@@ -173,7 +173,7 @@ def test_compare_bars_equal_compare_runs(runs_db):
 def test_unfinished_runs_are_not_comparable(runs_db):
     from dashboard.pages import runs as page
 
-    runs = Runs(runs_db)
+    runs = Runs.of(runs_db)
     done = list_runs(runs_db).query("status == 'complete'")["run_id"].iloc[0]
     for bad, state in (("zz-running", "running"), ("zz-failed", "failed")):
         fig, note = page.compare(runs, [done, bad])
@@ -186,7 +186,7 @@ def test_unfinished_runs_are_not_comparable(runs_db):
 def test_sweep_heatmap_equals_sweep_table(runs_db):
     from dashboard.pages import runs as page
 
-    runs = Runs(runs_db)
+    runs = Runs.of(runs_db)
     sweeps = runs.sweeps()
     assert len(sweeps) == 1 and sweeps.iloc[0]["keys"] == ["seed", "edits"] and sweeps.iloc[0]["runs"] == 20
     label = sweeps.iloc[0]["sweep"]
@@ -211,7 +211,7 @@ def test_sweep_heatmap_equals_sweep_table(runs_db):
 def test_spec_view_shows_the_runs_toml(runs_db):
     from dashboard.pages import runs as page
 
-    runs = Runs(runs_db)
+    runs = Runs.of(runs_db)
     rid = list_runs(runs_db).query("status == 'complete'")["run_id"].iloc[0]
     title, block = page.spec_view(runs, rid)
     run = load_run(runs_db, rid)["run"]
@@ -219,6 +219,31 @@ def test_spec_view_shows_the_runs_toml(runs_db):
     assert block.code.startswith(f"# this run of the sweep: {describe_sweep(run['sweep'])}")
     title, block = page.spec_view(runs, "zz-failed")  # unfinished runs still show their spec
     assert "failed" in title and 'name = "failed-run"' in block.code
+
+
+def test_run_list_follows_the_file(runs_db, tmp_path):
+    """A run that starts while the page is open is listed on the next read (the cache watches the file)."""
+    from dashboard.pages import runs as page
+
+    db = tmp_path / "copy.duckdb"
+    shutil.copyfile(runs_db, db)
+    runs = Runs(db)
+    assert len(page.table(runs, "accuracy")[0]) == 22
+    _db.start_run(db, {"run_id": "zz-new", "created": pd.Timestamp.now(), "name": "new-run", "model": "induction",
+                       "task": "induction", "spec_toml": "", "sweep": "{}"})
+    rows, _ = page.table(runs, "accuracy")
+    assert len(rows) == 23 and rows[0]["run_id"] == "zz-new" and rows[0]["state"] == "running"
+
+
+def test_pages_say_what_is_missing():
+    from dashboard._context import Context
+    from dashboard.pages import census, runs
+
+    ctx = Context(subject=None)
+    assert "--runs FILE" in str(runs.layout(ctx).children.children)
+    assert "--store DIR" in str(census.layout(ctx).children.children)
+    ctx.runs = Path("no-such.duckdb")
+    assert "does not exist yet" in str(runs.layout(ctx).children.children)
 
 
 # --- census: plain functions --------------------------------------------------------------------
@@ -316,96 +341,114 @@ def _tick(page, grid: str, row_id: str) -> None:
     page.locator(f'#{grid} .ag-row[row-id="{row_id}"] input.ag-checkbox-input').first.click()
 
 
+@pytest.fixture(scope="module")
+def site(runs_db, store, browser):
+    """One app with both the runs database and the store (no model), served, and one browser tab on it."""
+    import dashboard
+
+    app = dashboard.create_app(None, runs=runs_db, store=store.path)
+    with served(app) as url:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            yield url, page
+        finally:
+            page.close()
+
+
 @pytest.mark.browser
 @needs_browser
-def test_runs_page_in_browser(runs_db, browser):
-    import dashboard
+def test_runs_page_in_browser(runs_db, site):
     from dashboard.pages import runs as page_mod
 
-    app = dashboard.create_app(None, runs=runs_db)
-    runs = Runs(runs_db)
+    url, page = site
+    runs = Runs.of(runs_db)
     listed = list_runs(runs_db)
     done = listed.loc[listed["status"] == "complete", "run_id"].tolist()
-    with served(app) as url:
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        t0 = time.perf_counter()
-        page.goto(url + "/runs")  # a cold open: the app's scripts load, then the page's callbacks run
-        page.wait_for_function(ROWS_AT_LEAST % ("runs-table", 20), timeout=30_000)
-        cold = time.perf_counter() - t0
-        page.goto(url)  # and from another page of the open app, as a user gets there
-        page.wait_for_selector("#nav-runs")
-        t0 = time.perf_counter()
-        page.click("#nav-runs")
-        page.wait_for_function(ROWS_AT_LEAST % ("runs-table", 20), timeout=30_000)
-        warm = time.perf_counter() - t0
-        print(f"\nRuns page: {_grid_count(page, 'runs-table')} runs listed {warm:.3f} s after clicking Runs "
-              f"(goal < 1 s); {cold:.3f} s after opening /runs in a new tab (scripts loaded too)")
-        assert _grid_count(page, "runs-table") == len(listed)
+    t0 = time.perf_counter()
+    page.goto(url + "/runs")  # a cold open: the app's scripts load, then the page's callbacks run
+    page.wait_for_function(ROWS_AT_LEAST % ("runs-table", 20), timeout=30_000)
+    cold = time.perf_counter() - t0
+    page.goto(url)  # and from another page of the open app, as a user gets there
+    page.wait_for_selector("#nav-runs")
+    page.wait_for_load_state("networkidle")
+    t0 = time.perf_counter()
+    page.click("#nav-runs")
+    page.wait_for_selector("#page-runs", state="visible")  # the shell's routing
+    shown = time.perf_counter() - t0
+    page.wait_for_function(ROWS_AT_LEAST % ("runs-table", 20), timeout=30_000)
+    warm = time.perf_counter() - t0
+    print(f"\nRuns page: {_grid_count(page, 'runs-table')} runs listed {warm:.3f} s after clicking Runs "
+          f"(goal < 1 s): the page shown after {shown:.3f} s, its rows {warm - shown:.3f} s later; "
+          f"{cold:.3f} s after opening /runs in a new tab (the app's scripts loaded too)")
+    assert _grid_count(page, "runs-table") == len(listed)
 
-        # the sweep heatmap holds the sweep's numbers
-        wait_plot(page, "runs-sweep")
-        heat = plot_data(page, "runs-sweep")[0]
-        label = runs.sweeps().iloc[0]["sweep"]
-        want = page_mod.sweep_figure(runs, label, "accuracy", "delta", "seed", "edits").to_dict()["data"][0]
-        assert heat["z"] == want["z"] and heat["x"] == want["x"]
+    # the sweep heatmap holds the sweep's numbers
+    wait_plot(page, "runs-sweep")
+    heat = plot_data(page, "runs-sweep")[0]
+    label = runs.sweeps().iloc[0]["sweep"]
+    want = page_mod.sweep_figure(runs, label, "accuracy", "delta", "seed", "edits").to_dict()["data"][0]
+    assert heat["z"] == want["z"] and heat["x"] == want["x"]
 
-        # two complete runs compared: the bars hold their summaries
-        _tick(page, "runs-table", done[0])
-        _tick(page, "runs-table", done[3])
-        wait_plot(page, "runs-compare", "d.length == 4")
-        bars = plot_data(page, "runs-compare")
-        frame = runs.compare([done[0], done[3]])
-        for t in bars:
-            rid = t["legendgroup"]
-            g = frame[(frame["run_id"] == rid) & (frame["metric"] == t["meta"])].set_index("condition")
-            assert t["y"] == pytest.approx([g.at[c, "value"] for c in t["x"]], abs=0)
-        page.wait_for_function("() => (document.querySelector('#runs-spec') || {}).textContent?.includes('[sweep]')")
-        assert overlaps(page) == []
-        _shots(page, "runs")
+    # a click on a row shows that run's spec, also for a run that failed
+    page.locator('#runs-table .ag-row[row-id="zz-failed"] [col-id="spec"]').first.click()
+    page.wait_for_function("() => (document.querySelector('#runs-spec') || {}).textContent?.includes('failed-run')")
+    assert "failed" in page.inner_text("#runs-spec-title")
 
-        # an unfinished run: refused by name, no bars
-        _tick(page, "runs-table", "zz-running")
-        page.wait_for_function("() => (document.querySelector('#runs-compare-note') || {}).textContent"
-                               "?.includes('zz-running')")
-        assert "Only complete runs can be compared" in page.inner_text("#runs-compare-note")
-        assert not page.is_visible("#runs-compare")
-        page.close()
+    # two complete runs compared: the bars hold their summaries
+    _tick(page, "runs-table", done[0])
+    _tick(page, "runs-table", done[3])
+    wait_plot(page, "runs-compare", "d.length == 4")
+    bars = plot_data(page, "runs-compare")
+    frame = runs.compare([done[0], done[3]])
+    for t in bars:
+        rid = t["legendgroup"]
+        g = frame[(frame["run_id"] == rid) & (frame["metric"] == t["meta"])].set_index("condition")
+        assert t["y"] == pytest.approx([g.at[c, "value"] for c in t["x"]], abs=0)
+    page.wait_for_function("() => (document.querySelector('#runs-spec') || {}).textContent?.includes('[sweep]')")
+    assert overlaps(page) == []
+    _shots(page, "runs")
+
+    # an unfinished run: refused by name, no bars
+    _tick(page, "runs-table", "zz-running")
+    page.wait_for_function("() => (document.querySelector('#runs-compare-note') || {}).textContent"
+                           "?.includes('zz-running')")
+    assert "Only complete runs can be compared" in page.inner_text("#runs-compare-note")
+    assert not page.is_visible("#runs-compare")
 
 
 @pytest.mark.browser
 @needs_browser
-def test_census_page_in_browser(store, shards_index, browser):
-    import dashboard
+def test_census_page_in_browser(store, shards_index, site):
     from dashboard.pages import census as page_mod
 
+    url, page = site
     frame, _ = shards_index
-    app = dashboard.create_app(None, store=store.path)
     census = Census(store)
-    with served(app) as url:
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    if page.url.startswith(url):
+        page.click("#nav-census")
+    else:  # this test alone
         page.goto(url + "/census")
-        wait_plot(page, "census-dormant-grid")
-        grid = np.array(plot_data(page, "census-dormant-grid")[0]["z"], dtype=float)
-        want = frame.assign(d=frame["dormancy"] >= 0.5).groupby(["layer", "head"])["d"].mean().unstack().to_numpy()
-        np.testing.assert_allclose(grid, want, atol=1e-12)
-        wait_plot(page, "census-distributions")
-        box = plot_data(page, "census-distributions")[0]
-        ref = page_mod.distributions(census, "dormancy", page_mod.ALL).to_dict()["data"][0]
-        assert box["median"] == pytest.approx(ref["median"], abs=0) and box["x"] == ref["x"]
+    wait_plot(page, "census-dormant-grid")
+    grid = np.array(plot_data(page, "census-dormant-grid")[0]["z"], dtype=float)
+    want = frame.assign(d=frame["dormancy"] >= 0.5).groupby(["layer", "head"])["d"].mean().unstack().to_numpy()
+    np.testing.assert_allclose(grid, want, atol=1e-12)
+    wait_plot(page, "census-distributions")
+    box = plot_data(page, "census-distributions")[0]
+    ref = page_mod.distributions(census, "dormancy", page_mod.ALL).to_dict()["data"][0]
+    assert box["median"] == pytest.approx(ref["median"], abs=0) and box["x"] == ref["x"]
 
-        # click head L1 H1 in the grid: its outliers are listed; click the first: its token strip
-        page.evaluate("""() => { const g = document.querySelector('#census-dormant-grid .js-plotly-plot');
-                                 g.emit('plotly_click', {points: [{x: 1, y: 1, curveNumber: 0}]}); }""")
-        page.wait_for_function("() => document.querySelector('#census-head').value === 'H1'")
-        page.wait_for_function(ROWS_AT_LEAST % ("census-outliers", 1))
-        rows, _ = page_mod.outliers(census, "dormancy", "1", "1", "|z| largest")
-        first = rows[0]["input"]
-        page.wait_for_selector(f'#census-outliers .ag-row[row-id="{first}"]')
-        page.locator(f'#census-outliers .ag-center-cols-container .ag-row[row-id="{first}"]').click()
-        wait_plot(page, "census-strip")
-        z = np.array([v for row in plot_data(page, "census-strip")[0]["z"] for v in row], dtype=float)
-        assert np.nanmean(z[~np.isnan(z)]) == pytest.approx(rows[0]["dormancy"], rel=1e-5)
-        assert f"input {first}" in page.inner_text("#census-strip-note")
-        assert overlaps(page) == []
-        _shots(page, "census")
-        page.close()
+    # click head L1 H1 in the grid: its outliers are listed; click the first: its token strip
+    page.evaluate("""() => { const g = document.querySelector('#census-dormant-grid .js-plotly-plot');
+                             g.emit('plotly_click', {points: [{x: 1, y: 1, curveNumber: 0}]}); }""")
+    page.wait_for_function("() => document.querySelector('#census-head').value === 'H1'")
+    page.wait_for_function(ROWS_AT_LEAST % ("census-outliers", 1))
+    rows, _ = page_mod.outliers(census, "dormancy", "1", "1", "|z| largest")
+    first = rows[0]["input"]
+    page.wait_for_selector(f'#census-outliers .ag-row[row-id="{first}"]')
+    page.locator(f'#census-outliers .ag-center-cols-container .ag-row[row-id="{first}"]').click()
+    wait_plot(page, "census-strip")
+    z = np.array([v for row in plot_data(page, "census-strip")[0]["z"] for v in row], dtype=float)
+    assert np.nanmean(z[~np.isnan(z)]) == pytest.approx(rows[0]["dormancy"], rel=1e-5)
+    assert f"input {first}" in page.inner_text("#census-strip-note")
+    assert overlaps(page) == []
+    _shots(page, "census")

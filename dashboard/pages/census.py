@@ -17,6 +17,7 @@ from dashboard import _ui as ui
 from dashboard import ids
 from dashboard._context import Context, visible
 from dashboard._saved_work import DORMANT_AT, OUTLIER_KINDS, Census
+from dashboard.pages.runs import responsive_graph
 
 PATH = "/census"
 NAME = "Census"
@@ -36,11 +37,11 @@ def layout(ctx: Context) -> html.Div:
         ui.card("Each head across inputs", dmc.Group([
             ui.select(ids.CE_STAT, [], label="statistic", width=200),
             ui.select(ids.CE_LAYER, [], label="heads of layer", width=160),
-        ], align="flex-start", mb="xs"), ui.graph(ids.CE_DIST, 380, empty="reading the store's index")),
+        ], align="flex-start", mb="xs"), responsive_graph(ids.CE_DIST, 380, empty="reading the store's index")),
         dmc.SimpleGrid([
             ui.card(f"Share of inputs on which each head is dormant (s(x) >= {DORMANT_AT})",
                     dmc.Text("click a head to list its outlier inputs", size="xs", c="dimmed"),
-                    ui.graph(ids.CE_DORMANT, 360, empty="reading the store's index")),
+                    responsive_graph(ids.CE_DORMANT, 360, empty="reading the store's index")),
             ui.card("Outlier inputs of one head", dmc.Group([
                 ui.select(ids.CE_OUT_LAYER, [], label="layer", width=110),
                 ui.select(ids.CE_HEAD, [], label="head", width=110),
@@ -51,7 +52,7 @@ def layout(ctx: Context) -> html.Div:
                 _outlier_grid()),
         ], cols={"base": 1, "lg": 2}, spacing="md"),
         ui.card("Token strip", dmc.Text(id=ids.CE_STRIP_NOTE, size="sm", c="dimmed"),
-                ui.graph(ids.CE_STRIP, 200, empty="click an outlier input above to see its tokens")),
+                responsive_graph(ids.CE_STRIP, 200, empty="click an outlier input above to see its tokens")),
     ])
 
 
@@ -181,7 +182,7 @@ def register(app, ctx: Context) -> None:
                   Output(ids.CE_STRIP + "-empty", "style"), Output(ids.CE_STRIP_NOTE, "children"),
                   Output(ids.NOTIFY, "sendNotifications", allow_duplicate=True),
                   Input(ids.CE_OUTLIERS, "selectedRows"), Input(ids.THEME, "data"),
-                  State(ids.CE_STAT, "value"), State(ids.CE_OUT_LAYER, "value"), State(ids.CE_HEAD, "value"),
+                  Input(ids.CE_STAT, "value"), Input(ids.CE_OUT_LAYER, "value"), Input(ids.CE_HEAD, "value"),
                   State(ids.URL, "pathname"), prevent_initial_call=True)
     def _strip(selected, theme, stat, layer, head, path):
         if not visible(path, PATH) or not stat or layer is None or head is None:

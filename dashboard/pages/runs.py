@@ -12,7 +12,7 @@ import threading
 import dash
 import dash_mantine_components as dmc
 import pandas as pd
-from dash import Input, Output, State, html
+from dash import Input, Output, State, dcc, html
 from dash.exceptions import PreventUpdate
 
 import viz
@@ -35,15 +35,25 @@ def layout(ctx: Context) -> html.Div:
     if ctx.runs is None or not ctx.runs.is_file():
         msg = NO_DB if ctx.runs is None else f"{ctx.runs} does not exist yet: run lens run SPEC --db {ctx.runs}."
         return html.Div(dmc.Alert(msg, title="No runs", color="gray", variant="light", id=ids.RU_NOTE))
+    runs = Runs.of(ctx.runs)
+    try:  # the list is in the page itself, so it shows at once (from the cache _warm fills at start)
+        stamp = [runs.stamp(), "accuracy"]  # before reading: a run written meanwhile is read on the next visit
+        rows, cols = table(runs, "accuracy")
+        metrics = runs.metrics() or ["accuracy"]
+    except Exception:  # noqa: BLE001 - locked or damaged: the page's callback reads it again and says why
+        rows, cols, metrics, stamp = [], [], ["accuracy"], None
+    grid = _runs_grid()
+    grid.rowData, grid.columnDefs = rows, cols
     return html.Div([
+        dcc.Store(id=ids.RU_STAMP, data=stamp),
         ui.card(f"Runs in {ctx.runs}", dmc.Group([
-            ui.select(ids.RU_METRIC, ["accuracy"], value="accuracy", label="metric", width=200),
+            ui.select(ids.RU_METRIC, metrics, value="accuracy", label="metric", width=200),
             dmc.Text(id=ids.RU_NOTE, size="xs", c="dimmed", mt=24,
                      children="tick runs to compare them; click a row to see its spec"),
-        ], align="flex-start", mb="xs"), _runs_grid()),
+        ], align="flex-start", mb="xs"), grid),
         dmc.SimpleGrid([
             ui.card("Compare runs", html.Div(id=ids.RU_COMPARE_NOTE),
-                    ui.graph(ids.RU_COMPARE, 380, empty=COMPARE_EMPTY)),
+                    responsive_graph(ids.RU_COMPARE, 380, empty=COMPARE_EMPTY)),
             ui.card("Spec", dmc.Text("click a run to see the spec it ran", id=ids.RU_SPEC_TITLE, size="sm",
                                      c="dimmed", mb="xs"),
                     html.Div(id=ids.RU_SPEC)),
@@ -53,7 +63,7 @@ def layout(ctx: Context) -> html.Div:
             ui.select(ids.RU_SWEEP_X, [], label="x: swept key", width=180),
             ui.select(ids.RU_SWEEP_Y, [], label="y: swept key", width=180),
             ui.select(ids.RU_CONDITION, CONDITIONS, value="delta", label="condition", width=140),
-        ], align="flex-start", mb="xs"), ui.graph(ids.RU_SWEEP, 420, empty="no sweep in this database yet "
+        ], align="flex-start", mb="xs"), responsive_graph(ids.RU_SWEEP, 420, empty="no sweep in this database yet "
                                                   "(a spec with a [sweep] table writes one)")),
     ])
 
@@ -69,6 +79,14 @@ def _runs_grid():
                                 "mode": "multiRow", "checkboxes": True, "headerCheckbox": False,
                                 "enableClickSelection": False}}
     return grid
+
+
+def responsive_graph(graph_id: str, height: int, empty: str):
+    """``ui.graph``, resized with its card (the Census page uses it too): plotly keeps a figure with a fixed
+    height at its first width, which is plotly's default when it is drawn into a page just made visible."""
+    box = ui.graph(graph_id, height, empty=empty)
+    box.children[-1].responsive = True
+    return box
 
 
 # --- plain render functions ---------------------------------------------------------------------
@@ -123,7 +141,7 @@ def compare(runs: Runs, run_ids: list[str], theme: str | None = None):
         frame = runs.compare(run_ids)
     except ValueError as err:
         return None, dmc.Alert(f"{err}. Only complete runs can be compared: untick it.",
-                               title="Not comparable", color="orange", variant="light", id=ids.RU_COMPARE_NOTE + "-alert")
+                               title="Not comparable", color="orange", variant="light")
     listing = runs.table("accuracy").set_index("run_id")
     labels = {r: f"{listing.at[r, 'spec']} ({r[-6:]})" if r in listing.index else r for r in run_ids}
     return viz.run_comparison(frame, labels=labels), note
@@ -182,23 +200,28 @@ def _warm(runs: Runs) -> None:
 def register(app, ctx: Context) -> None:
     if ctx.runs is None or not ctx.runs.is_file():
         return
-    runs = Runs(ctx.runs)
+    runs = Runs.of(ctx.runs)
     threading.Thread(target=_warm, args=(runs,), daemon=True, name="lens-dashboard-runs").start()
 
     @app.callback(Output(ids.RU_TABLE, "rowData"), Output(ids.RU_TABLE, "columnDefs"),
-                  Output(ids.RU_METRIC, "data"),
-                  Input(ids.URL, "pathname"), Input(ids.RU_METRIC, "value"))
-    def _table(path, metric):
+                  Output(ids.RU_METRIC, "data"), Output(ids.RU_STAMP, "data"),
+                  Input(ids.URL, "pathname"), Input(ids.RU_METRIC, "value"), State(ids.RU_STAMP, "data"))
+    def _table(path, metric, shown):
+        """Redraw the list only when the file or the metric changed since it was drawn (a redraw loses
+        the grid's scroll and sort)."""
         if not visible(path, PATH):
             raise PreventUpdate
-        metrics = runs.metrics() or ["accuracy"]
-        rows, cols = table(runs, metric or "accuracy")
-        return rows, cols, [{"value": m, "label": m} for m in metrics]
+        metric = metric or "accuracy"
+        now = [runs.stamp(), metric]
+        if shown == now:
+            raise PreventUpdate
+        rows, cols = table(runs, metric)  # (a list with a run in progress is read again every LIVE_TTL_S)
+        return rows, cols, [{"value": m, "label": m} for m in runs.metrics() or ["accuracy"]], now
 
     @app.callback(Output(ids.RU_COMPARE, "figure"), Output(ids.RU_COMPARE, "style"),
                   Output(ids.RU_COMPARE + "-empty", "style"), Output(ids.RU_COMPARE_NOTE, "children"),
                   Input(ids.RU_TABLE, "selectedRows"), Input(ids.THEME, "data"), Input(ids.URL, "pathname"))
-    def _compare(selected, theme, path):
+    def _compare(selected, theme, path):  # (the URL: a theme switched on another page applies on return)
         if not visible(path, PATH):
             raise PreventUpdate
         fig, note = compare(runs, [r["run_id"] for r in selected or []], theme)
