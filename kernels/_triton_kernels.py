@@ -497,7 +497,8 @@ def attn_columns_kernel(
     g_lo = q_lo // ROWS_PER_GROUP
     g_hi = (tl.maximum(q_hi, 0) + ROWS_PER_GROUP - 1) // ROWS_PER_GROUP
 
-    colsum = tl.zeros([BLOCK_N], dtype=tl.float32)
+    if DO_RECV:  # p summed elementwise, reduced over the rows once after the loop
+        colacc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     if DO_POOL:
         gq = tl.arange(0, GQ_P)
         gk = tl.arange(0, GK_P)
@@ -540,25 +541,28 @@ def attn_columns_kernel(
                                   stride_mb, stride_mh, stride_mm, stride_mn, SLIDE, CAUSAL, HAS_SLIDE, HAS_MASK)
                 s = tl.where(vis, s, float("-inf"))
             p = tl.exp2(s - lse2[:, None])
-            part = tl.sum(p, 0)
-            colsum += part
+            if DO_RECV:
+                colacc += p
             if DO_POOL:
-                if GQ_P == 1:
-                    rows_sum = part[None, :]
+                if GQ_P == 1 and GK_P == 1:  # the tile lies in one cell: its total, rows first
+                    cells += tl.sum(tl.sum(p, 1), 0)
                 else:
-                    row_of = (offs_m - rbase) // POOL_F
-                    onehot_q = (gq[:, None] == row_of[None, :]).to(tl.float32)  # [GQ_P, BLOCK_M]
-                    rows_sum = tl.dot(onehot_q, p, input_precision=POOL_PREC)  # [GQ_P, BLOCK_N]
-                if GK_P == 1:
-                    cells += tl.sum(rows_sum, 1)[:, None]
-                elif GQ_P == 1:
-                    cells += tl.sum(tl.trans(rows_sum) * onehot_k, 0)[None, :]
-                else:
-                    cells += tl.dot(rows_sum, onehot_k, input_precision=POOL_PREC)
+                    if GQ_P == 1:
+                        rows_sum = tl.sum(p, 0)[None, :]
+                    else:
+                        row_of = (offs_m - rbase) // POOL_F
+                        onehot_q = (gq[:, None] == row_of[None, :]).to(tl.float32)  # [GQ_P, BLOCK_M]
+                        rows_sum = tl.dot(onehot_q, p, input_precision=POOL_PREC)  # [GQ_P, BLOCK_N]
+                    if GK_P == 1:
+                        cells += tl.sum(rows_sum, 1)[:, None]
+                    elif GQ_P == 1:
+                        cells += tl.sum(tl.trans(rows_sum) * onehot_k, 0)[None, :]
+                    else:
+                        cells += tl.dot(rows_sum, onehot_k, input_precision=POOL_PREC)
         if DO_POOL:
             prow = g * GQ + gq
             pcol = cg * GK + gk
             dst = POOL + ((bh.to(tl.int64) * K_SUBS + ks) * POOL_Q + prow[:, None]) * POOL_K + pcol[None, :]
             tl.store(dst, cells, mask=((gq < GQ) & (prow < POOL_Q))[:, None] & ((gk < GK) & (pcol < POOL_K))[None, :])
     if DO_RECV:
-        tl.store(RECV + bh.to(tl.int64) * NK + offs_n, colsum, mask=n_valid)
+        tl.store(RECV + bh.to(tl.int64) * NK + offs_n, tl.sum(colacc, 0), mask=n_valid)
