@@ -372,8 +372,16 @@ def test_saved_16k_capture_opens_without_a_model(long_capture, browser, tmp_path
         assert page.locator("#overview-head-table .ag-row").count() > 0  # the per-head grid table is filled
         assert overlaps(page) == []
 
-        go_to(page, "attention")
-        pick(page, "attention-layer", "L1")
+        # clicking a head-grid cell opens that head on the Attention page
+        x, y = page.evaluate("""() => { const g = document.querySelector('#overview-head-grid .js-plotly-plot');
+            g.scrollIntoView({block: 'center'});
+            const fl = g._fullLayout, r = g.getBoundingClientRect();
+            return [r.left + fl._size.l + fl.xaxis.l2p(1), r.top + fl._size.t + fl.yaxis.l2p(1)]; }""")
+        page.mouse.click(x, y)
+        page.wait_for_selector("#page-attention", state="visible")
+        wait_plot(page, "attention-positions", "t.includes('L1H1')")
+        assert page.input_value("#attention-layer") == "L1" and page.input_value("#attention-head") == "H1"
+        pick(page, "attention-head", "H0")
         wait_plot(page, "attention-positions", "t.includes('L1H0')")
         drawn = plot_data(page, "attention-positions")
         sink = ref.stats["sink_mass"][0, 1, 0].double().numpy()
