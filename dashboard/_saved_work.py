@@ -145,10 +145,14 @@ class Runs:
             df = self._query("SELECT run_id, name, spec_path, sweep, created FROM {runs} r "
                              "WHERE sweep IS NOT NULL AND sweep NOT IN ('', '{}') ORDER BY created, run_id")
             rows = []
-            for (name, spec_path), g in df.groupby(["name", "spec_path"], sort=False, dropna=False):
+            groups = list(df.groupby(["name", "spec_path"], sort=False, dropna=False))
+            names = [name for (name, _), _ in groups]
+            for (name, spec_path), g in groups:
                 keys = list(dict.fromkeys(k for sw in g["sweep"] for k in json.loads(sw)))
-                rows.append({"sweep": f"{name} ({len(g)} runs; {', '.join(keys)})", "name": name,
-                             "spec_path": spec_path, "keys": keys, "runs": len(g)})
+                label = f"{name} ({len(g)} runs)"
+                if names.count(name) > 1:  # one name, several spec files: say which
+                    label += f", {spec_path}"
+                rows.append({"sweep": label, "name": name, "spec_path": spec_path, "keys": keys, "runs": len(g)})
             return pd.DataFrame(rows, columns=["sweep", "name", "spec_path", "keys", "runs"])
         return self._cached("sweeps", make)
 

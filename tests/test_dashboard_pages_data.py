@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from _browser import DOCS, browser, needs_browser, overlaps, plot_data, served, wait_plot  # noqa: F401
+from _browser import SHOTS, browser, needs_browser, overlaps, plot_data, served, set_theme, wait_plot  # noqa: F401
 
 import lens
 from dashboard._saved_work import Census, Runs, describe_sweep, value_label
@@ -33,7 +33,7 @@ from lens.experiments import _db, compare_runs, list_runs, load_run, load_specs,
 
 pytestmark = pytest.mark.organism
 
-SHOTS = Path(__file__).resolve().parents[1] / "test-output" / "screenshots"
+OUT = Path(__file__).resolve().parents[1] / "test-output" / "screenshots"  # both themes; the light ones to SHOTS
 SWEEP_SPEC = """\
 # Which edit hurts the induction task, and how much does it vary by seed?
 name = "induction-edits-sweep"
@@ -316,17 +316,15 @@ def test_strip_of_an_outlier_is_its_shard_row(store, shards_index):
 # --- both pages in a browser --------------------------------------------------------------------
 def _shots(page, name: str) -> None:
     """Screenshots of the shown page in the light and the dark theme; the light one also to docs/screenshots."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    for theme in ("light", "dark"):
+        set_theme(page, theme == "dark")
+        page.wait_for_timeout(500)  # figures redraw in the theme's template
+        assert overlaps(page) == [], f"overlapping controls on {name} ({theme})"
+        page.screenshot(path=str(OUT / f"{name}-{theme}.png"), full_page=True)
+    set_theme(page, False)
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page.wait_for_timeout(300)
-    page.screenshot(path=str(SHOTS / f"{name}-light.png"), full_page=True)
-    page.click("label[for=theme-switch]")
-    page.wait_for_function("() => document.documentElement.getAttribute('data-mantine-color-scheme') === 'dark'")
-    page.wait_for_timeout(600)
-    page.screenshot(path=str(SHOTS / f"{name}-dark.png"), full_page=True)
-    page.click("label[for=theme-switch]")
-    page.wait_for_function("() => document.documentElement.getAttribute('data-mantine-color-scheme') === 'light'")
-    (DOCS / "screenshots").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(SHOTS / f"{name}-light.png", DOCS / "screenshots" / f"{name}.png")
+    shutil.copyfile(OUT / f"{name}-light.png", SHOTS / f"{name}.png")
 
 
 ROWS_AT_LEAST = """() => { try { return dash_ag_grid.getApi('%s').getDisplayedRowCount() >= %d; }

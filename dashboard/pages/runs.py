@@ -158,6 +158,11 @@ def sweep_keys(runs: Runs, sweep: str | None) -> list[str]:
     return list(row.iloc[0]["keys"]) if len(row) else []
 
 
+def _sweep_name(runs: Runs, sweep: str) -> str:
+    sw = runs.sweeps()
+    return str(sw.loc[sw["sweep"] == sweep, "name"].iloc[0])
+
+
 def sweep_figure(runs: Runs, sweep: str | None, metric: str, condition: str, x: str | None, y: str | None):
     """The sweep's heatmap over swept keys x and y (one key: a single row), or None."""
     keys = sweep_keys(runs, sweep)
@@ -171,7 +176,7 @@ def sweep_figure(runs: Runs, sweep: str | None, metric: str, condition: str, x: 
         y = "_"
     grid = sweep_grid(cells, x, y)
     return viz.sweep_heatmap(grid, x=x, y="" if y == "_" else y, metric=f"{metric} ({condition})",
-                             title=f"{sweep.split(' (')[0]}: {metric} ({condition}) over {x}"
+                             title=f"{_sweep_name(runs, sweep)}: {metric} ({condition}) over {x}"
                                    + ("" if y == "_" else f" x {y}")
                                    + (f", mean over {', '.join(grid['others'])}" if grid["others"] else ""))
 
