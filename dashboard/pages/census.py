@@ -153,13 +153,14 @@ def register(app, ctx: Context) -> None:
         return (*ui.shown(fig, theme), ui.empty_style(fig))
 
     @app.callback(Output(ids.CE_DORMANT, "figure"), Output(ids.CE_DORMANT, "style"),
-                  Output(ids.CE_DORMANT + "-empty", "style"),
+                  Output(ids.CE_DORMANT + "-empty", "style"), Output(ids.CE_DORMANT + "-empty", "children"),
                   Input(ids.THEME, "data"), Input(ids.URL, "pathname"))
     def _dormant(theme, path):
         if not visible(path, PATH):
             raise PreventUpdate
         fig = dormant_grid(census) if "dormancy" in census.statistics() else None
-        return (*ui.shown(fig, theme), ui.empty_style(fig))
+        why = "this store has no dormancy column: capture it with the sink_mass statistic (lens capture --stats)"
+        return (*ui.shown(fig, theme), ui.empty_style(fig), why)
 
     @app.callback(Output(ids.CE_OUT_LAYER, "value", allow_duplicate=True),
                   Output(ids.CE_HEAD, "value", allow_duplicate=True),

@@ -185,7 +185,10 @@ def spec_view(runs: Runs, run_id: str | None):
     """(title, TOML block) of one run's spec."""
     if not run_id:
         return "click a run to see the spec it ran", None
-    text, row = runs.spec(run_id)
+    try:
+        text, row = runs.spec(run_id)
+    except ValueError as err:  # the run was removed from the file since the list was drawn
+        return str(err), None
     head = f"{row['name']} ({run_id}, {row['status']})"
     if row.get("spec_path"):
         head += f" from {row['spec_path']}"
