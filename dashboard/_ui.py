@@ -32,10 +32,15 @@ THEME = {
 
 
 def themed(fig: go.Figure, theme: str | None) -> go.Figure:
-    """``fig`` in the page's colour scheme: plotly's light or dark template, transparent paper."""
-    fig.update_layout(template=TEMPLATES.get(theme or LIGHT, TEMPLATES[LIGHT]), paper_bgcolor="rgba(0,0,0,0)")
+    """``fig`` in the page's colour scheme: plotly's light or dark template, transparent paper.
+
+    Every ``viz`` figure is built on the light template, so the light theme only clears the
+    paper: setting a template copies it into the figure, a third of a 16K Overview's
+    server time when it was done for every figure.
+    """
     if theme == DARK:
-        fig.update_layout(plot_bgcolor="#1f2023")
+        fig.update_layout(template=TEMPLATES[DARK], plot_bgcolor="#1f2023")
+    fig.update_layout(paper_bgcolor="rgba(0,0,0,0)")
     return fig
 
 
