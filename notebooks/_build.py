@@ -1,14 +1,30 @@
-"""Write the worked-analysis notebooks (``notebooks/*.ipynb``) from the cell sources below.
+"""Write the worked-analysis notebooks (``notebooks/*.ipynb``) from the cell sources below, and run them.
 
-The notebooks are committed without outputs; CI executes each one top to bottom
-(``tests/test_notebooks.py``) and a failing cell fails the build. Edit the cells here, then
-run ``python notebooks/_build.py`` to rewrite the ``.ipynb`` files (``--check`` only
-verifies that they are up to date). Each notebook is a list of ``md(...)`` and
-``code(...)`` cells; the ``SETUP`` cell is shared.
+The committed notebooks carry their executed outputs, so that a reader on GitHub sees the numbers
+and figures without running anything; their cells must be exactly the sources here.
+
+* ``python notebooks/_build.py`` rewrites the cells of every notebook whose sources changed (its
+  outputs are dropped: they no longer belong to those cells); up-to-date notebooks are untouched.
+* ``python notebooks/_build.py --execute [01 02 ...]`` runs the chosen notebooks (all by default)
+  top to bottom in a fresh kernel and writes them with their outputs. Takes minutes: SmolLM2 and
+  the organisms come from the workbench cache (``LENS_CACHE``) after the first run.
+* ``python notebooks/_build.py --from test-output/notebooks [01 ...]`` takes the copies that
+  ``pytest tests/test_notebooks.py`` executed instead of running them again (their cells must
+  match the sources).
+* ``python notebooks/_build.py --check`` fails when a notebook's cells differ from the sources.
+
+Figures are shown with ``viz.show`` (an interactive figure plus a PNG beside it, see
+``viz/_show.py``). An executed kernel embeds plotly.js (4.8 MB) once per notebook so that
+``jupyter nbconvert --execute --to html`` works offline; the committed copies load it from
+plotly's CDN instead (``commit_copy``), which keeps them small: GitHub shows the PNGs, nbviewer
+fetches the library, and JupyterLab shows the PNGs until the notebook is trusted or rerun. CI
+(``tests/test_notebooks.py``) executes every notebook and checks the committed outputs. Each
+notebook is a list of ``md(...)`` and ``code(...)`` cells; the ``SETUP`` cell is shared.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +32,8 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CELL_TIMEOUT = 900  # seconds per cell: the 8K capture of notebook 06 is the longest
 
 
 def md(text: str):
@@ -37,6 +55,7 @@ import plotly.graph_objects as go
 import torch
 
 import lens
+import viz
 from lens import analyzers as A
 
 # CI runs every notebook on 2 cores; more threads only add overhead at these sizes.
@@ -104,7 +123,7 @@ print(f"Sink_1^0.3 = {sinks.summary['sink_rate']:.1f}%   mean alpha_0 = {sinks.s
 grid = sinks.frame.pivot(index="layer", columns="head", values="sink_alpha")
 fig = px.imshow(grid, color_continuous_scale="Viridis", zmin=0, zmax=1, aspect="auto",
                 labels=dict(color="alpha_0"), title="SmolLM2: mean attention to the first token per head")
-fig.show()
+viz.show(fig)
 per_layer = pd.Series(sinks.summary["per_layer_rate"], name="Sink rate %")
 print("layers with the lowest sink rate:", per_layer.nsmallest(4).round(1).to_dict())
 assert sinks.summary["sink_rate"] > 30 and sinks.summary["mean_alpha"] > 3 * uniform
@@ -124,7 +143,7 @@ print("active-dormant heads:", dh.summary["active_dormant_heads"][:12])
 fig = px.imshow(dh.frame.pivot(index="layer", columns="head", values="dormant_share"), zmin=0, zmax=1,
                 color_continuous_scale="RdBu_r", aspect="auto", labels=dict(color="share dormant"),
                 title="share of prompts on which each head is dormant (s(x) >= 0.5)")
-fig.show()
+viz.show(fig)
 """),
     md("""
 The attention score alone does not prove a head is idle. METHODS sec 2 adds a loss check:
@@ -155,7 +174,7 @@ have the smallest ratio: attention parked on a near-zero value is a no-op.
 heads_table = atlas.to_frame()
 fig = px.scatter(heads_table, x="sink_score", y="value_drain", color="layer", log_y=True,
                  hover_data=["layer", "head"], title="sink score vs value-drain ratio, one point per head")
-fig.show()
+viz.show(fig)
 rho = heads_table[["sink_score", "value_drain"]].corr(method="spearman").iloc[0, 1]
 print(f"Spearman correlation(sink score, value-drain ratio) = {rho:.2f}")
 print("median value-drain ratio by head state:")
@@ -180,7 +199,7 @@ fig.add_scatter(x=ma.frame["layer"], y=ma.frame["top_abs"], name="largest |h| en
 fig.add_scatter(x=ma.frame["layer"], y=ma.frame["median"], name="median |h|")
 fig.add_scatter(x=rp.frame["layer"], y=rp.frame["peak_ratio"], name="||h_0|| / max_j>=1 ||h_j||")
 fig.update_layout(yaxis_type="log", xaxis_title="layer", title="SmolLM2: massive activations and residual peak")
-fig.show()
+viz.show(fig)
 """),
     md("""
 ## 2. The Bigram-Backcopy organism: ground truth
@@ -238,7 +257,7 @@ fig = px.bar(strip.melt(id_vars=["pos", "token", "trigger"], var_name="attention
              title="head (0, 0) on one sequence: at triggers (shaded) it attends the previous token")
 for p in strip.loc[strip["trigger"], "pos"]:
     fig.add_vrect(x0=p - 0.5, x1=p + 0.5, fillcolor="orange", opacity=0.25, line_width=0)
-fig.show()
+viz.show(fig)
 """),
     md("""
 ### The loss check per position, and the value drain
@@ -484,10 +503,10 @@ fig = px.line(per_head, x="checkpoint", y="entropy_norm", color="head id", facet
               labels={"checkpoint": "training step", "entropy_norm": "normalised attention entropy"},
               title=f"per-head attention entropy, same seed and lr {LR:g}")
 fig.add_hline(y=0.05, line_dash="dot", annotation_text="collapse threshold")
-fig.show()
+viz.show(fig)
 fig = px.line(table, x="step", y="max sigma(W_Q W_K^T)", color="run", log_y=True, markers=True,
               title="largest spectral norm of W_Q^h W_K^h^T: it runs away without sigmaReparam")
-fig.show()
+viz.show(fig)
 """),
     md("""
 **What to take away.** Same seed, same data, same learning rate: without the reparametrisation
@@ -551,7 +570,7 @@ print(hd.text)
 fig = px.imshow(hd.frame.pivot(index="layer", columns="head", values="distance"), aspect="auto",
                 color_continuous_scale="Viridis", labels=dict(color="D^h (tokens)"),
                 title="mean attention distance per head (local = shortest 10 %, global = longest 10 %)")
-fig.show()
+viz.show(fig)
 print("local heads: ", hd.summary["local_heads"])
 print("global heads:", hd.summary["global_heads"])
 """),
@@ -587,7 +606,7 @@ fig.add_scatter(x=anc["pos"], y=anc["fai"], mode="markers+text", text=[t.strip()
 for r in (1, 2):
     fig.add_vrect(x0=-0.5, x1=n_prompt - 0.5, fillcolor="grey", opacity=0.15, line_width=0, row=r, col=1)
 fig.update_layout(height=600, title="preplan and anchor tokens on SmolLM2's trace", xaxis2_title="position")
-fig.show()
+viz.show(fig)
 """),
     code("""
 coupling = A.anchor_coupling(pa)
@@ -703,7 +722,7 @@ fig.add_heatmap(z=ent.numpy(), colorscale="Magma", zmin=0, zmax=1, row=1, col=2)
 fig.update_yaxes(autorange="reversed", title="layer")
 fig.update_xaxes(title="head")
 fig.update_layout(title=f"SmolLM2 at T = {N}", height=500)
-fig.show()
+viz.show(fig)
 print(f"mean attention on position 0: {float(sink.mean()):.3f}; heads above 0.5: {int((sink > 0.5).sum())} "
       f"of {sink.numel()}")
 print(f"mean normalised entropy: {float(ent.mean()):.3f}")
@@ -719,7 +738,8 @@ print(atlas)
 `pooled` holds each head's pattern averaged over square blocks (the pool factor is in the
 capture): enough to see the shape (sink column, diagonal band, periodic structure) at a
 fraction of the size. Below, the head with the longest mean attention distance and the most
-local one.
+local one, pooled once more to 256 x 256 blocks for display (a panel is about 400 pixels wide;
+this keeps the notebook small).
 """),
     code("""
 dist = atlas["head_distance"].frame
@@ -731,12 +751,14 @@ print(f"pooled pattern per head: {tuple(pooled.shape[-2:])} blocks of {factor} x
 fig = make_subplots(rows=1, cols=2, subplot_titles=[
     f"layer {int(r['layer'])}, head {int(r['head'])}: D = {r['distance']:.0f} tokens" for r in (far, near)])
 for col, r in enumerate((far, near), start=1):
-    z = pooled[int(r["layer"]), int(r["head"])].double().clamp(min=1e-9).log10().numpy()
+    block = torch.nn.functional.avg_pool2d(pooled[int(r["layer"]), int(r["head"])][None].float(), 2)[0]
+    z = block.clamp(min=1e-9).log10().numpy()
     fig.add_heatmap(z=z, colorscale="Viridis", zmin=-7, zmax=0, showscale=col == 2, row=1, col=col)
 fig.update_yaxes(autorange="reversed", title="query block")
 fig.update_xaxes(title="key block")
-fig.update_layout(title="pooled attention (log10 of the block mean)", height=450)
-fig.show()
+fig.update_layout(title=f"pooled attention (log10 of the mean over blocks of {2 * factor} x {2 * factor} tokens)",
+                  height=450)
+viz.show(fig)
 """),
     md("""
 **What to take away.** An 8K capture of per-head statistics for all 270 heads needed 1.4-2.2 GiB
@@ -838,7 +860,7 @@ curve = pd.DataFrame(curve)
 print(curve.round(3).to_string(index=False))
 fig = px.line(curve, x="gamma", y=["accuracy", "logit difference"], log_x=True, markers=True,
               title="SmolLM2 sentiment: scaling attention to the first token in every head")
-fig.show()
+viz.show(fig)
 """),
     md("""
 ### ACT: the hidden sinks it targets, then the head search
@@ -934,7 +956,7 @@ grid = heads.pivot(index="layer", columns="head", values="score")
 print(grid.round(3))
 fig = px.imshow(grid, color_continuous_scale="RdBu", color_continuous_midpoint=0, text_auto=".2f",
                 title="denoising score per head (share of the logit difference restored)")
-fig.show()
+viz.show(fig)
 best = heads.loc[heads.groupby("layer")["score"].idxmax()][["layer", "head", "score"]]
 print(best.to_string(index=False))
 """),
@@ -965,11 +987,9 @@ path, strength = circuit.strongest_path()
 print("strongest path:", " -> ".join(path), f"({strength:.3f})")
 """),
     code("""
-import viz
-
 edges = circuit.to_frame().rename(columns={"sender": "source", "receiver": "target", "score": "weight"})
 fig = viz.circuit_graph(edges, title="induction circuit found by ACDC")
-fig.show()
+viz.show(fig)
 """),
     md("""
 ### 3. Path patching, and the check against ground truth
@@ -1030,19 +1050,128 @@ def build(name: str, cells) -> nbformat.NotebookNode:
     return nb
 
 
+def cell_sources(nb: nbformat.NotebookNode) -> list[tuple[str, str, str]]:
+    """What must match between a notebook and its sources here: each cell's id, type and text."""
+    return [(c.get("id", ""), c.cell_type, c.source) for c in nb.cells]
+
+
+def execute(nb: nbformat.NotebookNode, *, timeout: int = CELL_TIMEOUT) -> nbformat.NotebookNode:
+    """Run ``nb`` top to bottom in a fresh kernel, in place; a failing cell raises ``CellExecutionError``.
+
+    The kernel runs in ``notebooks/`` with this checkout first on ``PYTHONPATH`` and the caller's
+    environment otherwise (``LENS_CACHE`` included, so cached weights and organisms are reused).
+    """
+    from nbclient import NotebookClient
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
+                            resources={"metadata": {"path": str(HERE)}})
+    client.execute(env=env)
+    return nb
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def final_bar_text(nb: nbformat.NotebookNode, model_id: str) -> str | None:
+    """A tqdm widget bar's last state as text ("Loading weights: 100%|##########| 272/272 [...]").
+
+    An output's ``text/plain`` is the bar as first drawn (0 %); its last state lives only in the
+    widget state that nbclient saves in the notebook's metadata. Returns "" for a bar hidden when
+    it closed (tqdm's ``leave=False``), None when the output is not a tqdm bar.
+    """
+    import html
+
+    state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+
+    def model(ref: str) -> dict:
+        return state.get(ref.removeprefix("IPY_MODEL_"), {})
+
+    box = model(model_id)
+    if box.get("model_name") != "HBoxModel":
+        return None
+    if model(box["state"].get("layout", "")).get("state", {}).get("visibility") == "hidden":
+        return ""
+    parts = []
+    for ref in box["state"].get("children", []):
+        child = model(ref)
+        value = child.get("state", {})
+        if child.get("model_name") == "HTMLModel":
+            parts.append(html.unescape(value.get("value", "")).replace("\u2007", " "))  # tqdm pads with figure spaces
+        elif child.get("model_name") == "FloatProgressModel":
+            filled = round(10 * value.get("value", 0) / (value.get("max") or 1))
+            parts.append("|" + "#" * filled + " " * (10 - filled) + "|")
+    return "".join(parts)
+
+
+def commit_copy(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """The executed notebook as committed.
+
+    The embedded plotly.js is replaced by a CDN <script> (4.8 MB less per notebook). Progress
+    bars are shown as a reader without widgets (GitHub) would want them: a bar hidden when it
+    closed is left out, as it is in a live notebook, and the others' plain-text form shows where
+    they ended, not their first frame (0 %).
+    """
+    from viz._show import LIBRARY, OUTPUT_KEY, plotlyjs_cdn_html
+
+    nb = nbformat.from_dict(nb)
+    for cell in nb.cells:
+        kept = []
+        for out in cell.get("outputs", []):
+            if out.get("metadata", {}).get(OUTPUT_KEY) == LIBRARY:
+                out["data"]["text/html"] = plotlyjs_cdn_html()
+            if WIDGET_VIEW in out.get("data", {}):
+                text = final_bar_text(nb, out["data"][WIDGET_VIEW]["model_id"])
+                if text == "":
+                    continue
+                if text:
+                    out["data"]["text/plain"] = text
+            kept.append(out)
+        if cell.cell_type == "code":
+            cell.outputs = kept
+    return nb
+
+
+def write(path: Path, nb: nbformat.NotebookNode) -> None:
+    path.write_text(nbformat.writes(nb) + "\n")
+
+
 def main(argv: list[str]) -> int:
-    check = "--check" in argv
+    check, run = "--check" in argv, "--execute" in argv
+    adopt = Path(argv[argv.index("--from") + 1]) if "--from" in argv else None
+    chosen = [a for a in argv if not a.startswith("--") and (adopt is None or Path(a) != adopt)]
     stale = []
     for name, cells in NOTEBOOKS.items():
         path = HERE / name
-        text = nbformat.writes(build(name, cells)) + "\n"
+        built = build(name, cells)
+        current = nbformat.read(path, as_version=4) if path.is_file() else None
+        up_to_date = current is not None and cell_sources(current) == cell_sources(built)
         if check:
-            if not path.is_file() or path.read_text() != text:
+            if not up_to_date:
                 stale.append(name)
-        else:
-            path.write_text(text)
+        elif adopt is not None:
+            if chosen and not any(name.startswith(c) for c in chosen):
+                continue
+            executed = nbformat.read(adopt / name, as_version=4)
+            code = [c for c in executed.cells if c.cell_type == "code"]
+            if cell_sources(executed) != cell_sources(built) or any(
+                    c.execution_count is None or any(o.output_type == "error" for o in c.outputs) for c in code):
+                stale.append(name)  # other sources, or a run that stopped at a failing cell
+                continue
+            write(path, commit_copy(executed))
+            print(f"took {name} from {adopt}")
+        elif run:
+            if chosen and not any(name.startswith(c) for c in chosen):
+                continue
+            print(f"executing {name} ...", flush=True)
+            write(path, commit_copy(execute(built)))
+        elif not up_to_date:
+            write(path, built)
+            print(f"rewrote {name} (no outputs: run python notebooks/_build.py --execute {name[:2]})")
     if stale:
-        print("out of date (run python notebooks/_build.py):", ", ".join(stale))
+        print("out of date or not fully executed (run python notebooks/_build.py, then --execute):",
+              ", ".join(stale))
         return 1
     return 0
 
