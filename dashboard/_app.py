@@ -168,15 +168,22 @@ def analyze_request(ctx: Context, text: str | None) -> tuple[str | None, str]:
 
 
 def _register_shell(app, ctx: Context) -> None:
-    @app.callback(*[Output(ids.PAGE_PREFIX + p.NAME.lower(), "style") for p in PAGES],
-                  *[Output(ids.NAV_PREFIX + p.NAME.lower(), "active") for p in PAGES], Output(ids.INPUT_CARD, "style"),
-                  Input(ids.URL, "pathname"))
-    def _route(path):
-        path = path or "/"
-        known = any(path == p.PATH for p in PAGES)
-        on = [path == p.PATH or (not known and p is overview) for p in PAGES]
-        card = ui.HIDDEN if any(o and p in OWN_INPUTS for o, p in zip(on, PAGES)) else {}
-        return [{"display": "block" if o else "none"} for o in on] + on + [card]
+    # The page switch runs in the browser: as a server callback it queued behind the renders the
+    # same URL change starts on every page (2-3.5 s to show the Runs page on a loaded machine).
+    paths = [p.PATH for p in PAGES]
+    own = [p.PATH for p in OWN_INPUTS]
+    app.clientside_callback(
+        f"""function(path) {{
+            const paths = {paths!r}, own = {own!r};
+            path = path || "/";
+            const shown = paths.includes(path) ? path : "/";
+            const styles = paths.map(p => ({{display: p === shown ? "block" : "none"}}));
+            const active = paths.map(p => p === shown);
+            return [...styles, ...active, own.includes(shown) ? {{display: "none"}} : {{}}];
+        }}""",
+        *[Output(ids.PAGE_PREFIX + p.NAME.lower(), "style") for p in PAGES],
+        *[Output(ids.NAV_PREFIX + p.NAME.lower(), "active") for p in PAGES], Output(ids.INPUT_CARD, "style"),
+        Input(ids.URL, "pathname"))
 
     @app.callback(Output(ids.THEME, "data"), Output(ids.PROVIDER, "forceColorScheme"), Input(ids.THEME_SWITCH, "checked"))
     def _theme(dark):

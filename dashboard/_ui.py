@@ -57,7 +57,9 @@ def graph(graph_id: str, height: int = 360, empty: str | None = None) -> html.Di
     ``empty``: a quiet line shown in its place until then (what to do to get the figure);
     its id is ``graph_id + "-empty"``, and the callback hides it with ``shown``.
     """
-    parts = [dcc.Graph(id=graph_id, style={**HIDDEN, "height": f"{height}px"}, config={"displaylogo": False})]
+    # responsive: a figure drawn while its page is hidden takes its card's width when the page shows
+    parts = [dcc.Graph(id=graph_id, style={**HIDDEN, "height": f"{height}px"}, config={"displaylogo": False},
+                       responsive=True)]
     if empty:
         parts.insert(0, dmc.Text(empty, id=graph_id + "-empty", c="dimmed", size="sm", py="xs"))
     return html.Div(parts)
@@ -139,7 +141,7 @@ def rows(frame: pd.DataFrame) -> list[dict]:
             f[c] = pd.Series(np.where(np.isfinite(v), v, np.nan), index=f.index).astype(object)
             f.loc[~np.isfinite(v), c] = None
         elif not pd.api.types.is_numeric_dtype(f[c]):
-            f[c] = f[c].astype(str)
+            f[c] = [None if v is None or (isinstance(v, float) and not np.isfinite(v)) else str(v) for v in f[c]]
     return f.to_dict("records")
 
 

@@ -53,7 +53,7 @@ def layout(ctx: Context) -> html.Div:
         ], align="flex-start", mb="xs"), grid),
         dmc.SimpleGrid([
             ui.card("Compare runs", html.Div(id=ids.RU_COMPARE_NOTE),
-                    responsive_graph(ids.RU_COMPARE, 380, empty=COMPARE_EMPTY)),
+                    ui.graph(ids.RU_COMPARE, 380, empty=COMPARE_EMPTY)),
             ui.card("Spec", dmc.Text("click a run to see the spec it ran", id=ids.RU_SPEC_TITLE, size="sm",
                                      c="dimmed", mb="xs"),
                     html.Div(id=ids.RU_SPEC)),
@@ -63,7 +63,7 @@ def layout(ctx: Context) -> html.Div:
             ui.select(ids.RU_SWEEP_X, [], label="x: swept key", width=180),
             ui.select(ids.RU_SWEEP_Y, [], label="y: swept key", width=180),
             ui.select(ids.RU_CONDITION, CONDITIONS, value="delta", label="condition", width=140),
-        ], align="flex-start", mb="xs"), responsive_graph(ids.RU_SWEEP, 420, empty="no sweep in this database yet "
+        ], align="flex-start", mb="xs"), ui.graph(ids.RU_SWEEP, 420, empty="no sweep in this database yet "
                                                   "(a spec with a [sweep] table writes one)")),
     ])
 
@@ -79,14 +79,6 @@ def _runs_grid():
                                 "mode": "multiRow", "checkboxes": True, "headerCheckbox": False,
                                 "enableClickSelection": False}}
     return grid
-
-
-def responsive_graph(graph_id: str, height: int, empty: str):
-    """``ui.graph``, resized with its card (the Census page uses it too): plotly keeps a figure with a fixed
-    height at its first width, which is plotly's default when it is drawn into a page just made visible."""
-    box = ui.graph(graph_id, height, empty=empty)
-    box.children[-1].responsive = True
-    return box
 
 
 # --- plain render functions ---------------------------------------------------------------------
