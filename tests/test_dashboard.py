@@ -52,7 +52,6 @@ def screenshots(page, out: Path, tag: str, pages=PAGES) -> dict[str, Path]:
 @pytest.mark.organism
 def test_dashboard_on_bigram_backcopy(bigram_backcopy, browser, tmp_path):
     import dashboard
-    from dashboard._jobs import make_key
     from lens.analyzers import sink_rate
 
     subject = bigram_backcopy
@@ -128,27 +127,7 @@ def test_dashboard_on_bigram_backcopy(bigram_backcopy, browser, tmp_path):
         assert drawn[1]["x"] == ref.loc[ref["preplan"], "pos"].tolist()
         assert drawn[3]["x"] == ref.loc[ref["anchor"], "pos"].tolist()
         assert drawn[2]["y"][:5] == pytest.approx(ref["fai"].tolist()[:5], abs=1e-6)
-        # circuits and probes on built-in tasks: the drawing is the circuits/probes API's result
-        ctx = app._lens_context
-        go_to(page, "circuits")
-        page.fill("#circuits-pairs", "8")
-        page.click("#circuits-run")
-        wait_plot(page, "circuits-graph", "t.includes('faithfulness')", timeout=120_000)
-        circuit = ctx.jobs.get(make_key("circuit", subject.name, "induction", 8, 20, 3))
-        assert circuit.params["ig_steps"] == 3  # the organism's default: EAP-IG
-        drawn = plot_data(page, "circuits-graph")
-        assert sorted(drawn[-1]["text"]) == sorted(circuit.nodes)
-        edges = {(c[0][0], c[0][1]): c[0][2] for c in (t["customdata"] for t in drawn[:-1])}
-        assert edges == pytest.approx({e: circuit.scores[e] for e in circuit.edges})
-        go_to(page, "probes")
-        page.fill("#probes-examples", "32")
-        page.click("#probes-run")
-        wait_plot(page, "probes-curves", "d.length === 2", timeout=120_000)
-        task, frame = ctx.jobs.get(make_key("probes", subject.name, "repeats", 32))
-        drawn = plot_data(page, "probes-curves")
-        assert task == "repeats"
-        assert drawn[0]["y"] == pytest.approx(frame["accuracy"].tolist())
-        assert drawn[1]["y"] == pytest.approx(frame["control_accuracy"].tolist())
+        # circuits and probes: tests/test_dashboard_model_pages.py
         shots = screenshots(page, tmp_path, "bigram_backcopy", pages=("overview", "attention", "interventions"))
 
         # two tabs with different texts keep their own results
