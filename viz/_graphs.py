@@ -122,8 +122,10 @@ def probe_curves(results, *, x: str = "layer", y: str = "accuracy", control: str
             error_y=dict(type="data", array=sub[error].astype(float).tolist()) if error and error in sub else None,
             hovertemplate=f"{label}<br>{x} %{{x}}: {y} %{{y:.3f}}<br>selectivity %{{customdata:.3f}}<extra></extra>"))
         if has_control:
-            fig.add_trace(go.Scatter(x=sub[x].tolist(), y=sub[control].astype(float).tolist(), mode="lines",
+            # markers too: a model with one layer has one point, and a line of one point draws nothing
+            fig.add_trace(go.Scatter(x=sub[x].tolist(), y=sub[control].astype(float).tolist(), mode="lines+markers",
                                      name=f"{label} (control)", line=dict(dash="dash"),
+                                     marker=dict(symbol="circle-open", size=8),
                                      hovertemplate=f"{label} control<br>{x} %{{x}}: %{{y:.3f}}<extra></extra>"))
     fig.update_layout(**LAYOUT, title=title or f"probe {y} by {x}", xaxis=dict(title=x), yaxis=dict(title=y))
     return fig
