@@ -36,11 +36,11 @@ def layout(ctx: Context) -> html.Div:
         ui.card("Each head across inputs", dmc.Group([
             ui.select(ids.CE_STAT, [], label="statistic", width=200),
             ui.select(ids.CE_LAYER, [], label="heads of layer", width=160),
-        ], align="flex-start", mb="xs"), ui.graph(ids.CE_DIST, 380, empty="reading the store's index")),
+        ], align="flex-start", mb="xs"), ui.graph(ids.CE_DIST, 380, empty="reading the store's index", responsive=True)),
         dmc.SimpleGrid([
             ui.card(f"Share of inputs on which each head is dormant (s(x) >= {DORMANT_AT})",
                     dmc.Text("click a head to list its outlier inputs", size="xs", c="dimmed"),
-                    ui.graph(ids.CE_DORMANT, 360, empty="reading the store's index")),
+                    ui.graph(ids.CE_DORMANT, 360, empty="reading the store's index", responsive=True)),
             ui.card("Outlier inputs of one head", dmc.Group([
                 ui.select(ids.CE_OUT_LAYER, [], label="layer", width=110),
                 ui.select(ids.CE_HEAD, [], label="head", width=110),
@@ -51,7 +51,7 @@ def layout(ctx: Context) -> html.Div:
                 _outlier_grid()),
         ], cols={"base": 1, "lg": 2}, spacing="md"),
         ui.card("Token strip", dmc.Text(id=ids.CE_STRIP_NOTE, size="sm", c="dimmed"),
-                ui.graph(ids.CE_STRIP, 200, empty="click an outlier input above to see its tokens")),
+                ui.graph(ids.CE_STRIP, 200, empty="click an outlier input above to see its tokens", responsive=True)),
     ])
 
 

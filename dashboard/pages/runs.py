@@ -53,7 +53,7 @@ def layout(ctx: Context) -> html.Div:
         ], align="flex-start", mb="xs"), grid),
         dmc.SimpleGrid([
             ui.card("Compare runs", html.Div(id=ids.RU_COMPARE_NOTE),
-                    ui.graph(ids.RU_COMPARE, 380, empty=COMPARE_EMPTY)),
+                    ui.graph(ids.RU_COMPARE, 380, empty=COMPARE_EMPTY, responsive=True)),
             ui.card("Spec", dmc.Text("click a run to see the spec it ran", id=ids.RU_SPEC_TITLE, size="sm",
                                      c="dimmed", mb="xs"),
                     html.Div(id=ids.RU_SPEC)),
@@ -64,7 +64,7 @@ def layout(ctx: Context) -> html.Div:
             ui.select(ids.RU_SWEEP_Y, [], label="y: swept key", width=180),
             ui.select(ids.RU_CONDITION, CONDITIONS, value="delta", label="condition", width=140),
         ], align="flex-start", mb="xs"), ui.graph(ids.RU_SWEEP, 420, empty="no sweep in this database yet "
-                                                  "(a spec with a [sweep] table writes one)")),
+                                                  "(a spec with a [sweep] table writes one)", responsive=True)),
     ])
 
 
