@@ -191,7 +191,7 @@ def _topk(call, q, k, lse, cand, bias, bias_strides, mask, mask_strides, qmask, 
     b, h, nq = geo.batch, geo.heads, geo.query_pos
     top_v = torch.empty(b, h, nq, topk, dtype=torch.float32, device=q.device)
     top_i = torch.empty(b, h, nq, topk, dtype=torch.long, device=q.device)
-    consts = {key: val for key, val in common.items() if key not in ("UPCAST", "DOT_PREC")}
+    consts = common
     _k.attn_topk_kernel[(nq, b * h)](
         q, k, bias, mask, qmask, lse, cand, top_v, top_i,
         *_strides3(q), *_strides3(k), *bias_strides, *mask_strides, *shape_args,

@@ -375,13 +375,15 @@ def attn_topk_kernel(
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, SPAN: tl.constexpr, BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_SLIDE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
     HAS_QMASK: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-    TOPK: tl.constexpr, TOPK_P: tl.constexpr,
+    TOPK: tl.constexpr, TOPK_P: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     """The exact top-k of one query row from the k candidate key spans pass 1 chose (CAND).
 
     Rescores the row's candidate spans (SPAN keys each) with the same scale, soft-cap, bias
     and visibility rules, then takes the k best, best first, the lower key first among equal
     scores; p = 2^(s - L) with pass 1's lse. Work per row: k spans, not the row's n keys.
+    The scores come from the tensor cores like pass 1's: each span's keys times a matrix
+    whose first column is the query and the rest zeros (summing its 16 columns is exact).
     """
     i = tl.program_id(0)
     bh = tl.program_id(1)
@@ -398,7 +400,10 @@ def attn_topk_kernel(
     m_valid = offs_m < NQ
 
     q = tl.load(Q + b64 * stride_qb + h64 * stride_qh + i * stride_qm + offs_d, mask=offs_d < HEAD_DIM, other=0.0)
-    q = q.to(tl.float32)
+    if UPCAST:
+        q = q.to(tl.float32)
+    cols = tl.arange(0, 16)
+    q_col = tl.where(cols[None, :] == 0, q[:, None], 0.0).to(q.dtype)  # [BLOCK_D, 16]
     lse = tl.load(LSE + row)
     ok = lse > float("-inf")
     if HAS_QMASK:
@@ -414,7 +419,9 @@ def attn_topk_kernel(
         n_valid = (offs_n >= 0) & (offs_n < NK)  # empty slots (t < 0) give offs_n < 0
         k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :],
                     mask=n_valid[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
-        s = tl.sum(k.to(tl.float32) * q[None, :], 1) * qk_scale
+        if UPCAST:
+            k = k.to(tl.float32)
+        s = tl.sum(tl.dot(k, q_col, input_precision=DOT_PREC), 1) * qk_scale
         if HAS_SOFTCAP:
             s = softcap2 * _tanh(s * (1.0 / softcap2))
         if HAS_BIAS:
