@@ -57,9 +57,10 @@ POOL_DOT_PRECISION = "tf32x3"
 TOPK_WARPS = 1
 #: Keys per top-k candidate span (pass 1 keeps each row's k spans with the largest maxima,
 #: the rescan reads k spans a row); capped by pass 1's BLOCK_N. Static sm_90 cost
-#: (benchmarks/kernel_static_cost.py, d 64, n 32K, k 8): pass 1 + rescan 3.1 + 0.6 G
-#: warp-cycles at 16, 2.6 + 1.1 at 32, 2.4 + 3.9 at 64 (one candidate a tile); 16 for
-#: half the rescan's key reads of 32 at the same estimate.
+#: (benchmarks/kernel_static_cost.py, n 32K, k 8, pass 1 + rescan, G warp-cycles): d 64
+#: 3.10 + 0.57 at 16 keys, 2.65 + 0.83 at 32, 2.35 + 1.24 at 64; d 128 12.67 + 2.47,
+#: 11.04 + 3.80, 9.98 + 6.03. 16: within 5% of the best estimate and half the rescan's key
+#: reads from L2 of 32 (not in the model: 34 against 67 GB a call at d 128, 32/8 heads).
 TOPK_SPAN = 16
 
 
