@@ -41,7 +41,9 @@ name               shape              definition (valid rows; 0 otherwise)
                                       ``W = options.window`` (METHODS sec.4 WAAD).
 ``topk_idx``       [b, h, q, K]       the K keys with the largest p, best first;
                                       ``K = min(options.topk, key_pos)``; slots past
-                                      the visible keys hold -1. Ties: torch.topk order.
+                                      the visible keys hold -1. Ties: torch.topk order
+                                      (eager; unspecified among equal p); the Triton
+                                      backend lists the lower key first.
 ``topk_val``       [b, h, q, K]       their probabilities; 0 in the -1 slots.
 ``prev_token``     [b, h, q]          ``p[i, pos_i - 1]`` (0 for ``pos_i = 0``).
 ``diag_mass``      [b, h, q]          ``p[i, pos_i]``: attention on itself.
