@@ -143,7 +143,8 @@ def _layout(ctx: Context, poll_ms: int) -> dmc.MantineProvider:
     return dmc.MantineProvider([
         dcc.Location(id=ids.URL, refresh=False),
         dcc.Store(id=ids.SESSION, storage_type="memory", data=uuid.uuid4().hex[:12]),
-        dcc.Store(id=ids.RESULT_KEY, storage_type="memory"),
+        # a saved capture shown first and already open is in the page itself: one round trip less
+        dcc.Store(id=ids.RESULT_KEY, storage_type="memory", data=_first_open(ctx)),
         dcc.Store(id=ids.PENDING, storage_type="memory"),
         dcc.Store(id=ids.GENERATED, storage_type="memory"),
         dcc.Store(id=ids.THEME, storage_type="memory", data=ui.LIGHT),
@@ -151,6 +152,12 @@ def _layout(ctx: Context, poll_ms: int) -> dmc.MantineProvider:
         dmc.NotificationContainer(id=ids.NOTIFY, position="top-right", autoClose=6000),
         shell,
     ], id=ids.PROVIDER, theme=ui.THEME, forceColorScheme="light")
+
+
+def _first_open(ctx: Context) -> str | None:
+    sources = _sources(ctx)
+    first = sources[0]["value"] if sources else None
+    return first if first and first.startswith(SAVED_PREFIX) and ctx.analysis(first) is not None else None
 
 
 def analyze_request(ctx: Context, text: str | None) -> tuple[str | None, str]:
@@ -219,7 +226,8 @@ def _register_shell(app, ctx: Context) -> None:
         if trigger == ids.SOURCE or trigger is None:
             if source and source.startswith(SAVED_PREFIX):
                 if ctx.analysis(source) is not None:  # opened at start: show it at once
-                    return source, None, True, "", f"saved capture: {_describe(ctx.analysis(source))}", *quiet
+                    key = no_update if trigger is None else source  # at page load the layout holds it already
+                    return key, None, True, "", f"saved capture: {_describe(ctx.analysis(source))}", *quiet
                 return (no_update, source, False, "", "opening the saved capture", 0, ui.SHOWN, no_update)
             return no_update, None, True, "", "", *quiet
         if trigger in (ids.ANALYZE, ids.GENERATED):
