@@ -43,6 +43,7 @@ AT_NOTE = "attention-note"
 AT_POLL = "attention-poll"
 AT_POSITIONS = "attention-positions"  # statistics along positions (WebGL, min/max decimated)
 AT_POS_STATS = "attention-position-stats"
+AT_ZOOM = "attention-zoom"  # the positions plot's x range, from its relayout events (clientside filter)
 
 # reasoning
 RS_PROMPT = "reasoning-prompt"
@@ -108,6 +109,7 @@ RU_COMPARE = "runs-compare"
 RU_SWEEP = "runs-sweep"
 RU_SPEC = "runs-spec"
 RU_NOTE = "runs-note"
+RU_STAMP = "runs-table-stamp"  # which file state and metric the run list shows (redrawn only when they change)
 
 # census (a store of lens capture --dataset)
 CE_STAT = "census-statistic"
@@ -130,5 +132,3 @@ RU_SPEC_TITLE = "runs-spec-title"
 CE_OUT_LAYER = "census-outlier-layer"
 CE_KIND = "census-outlier-kind"
 CE_STRIP_NOTE = "census-strip-note"
-AT_ZOOM = "attention-zoom"  # the positions plot's x range, from its relayout events (clientside filter)
-RU_STAMP = "runs-table-stamp"  # which file state and metric the run list shows (redrawn only when they change)
