@@ -9,7 +9,9 @@ On CUDA each layer's statistics leave the device as soon as the layer is done, i
 host memory (asynchronous copies, one synchronisation before the batch is assembled), with
 ``topk_idx`` as int32: the device then holds the model and one layer's work, not every
 layer's statistics (issue 15: 15 GB above the model for SmolLM2 at 128K when they stayed).
-On a CPU nothing moves and ``topk_idx`` stays int64.
+The small residual-stream statistics follow once the batch is done, so every statistic of
+a Capture lives on the host, full patterns too (``resid`` stays where the model ran). On a
+CPU nothing moves and ``topk_idx`` stays int64.
 """
 
 from __future__ import annotations
@@ -304,7 +306,10 @@ def capture(
                                        use_cache=False, logits_to_keep=last).logits
             logits_out.append(logits[:, -1].float().cpu())
             _host_ready(device)
-            per_batch.append(_assemble_batch(session.layers, store, subject.n_layers))
+            batch_stats = _assemble_batch(session.layers, store, subject.n_layers)
+            if device.type == "cuda":  # the residual-stream statistics join the attention ones on the host
+                batch_stats = {name: t.cpu() for name, t in batch_stats.items()}
+            per_batch.append(batch_stats)
             for (l, h) in patterns:
                 heads = pattern_heads[l]
                 patterns_out[(l, h)].append(session.layers[l]["pattern"][:, heads.index(h)])
