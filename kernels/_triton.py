@@ -81,13 +81,17 @@ def default_blocks(head_dim: int, dtype: torch.dtype, row_stats: bool) -> tuple[
     sweep and ablation): pass 1 with statistics on 64 x 64 tiles over 4 warps took 20.7 ms
     against 34.0 ms over 8 warps at d 64 (9/3 heads), and 82.2 against 139.9 ms at d 128
     (32/8 heads); 4 warps won every statistic set of the ablation. Without statistics the
-    128 x 64, 8-warp tile stays (0.71x sdpa against 0.75x). Pass 2 on 64 x 64 tiles costs
-    the same over 4 or 8 warps (5.3 and 5.4 ms at d 64)."""
+    128 x 64, 8-warp tile stays (0.71x sdpa against 0.75x). Pass 2 on 64 x 64 tiles over 4
+    warps: the tile sweep timed it at 5.34 against 5.45 ms over 8 warps (received + pooled,
+    d 64), the ablation's received / pooled rows put pass 2 at 0.77 / 0.91x sdpa over 4
+    warps against 0.90 / 1.16x over 8, and the static model of the redesigned pass 2
+    (benchmarks/kernel_static_cost.py) at about half the warp-cycles (d 64: 1.74 against
+    3.31 G for received + pooled)."""
     if INTERPRETED:
         return Blocks(16, 16, 1, 1), Blocks(16, 16, 1, 1)
     stages = 2 if dtype == torch.float32 else 3
     first = Blocks(64, 64, 4, stages) if row_stats else Blocks(128, 64, 8, stages)
-    return first, Blocks(64, 64, 8, stages)
+    return first, Blocks(64, 64, 4, stages)
 
 
 def run(call: Call, *, blocks: tuple[Blocks, Blocks] | None = None) -> AttentionResult:
