@@ -369,6 +369,10 @@ def test_runs_page_in_browser(runs_db, site):
     page.goto(url)  # and from another page of the open app, as a user gets there
     page.wait_for_selector("#nav-runs")
     page.wait_for_load_state("networkidle")
+    # once the app has settled (no callback running), as when a user clicks: a click during the load's own
+    # renders waits for them (Playwright waits until the link can take the click) and timed the load too
+    page.wait_for_function("() => !document.querySelector('[data-dash-is-loading=\"true\"]')")
+    page.wait_for_timeout(1000)
     t0 = time.perf_counter()
     page.click("#nav-runs")
     page.wait_for_selector("#page-runs", state="visible")  # the shell's routing
