@@ -100,11 +100,11 @@ def _input_card(ctx: Context) -> dmc.Card:
                             style={} if s is not None else ui.HIDDEN)
     return dmc.Card([
         dmc.Group([
-            ui.select(ids.SOURCE, [(o["value"], o["label"]) for o in sources], value=first, label="show",
-                      width=260, disabled=len(sources) < 2),
-            dmc.Button("Analyze", id=ids.ANALYZE, n_clicks=0, disabled=s is None, mt=24),
-            dmc.Text(what, id=ids.LIMIT, size="xs", c="dimmed", mt=24),
-        ], align="flex-start", gap="md", wrap="wrap"),
+            ui.select(ids.SOURCE, [(o["value"], o["label"]) for o in sources], value=first, width=260,
+                      disabled=len(sources) < 2, **{"aria-label": "what this tab shows"}),
+            dmc.Button("Analyze", id=ids.ANALYZE, n_clicks=0, disabled=s is None),
+            dmc.Text(what, id=ids.LIMIT, size="xs", c="dimmed", style={"flex": "1 1 300px"}),
+        ], align="center", gap="md", wrap="wrap"),
         html.Div(text_box, style={"marginTop": "8px"}),
         dmc.Progress(id=ids.PROGRESS, value=0, size="sm", mt=8, animated=True, style=ui.HIDDEN),
         dmc.Text(id=ids.STATUS, size="sm", c="dimmed", mt=4),
@@ -119,7 +119,7 @@ def _limit_reason(ctx: Context) -> str:
     s = ctx.subject
     why = f"{s.name}'s context" if ctx.limit == s.n_ctx else "this dashboard's --max-tokens"
     backend = ("the Triton kernels" if s.device.type == "cuda" else
-               f"keys streamed in chunks beyond {AUTO_CHUNKED_MIN_KEYS} (chunked backend)")
+               f"beyond {AUTO_CHUNKED_MIN_KEYS} tokens the chunked backend streams the keys")
     return f"{why}; {backend}"
 
 

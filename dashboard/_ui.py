@@ -70,12 +70,15 @@ def graph(graph_id: str, height: int = 360, empty: str | None = None, responsive
 
 
 def shown(fig: go.Figure | None, theme: str | None, height: int | None = None):
-    """(figure, graph style) for a ``graph``: hidden while ``fig`` is None."""
+    """(figure, graph style) for a ``graph``: hidden while ``fig`` is None.
+
+    The box takes the figure's own height when it has one (a head grid grows with the
+    layers), else ``height``: a box lower than its figure would cut it off.
+    """
     if fig is None:
         return go.Figure(), HIDDEN
     style = {**SHOWN}
-    if height is None:
-        height = fig.layout.height
+    height = fig.layout.height or height
     if height:
         style["height"] = f"{int(height)}px"
     return themed(fig, theme), style

@@ -223,7 +223,9 @@ def test_dashboard_on_smollm2(smollm2, browser, tmp_path):
         for name in PAGES[:6]:
             shutil.copy(shots[name, "light"], SHOTS / f"{name}.png")
         go_to(page, "overview")
-        page.screenshot(path=str(DOCS / "dashboard.png"), full_page=False)  # the README's picture
+        page.set_viewport_size({"width": 1300, "height": 1500})  # the README's picture: cards, findings, head grid
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(DOCS / "dashboard.png"), full_page=False)
         page.close()
     assert (DOCS / "dashboard.png").stat().st_size > 10_000
 
