@@ -106,6 +106,30 @@ def test_token_strip_wraps_and_marks():
         viz.token_strip(list("abcde"), [1, 2, 3, 4])
 
 
+def test_token_labels_mark_whitespace_and_hover_the_whole_token():
+    fig = viz.token_strip([" and", "\nsupercalifragilistic", "x"], [0.1, 0.2, 0.3])
+    assert list(fig.data[0].text[0]) == ["\u00b7and", "\u21b5supercalif\u2026", "x"]  # cells: marked, cut to 12
+    assert list(fig.data[0].hovertext[0]) == ["\u00b7and", "\u21b5supercalifragilistic", "x"]  # hover: all of it
+    assert "%{hovertext}" in fig.data[0].hovertemplate
+
+
+def test_decimate_keeps_every_extreme_in_order():
+    rng = np.random.default_rng(0)
+    y = rng.random(100_003)
+    y[[7, 50_001, 99_999]] = [-5.0, 9.0, 7.5]  # spikes one position wide
+    y[123] = np.nan
+    x, v = viz.decimate(y, buckets=500)
+    assert len(x) <= 1_000 and np.all(np.diff(x) > 0)
+    assert v.max() == 9.0 and x[v.argmax()] == 50_001 and v.min() == -5.0 and x[v.argmin()] == 7
+    assert 99_999 in x and np.allclose(v, y[x])  # every point drawn is a real (position, value)
+    kept = set(x.tolist())
+    for b in range(0, 100_003, 201):  # each slice of ceil(n / buckets) = 201 positions keeps its min and max
+        sl = y[b:b + 201]
+        assert b + int(np.nanargmax(sl)) in kept and b + int(np.nanargmin(sl)) in kept
+    x2, v2 = viz.decimate(y, buckets=500, start=1_000, stop=1_600)  # a small range: exact
+    assert list(x2) == list(range(1_000, 1_600)) and np.allclose(v2, y[1_000:1_600])
+
+
 def test_active_dormant_matrix_holds_sink_scores():
     # sink_mass [batch=2, layer=1, head=2, pos=4]; s(x) = mean over queries 1..3
     sm = torch.tensor([[[[1.0, 0.9, 0.8, 0.7], [1.0, 0.1, 0.2, 0.3]]],

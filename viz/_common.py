@@ -46,11 +46,15 @@ def as_array(x, what: str, ndim: int | None = None) -> np.ndarray:
 SPACE_MARK, NEWLINE_MARK, TAB_MARK = "\u00b7", "\u21b5", "\u2192"
 
 
-def clean(tok: str) -> str:
-    """A token as a short, visible label: a leading space as a middle dot, newlines as an arrow."""
+def marked(tok: str) -> str:
+    """A token with its whitespace made visible (leading space, newlines, tabs), not shortened: for hovers."""
     s = str(tok).replace("\n", NEWLINE_MARK).replace("\t", TAB_MARK)
-    if s.startswith(" "):
-        s = SPACE_MARK + s[1:]
+    return SPACE_MARK + s[1:] if s.startswith(" ") else s
+
+
+def clean(tok: str) -> str:
+    """A token as a short, visible label: ``marked``, cut to 12 characters with an ellipsis."""
+    s = marked(tok)
     return s if len(s) <= 12 else s[:11] + "\u2026"
 
 

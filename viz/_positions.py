@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from viz._common import LAYOUT, as_array
+from viz._common import LAYOUT, as_array, marked
 
 __all__ = ["decimate", "position_plot"]
 
@@ -71,7 +71,7 @@ def position_plot(series: dict[str, object], *, x_range: tuple[float, float] | N
         exact &= len(xs) == min(b, len(as_array(values, name))) - a
         hover = None
         if tokens is not None:
-            hover = [tokens[int(i)] if int(i) < len(tokens) else "" for i in xs]
+            hover = [marked(tokens[int(i)]) if int(i) < len(tokens) else "" for i in xs]
         fig.add_trace(go.Scattergl(x=xs.astype(np.int32), y=ys, mode="lines", name=name, text=hover, line=dict(width=1),
                                    hovertemplate="pos %{x}" + (" %{text}" if hover else "") + "<br>%{y:.4g}<extra>"
                                                  + name + "</extra>"))

@@ -8,7 +8,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from viz._common import LAYOUT, as_array, clean, frame_of, nan_to_none, need_columns, tick_labels
+from viz._common import LAYOUT, as_array, clean, frame_of, marked, nan_to_none, need_columns, tick_labels
 
 __all__ = ["reasoning_profile", "token_strip"]
 
@@ -41,16 +41,19 @@ def token_strip(tokens: Sequence[str], values, *, name: str = "value",
     n_rows = -(-n // width)
     z = [[None] * width for _ in range(n_rows)]
     text = [[""] * width for _ in range(n_rows)]
+    full = [[""] * width for _ in range(n_rows)]  # the whole token in the hover (cells show it cut to 12)
     pos = [[None] * width for _ in range(n_rows)]
     for p in range(n):
         r, c = divmod(p, width)
         v = float(vals[p])
         z[r][c] = None if np.isnan(v) else v
         text[r][c] = clean(tokens[p])
+        full[r][c] = marked(tokens[p])
         pos[r][c] = p
-    fig = go.Figure(go.Heatmap(z=z, text=text, customdata=pos, texttemplate="%{text}", textfont=dict(size=11), colorscale=colorscale,
+    fig = go.Figure(go.Heatmap(z=z, text=text, hovertext=full, customdata=pos, texttemplate="%{text}",
+                               textfont=dict(size=11), colorscale=colorscale,
                                xgap=2, ygap=2, colorbar=dict(title=dict(text=name)),
-                               hovertemplate="pos %{customdata}: %{text}<br>" + name + " = %{z:.4g}<extra></extra>"))
+                               hovertemplate="pos %{customdata}: %{hovertext}<br>" + name + " = %{z:.4g}<extra></extra>"))
     for k, (label, where) in enumerate((marks or {}).items()):
         where = [int(p) for p in where if 0 <= int(p) < n]
         symbol, color = KNOWN_MARKS.get(label, (MARK_SYMBOLS[k % len(MARK_SYMBOLS)], ["black", "royalblue"][k % 2]))
@@ -82,7 +85,7 @@ def reasoning_profile(findings, *, input: int = 0, max_labels: int = 40, title: 
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
                         subplot_titles=("WAAD (local heads): windowed attention distance",
                                         "FAI (global heads): attention received from later tokens"))
-    hover = [f"{p} {clean(t)}" for p, t in zip(pos, toks)]
+    hover = [f"{p} {marked(t)}" for p, t in zip(pos, toks)]
     fig.add_trace(go.Scatter(x=pos, y=nan_to_none(f["waad"].astype(float).tolist()), mode="lines", name="WAAD",
                              text=hover, hovertemplate="%{text}<br>WAAD %{y:.3f}<extra></extra>"), row=1, col=1)
     pre = f[f["preplan"]]

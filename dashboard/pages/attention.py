@@ -208,15 +208,8 @@ def positions(ctx: Context, key, layer, head, names, x_range=None, theme=None):
     series = position_series(analysis, layer, head, names)
     if not series:
         return ui.shown(None, theme)
-    fig = viz.position_plot(series, x_range=x_range, tokens=[viz_label(t) for t in cap.str_tokens[0]],
-                            title=f"L{layer}H{head} along positions")
+    fig = viz.position_plot(series, x_range=x_range, tokens=cap.str_tokens[0], title=f"L{layer}H{head} along positions")
     return ui.shown(fig, theme, 300)
-
-
-def viz_label(tok: str) -> str:
-    from viz._common import clean
-
-    return clean(tok)
 
 
 # Plotly reports every layout change (autosize, hover mode, y zoom) as a relayout event. Only a new
