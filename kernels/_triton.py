@@ -222,6 +222,9 @@ def _columns(call, q, k, lse, bias, bias_strides, mask, mask_strides, qmask, sha
         gk, keys_per_group, k_subs = _pool_groups(f, bn)
     else:
         gq, rows_per_group, q_subs, gk, keys_per_group, k_subs = 1, bm, 1, 1, bn, 1
+    # A power-of-two f below a tile side (and dividing both): the cells of a tile are a
+    # reshape and two sums, exact in fp32, instead of two one-hot tensor-core products.
+    reshape = do_pool and f & (f - 1) == 0 and f <= min(bm, bn) and f < max(bm, bn)
     pq, pk = -(-nq // f), -(-nk // f)
     recv = torch.empty(b, h, nk, dtype=torch.float32, device=dev) if do_recv else lse
     part = torch.zeros(b * h, k_subs, pq, pk, dtype=torch.float32, device=dev) if do_pool else lse
@@ -231,8 +234,9 @@ def _columns(call, q, k, lse, bias, bias_strides, mask, mask_strides, qmask, sha
         *_strides3(q), *_strides3(k), *bias_strides, *mask_strides,
         *shape_args, pq, pk,
         BLOCK_M=bm, BLOCK_N=bn, DO_RECV=do_recv, DO_POOL=do_pool, POOL_F=f,
-        ROWS_PER_GROUP=rows_per_group, Q_SUBS=q_subs, GQ=gq, GQ_P=_onehot_width(gq),
-        KEYS_PER_GROUP=keys_per_group, K_SUBS=k_subs, GK=gk, GK_P=_onehot_width(gk),
+        ROWS_PER_GROUP=rows_per_group, Q_SUBS=q_subs, GQ=gq, GQ_P=gq if reshape else _onehot_width(gq),
+        KEYS_PER_GROUP=keys_per_group, K_SUBS=k_subs, GK=gk, GK_P=gk if reshape else _onehot_width(gk),
+        POOL_RESHAPE=reshape,
         POOL_PREC=_dot_precision(torch.float32, POOL_DOT_PRECISION),
         num_warps=p2.num_warps, num_stages=p2.num_stages, **common,
     )

@@ -456,7 +456,7 @@ def attn_columns_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_SLIDE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
     HAS_QMASK: tl.constexpr, HAS_SOFTCAP: tl.constexpr, DO_RECV: tl.constexpr, DO_POOL: tl.constexpr,
-    POOL_F: tl.constexpr,
+    POOL_F: tl.constexpr, POOL_RESHAPE: tl.constexpr,
     ROWS_PER_GROUP: tl.constexpr, Q_SUBS: tl.constexpr, GQ: tl.constexpr, GQ_P: tl.constexpr,
     KEYS_PER_GROUP: tl.constexpr, K_SUBS: tl.constexpr, GK: tl.constexpr, GK_P: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, POOL_PREC: tl.constexpr,
@@ -553,6 +553,9 @@ def attn_columns_kernel(
             if DO_POOL:
                 if GQ_P == 1 and GK_P == 1:  # the tile lies in one cell: its total, rows first
                     cells += tl.sum(tl.sum(p, 1), 0)
+                elif POOL_RESHAPE:  # f a power of two that divides the tile: cells by reshaping
+                    f4 = tl.reshape(p, [BLOCK_M // POOL_F, POOL_F, BLOCK_N // POOL_F, POOL_F])
+                    cells += tl.sum(tl.sum(f4, 3), 1)
                 else:
                     if GQ_P == 1:
                         rows_sum = tl.sum(p, 0)[None, :]
