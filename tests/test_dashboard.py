@@ -468,3 +468,22 @@ def test_cli_serves_saved_work_with_no_model(tiny_gpt2, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "lens._cli", "dashboard", "--model", "none", "--store", str(saved)],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "is not a store" in bad.stderr
+
+
+def test_a_damaged_saved_capture_is_reported_not_shown(tiny_gpt2, tmp_path):
+    """A capture whose tensors changed after the save: the page gets the checksum error, not its numbers."""
+    import dashboard
+    from dashboard._app import _first_open
+
+    saved = lens.capture(tiny_gpt2, "w5 w9 w14 w22").save(tmp_path / "damaged")
+    with open(saved / "tensors.safetensors", "r+b") as f:
+        f.seek(-8, 2)
+        f.write(b"\x00" * 8)
+    app = dashboard.create_app(None, captures=[saved])
+    ctx = app._lens_context
+    ctx.wait_saved()
+    state, message = ctx.saved_status("damaged")
+    assert state == "error" and "SHA-256" in message and str(saved) in message
+    assert ctx.analysis("saved:damaged") is None and _first_open(ctx) is None
+    with pytest.raises(FileNotFoundError, match="no such directory"):
+        dashboard.create_app(None, captures=[tmp_path / "missing"])
