@@ -173,12 +173,14 @@ def capture_launches(d: int, stats, topk: int, config: str, n: int, which: str =
             return lambda *a, **kw: got.append((self.fn, grid, a, kw))
 
     T = backend(which)
-    names = [nm for nm in KERNEL_NAMES if hasattr(T._k, nm)]
-    saved = {nm: getattr(T._k, nm) for nm in names}
+    # the kernels live in _triton_kernels (passes 1 and 2) and, since the split, _triton_topk (the rescan)
+    mods = [m for m in (T._k, getattr(T, "_kt", None)) if m is not None]
+    where = {nm: m for m in reversed(mods) for nm in KERNEL_NAMES if hasattr(m, nm)}
+    saved = {nm: getattr(m, nm) for nm, m in where.items()}
     saved_check = T._check_device
     try:
-        for nm in names:
-            setattr(T._k, nm, _Catch(saved[nm]))
+        for nm, m in where.items():
+            setattr(m, nm, _Catch(saved[nm]))
         T._check_device = lambda dev: None
         blocks = None  # "now": the wrapper's own default_blocks
         if config == "w4":
@@ -192,8 +194,8 @@ def capture_launches(d: int, stats, topk: int, config: str, n: int, which: str =
             blocks = (first if rows else T.Blocks(128, 64, 8, 3), T.Blocks(64, 64, 8, 3))
         T.run(call, blocks=blocks)
     finally:
-        for nm in names:
-            setattr(T._k, nm, saved[nm])
+        for nm, m in where.items():
+            setattr(m, nm, saved[nm])
         T._check_device = saved_check
     return got
 

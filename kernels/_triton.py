@@ -9,7 +9,7 @@ only when one of those is asked for. What is left is cheap torch on the host:
 ``visible`` (prefix sums of the query mask, or the caller's mask block by block),
 ``entropy_norm`` (entropy / ln n_visible), ``learned_sink_mass`` (exp(sink - lse)) and
 ``pattern`` (the few requested heads recomputed from the kernel's lse). Kernels and their
-math: ``_triton_kernels``.
+math: ``_triton_kernels`` (passes 1 and 2), ``_triton_topk`` (the top-k rescan), ``_triton_common``.
 
 Supported in-kernel: causal with the query offset, sliding window, a general bool
 ``mask`` (strided loads, broadcast dims read with stride 0), ``query_mask``, GQA, key_bias,
@@ -31,6 +31,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from . import _triton_kernels as _k
+from . import _triton_topk as _kt
+from ._triton_common import LOG2E
 from ._types import AttentionResult, Call
 from ._stats import pattern_rows, pool_factor
 
@@ -129,15 +131,15 @@ def run(call: Call, *, blocks: tuple[Blocks, Blocks] | None = None) -> Attention
     tok = tok if tok is not None else torch.zeros(1, dtype=torch.int32, device=dev)
     gate = call.head_gate.contiguous() if call.head_gate is not None else dummy_f
     add = call.head_add.contiguous() if call.head_add is not None else dummy_f
-    sinks = (call.sinks * _k.LOG2E.value).contiguous() if call.sinks is not None else dummy_f  # base 2
+    sinks = (call.sinks * LOG2E.value).contiguous() if call.sinks is not None else dummy_f  # base 2
     common = dict(
         GROUP=geo.group, HEAD_DIM=d, BLOCK_D=_pow2(d), CAUSAL=geo.causal, HAS_SLIDE=geo.window is not None,
         HAS_BIAS=call.key_bias is not None, HAS_MASK=geo.mask is not None, HAS_QMASK=call.query_mask is not None,
         HAS_SOFTCAP=call.softcap is not None, UPCAST=INTERPRETED, DOT_PREC=_dot_precision(q.dtype),
     )
-    # Scale and soft-cap in base 2 (the cap commutes with the change of base: _triton_kernels).
-    softcap2 = call.softcap * _k.LOG2E.value if call.softcap is not None else 0.0
-    shape_args = (h, nq, nk, nk - nq, geo.window or 0, call.scale * _k.LOG2E.value, softcap2)
+    # Scale and soft-cap in base 2 (the cap commutes with the change of base: _triton_common).
+    softcap2 = call.softcap * LOG2E.value if call.softcap is not None else 0.0
+    shape_args = (h, nq, nk, nk - nq, geo.window or 0, call.scale * LOG2E.value, softcap2)
 
     _k.attn_rows_kernel[(triton.cdiv(nq, p1.block_m), b * h)](
         q, k, v, bias, mask, qmask, tok, gate, add, sinks,
@@ -197,7 +199,7 @@ def _topk(call, q, k, lse, cand, bias, bias_strides, mask, mask_strides, qmask, 
     top_v = torch.empty(b, h, nq, topk, dtype=torch.float32, device=q.device)
     top_i = torch.empty(b, h, nq, topk, dtype=torch.long, device=q.device)
     consts = common
-    _k.attn_topk_kernel[(nq, b * h)](
+    _kt.attn_topk_kernel[(nq, b * h)](
         q, k, bias, mask, qmask, lse, cand, top_v, top_i,
         *_strides3(q), *_strides3(k), *bias_strides, *mask_strides, *shape_args,
         SPAN=_span(p1), TOPK=topk, TOPK_P=max(2, _pow2(topk, 1)),
@@ -372,7 +374,7 @@ def _bias(call: Call, dummy: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
     if call.key_bias is None:
         return dummy, (0, 0, 0)
     kb = call.key_bias
-    kb = torch.where(kb <= -1e30, float("-inf"), kb * _k.LOG2E.value)
+    kb = torch.where(kb <= -1e30, float("-inf"), kb * LOG2E.value)
     return kb, tuple(0 if kb.shape[i] == 1 else kb.stride(i) for i in range(3))
 
 

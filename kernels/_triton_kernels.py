@@ -1,4 +1,5 @@
-"""The Triton programs of the fused attention-statistics backend (host side: ``_triton``).
+"""Pass 1 and pass 2 of the fused attention-statistics backend (host side: ``_triton``; the top-k rescan:
+``_triton_topk``; what they share: ``_triton_common``).
 
 Pass 1 (``attn_rows_kernel``) is a flash-attention forward: one program per (query block,
 batch * head), key tiles streamed, tiles the causal / sliding-window rules hide are never
@@ -14,18 +15,7 @@ Pass 2 (``attn_columns_kernel``) needs the final log-sum-exp: one program per (k
 batch * head) keeps its K tile resident, walks the query tiles that can see it (from the
 diagonal down), recomputes ``p = 2^(s - L)`` and accumulates column sums and the pooled map.
 Every output element has exactly one writer: deterministic, no atomics.
-
-Scores are kept in base 2 (``s * log2 e``, the key bias and the sink logits pre-scaled by
-the host) so every exponential is an ``exp2``; the host converts the lse and the entropy
-back to nats. Soft-capping commutes with the change of base: ``c tanh(s / c) * log2 e =
-c2 tanh(s2 / c2)`` with ``c2 = c log2 e``, so the kernels cap base-2 scores by ``c2``.
-Learned sinks (one virtual key per head, no value) enter pass 1 only: each row's running
-max starts at the sink logit, ``l`` keeps the REAL keys' sum, and the sink's term
-``2^(sink - m)`` is added to the denominator in the epilogue. Pass 2 needs nothing: it
-reads the stored lse, which already includes the sink.
-Masked scores are -inf; products with them are guarded (``e > 0``) so no 0 * inf appears.
-All block sizes, flags and stat slots are constexprs: a disabled statistic costs nothing.
-Token ids arrive as int32.
+Scores are in base 2 and masked scores are -inf (``_triton_common`` says why and how).
 """
 
 from __future__ import annotations
@@ -33,51 +23,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-#: log2(e) and ln(2): scores live in base 2 inside the kernels (host code reads ``.value``).
-LOG2E = tl.constexpr(1.4426950408889634)
-LN2 = tl.constexpr(0.6931471805599453)
-#: Below this |x|, tanh uses its odd Taylor polynomial to x^9 (truncation < 1e-8 relative
-#: at 0.3); above, (1 - e) / (1 + e) with e = exp(-2|x|) cancels by at most ~3 ulp.
-#: Measured in numpy fp32 against float64 over [-12, 12] and 1e-8..10: max 2.4e-7 relative.
-TANH_SMALL = tl.constexpr(0.3)
-
-
-@triton.jit
-def _tanh(x):
-    """tanh in fp32 from exp2 alone (no tl.tanh in every Triton; libdevice has no interpreter)."""
-    ax = tl.abs(x)
-    e = tl.exp2(ax * (-2.0 * LOG2E))  # in (0, 1]: never overflows
-    far = (1.0 - e) / (1.0 + e)
-    x2 = ax * ax
-    near = ax * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0 + x2 * (62.0 / 2835.0)))))
-    t = tl.where(ax < TANH_SMALL, near, far)
-    return tl.where(x < 0, -t, t)
-
-
-@triton.jit
-def _scores(q, k, qk_scale, softcap2, DOT_PREC: tl.constexpr, HAS_SOFTCAP: tl.constexpr):
-    """Base-2 scores of one tile, soft-capped (before any mask or bias) when asked."""
-    s = tl.dot(q, k, input_precision=DOT_PREC) * qk_scale
-    if HAS_SOFTCAP:
-        s = softcap2 * _tanh(s * (1.0 / softcap2))
-    return s
-
-
-@triton.jit
-def _visibility(offs_m, offs_n, pos_m, m_valid, n_valid, b, h, MASK,
-                stride_mb, stride_mh, stride_mm, stride_mn, SLIDE,
-                CAUSAL: tl.constexpr, HAS_SLIDE: tl.constexpr, HAS_MASK: tl.constexpr):
-    """Who may attend to whom in one tile: key bounds, causal, sliding window, the caller's mask."""
-    vis = m_valid[:, None] & n_valid[None, :]
-    if CAUSAL:
-        vis = vis & (offs_n[None, :] <= pos_m[:, None])
-    if HAS_SLIDE:
-        vis = vis & (pos_m[:, None] - offs_n[None, :] < SLIDE)
-    if HAS_MASK:
-        mk = tl.load(MASK + b * stride_mb + h * stride_mh + offs_m.to(tl.int64)[:, None] * stride_mm
-                     + offs_n[None, :] * stride_mn, mask=vis, other=0)
-        vis = vis & (mk != 0)
-    return vis
+from ._triton_common import LOG2E, LN2, _scores, _visibility
 
 
 @triton.jit
@@ -361,86 +307,6 @@ def attn_rows_kernel(
 
     if TOPK > 0:
         tl.store(CAND + row[:, None] * TOPK + slots[None, :], cand_t, mask=m_valid[:, None] & (slots[None, :] < TOPK))
-
-
-@triton.jit
-def attn_topk_kernel(
-    Q, K, BIAS, MASK, QMASK, LSE, CAND,
-    TOPV, TOPI,
-    stride_qb, stride_qh, stride_qm,
-    stride_kb, stride_kh, stride_kn,
-    stride_bb, stride_bh, stride_bn,
-    stride_mb, stride_mh, stride_mm, stride_mn,
-    H, NQ, NK, OFFSET, SLIDE, qk_scale, softcap2,
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, SPAN: tl.constexpr, BLOCK_D: tl.constexpr,
-    CAUSAL: tl.constexpr, HAS_SLIDE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
-    HAS_QMASK: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-    TOPK: tl.constexpr, TOPK_P: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
-):
-    """The exact top-k of one query row from the k candidate key spans pass 1 chose (CAND).
-
-    Rescores the row's candidate spans (SPAN keys each) with the same scale, soft-cap, bias
-    and visibility rules, then takes the k best, best first, the lower key first among equal
-    scores; p = 2^(s - L) with pass 1's lse. Work per row: k spans, not the row's n keys.
-    The scores come from the tensor cores like pass 1's: each span's keys times a matrix
-    whose first column is the query and the rest zeros (summing its 16 columns is exact).
-    """
-    i = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    kvh = h // GROUP
-    b64, h64, kvh64 = b.to(tl.int64), h.to(tl.int64), kvh.to(tl.int64)
-    row = bh.to(tl.int64) * NQ + i
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_sl = tl.arange(0, SPAN)
-    slots = tl.arange(0, TOPK_P)
-    offs_m = tl.zeros([1], dtype=tl.int32) + i  # the row, as a one-row tile for _visibility
-    pos_m = OFFSET + offs_m
-    m_valid = offs_m < NQ
-
-    q = tl.load(Q + b64 * stride_qb + h64 * stride_qh + i * stride_qm + offs_d, mask=offs_d < HEAD_DIM, other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
-    cols = tl.arange(0, 16)
-    q_col = tl.where(cols[None, :] == 0, q[:, None], 0.0).to(q.dtype)  # [BLOCK_D, 16]
-    lse = tl.load(LSE + row)
-    ok = lse > float("-inf")
-    if HAS_QMASK:
-        ok = ok & (tl.load(QMASK + b64 * NQ + i) != 0)
-    k_base = K + b64 * stride_kb + kvh64 * stride_kh
-
-    tiles = tl.load(CAND + row * TOPK + slots, mask=slots < TOPK, other=-1)
-    keys = tiles[:, None] * SPAN + offs_sl[None, :]  # [TOPK_P, SPAN]; < 0 in empty slots
-    s_all = tl.zeros([TOPK_P, SPAN], dtype=tl.float32) - float("inf")
-    for r in range(TOPK):
-        t = tl.load(CAND + row * TOPK + r)
-        offs_n = t * SPAN + offs_sl
-        n_valid = (offs_n >= 0) & (offs_n < NK)  # empty slots (t < 0) give offs_n < 0
-        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :],
-                    mask=n_valid[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-        s = tl.sum(tl.dot(k, q_col, input_precision=DOT_PREC), 1) * qk_scale
-        if HAS_SOFTCAP:
-            s = softcap2 * _tanh(s * (1.0 / softcap2))
-        if HAS_BIAS:
-            s = s + tl.load(BIAS + b64 * stride_bb + h64 * stride_bh + offs_n * stride_bn, mask=n_valid, other=0.0)
-        vis = _visibility(offs_m, offs_n, pos_m, m_valid, n_valid, b64, h64, MASK,
-                          stride_mb, stride_mh, stride_mm, stride_mn, SLIDE, CAUSAL, HAS_SLIDE, HAS_MASK)
-        s_all = tl.where(slots[:, None] == r, tl.where(vis, s[None, :], float("-inf")), s_all)
-
-    # Best first; among equal scores the lower key first.
-    v = tl.reshape(s_all, [TOPK_P * SPAN])
-    idx = tl.reshape(keys, [TOPK_P * SPAN])
-    lse2 = lse * LOG2E
-    for r in tl.static_range(TOPK):
-        best = tl.max(v, 0)
-        pick = tl.min(tl.where(v == best, idx, 2147483647), 0)
-        good = ok & (best > float("-inf"))
-        tl.store(TOPV + row * TOPK + r, tl.where(good, tl.exp2(best - lse2), 0.0))
-        tl.store(TOPI + row * TOPK + r, tl.where(good, pick, -1).to(tl.int64))
-        v = tl.where(idx == pick, float("-inf"), v)
 
 
 @triton.jit

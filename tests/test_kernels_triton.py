@@ -33,7 +33,7 @@ triton = pytest.importorskip("triton", reason="triton is not installed: pip inst
 import triton.language as tl  # noqa: E402
 
 from kernels import STAT_NAMES, HeadEdits, StatOptions, attention  # noqa: E402
-from kernels import _eager, _triton, _triton_kernels  # noqa: E402
+from kernels import _eager, _triton, _triton_common  # noqa: E402
 from kernels._api import Call, _validate  # noqa: E402
 from _kernel_checks import WIDE, assert_float64, assert_matches, reference64  # noqa: E402
 
@@ -407,7 +407,7 @@ def test_public_entry_point_with_softcap_and_sinks():
 @triton.jit
 def _tanh_probe(X, Y, N: tl.constexpr):
     offs = tl.arange(0, N)
-    tl.store(Y + offs, _triton_kernels._tanh(tl.load(X + offs)))
+    tl.store(Y + offs, _triton_common._tanh(tl.load(X + offs)))
 
 
 def test_kernel_tanh_is_accurate():
