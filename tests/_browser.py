@@ -135,3 +135,18 @@ def set_theme(page, dark: bool) -> None:
         page.dispatch_event("#theme-switch", "click")  # a notification may sit over the switch (top right)
     page.wait_for_function("(d) => document.documentElement.getAttribute('data-mantine-color-scheme') === d",
                            arg="dark" if dark else "light")
+
+
+def whole_page(page, path) -> None:
+    """A screenshot of the whole page through a viewport as tall as the page.
+
+    Playwright's ``full_page=True`` stitches beyond the viewport, where AG Grid's tables
+    came out blank; a tall viewport paints them like the rest.
+    """
+    size = page.viewport_size
+    page.set_viewport_size({"width": size["width"], "height": page.evaluate("() => document.documentElement.scrollHeight")})
+    page.wait_for_timeout(300)
+    try:
+        page.screenshot(path=str(path))
+    finally:
+        page.set_viewport_size(size)

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 from _browser import (DOCS, SHOTS, analyze, browser, go_to, needs_browser, overlaps, pick, plot_data, served,
-                      set_theme, wait_plot)
+                      set_theme, wait_plot, whole_page)
 
 import lens
 
@@ -42,7 +42,7 @@ def screenshots(page, out: Path, tag: str, pages=PAGES) -> dict[str, Path]:
             page.wait_for_timeout(400)
             assert overlaps(page, f"#page-{name}") == [], f"overlapping controls on {name} ({theme})"
             shots[name, theme] = out / f"{tag}-{name}-{theme}.png"
-            page.screenshot(path=str(shots[name, theme]), full_page=True)
+            whole_page(page, shots[name, theme])
     set_theme(page, False)
     return shots
 

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from _browser import SHOTS, browser, needs_browser, overlaps, plot_data, served, set_theme, wait_plot  # noqa: F401
+from _browser import (SHOTS, browser, needs_browser, overlaps, plot_data, served, set_theme,  # noqa: F401
+                      wait_plot, whole_page)
 
 import lens
 from dashboard._saved_work import Census, Runs, describe_sweep, value_label
@@ -321,7 +322,7 @@ def _shots(page, name: str) -> None:
         set_theme(page, theme == "dark")
         page.wait_for_timeout(500)  # figures redraw in the theme's template
         assert overlaps(page) == [], f"overlapping controls on {name} ({theme})"
-        page.screenshot(path=str(OUT / f"{name}-{theme}.png"), full_page=True)
+        whole_page(page, OUT / f"{name}-{theme}.png")
     set_theme(page, False)
     SHOTS.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(OUT / f"{name}-light.png", SHOTS / f"{name}.png")
