@@ -37,14 +37,37 @@ _OPEN: dict = {}
 _OPEN_LOCK = threading.Lock()
 
 
+class _Memo:
+    """A thread-safe cache of computed answers, emptied whenever ``stamp`` changes (None: never)."""
+
+    def __init__(self):
+        self._cache: dict = {}
+        self._stamp = None
+        self._lock = threading.Lock()
+
+    def get(self, key, make, stamp=None):
+        with self._lock:
+            if stamp != self._stamp:
+                self._cache.clear()
+                self._stamp = stamp
+            if key in self._cache:
+                return self._cache[key]
+        value = make()  # outside the lock: a slow query does not hold other readers
+        with self._lock:
+            self._cache[key] = value
+        return value
+
+    def forget(self, key) -> None:
+        with self._lock:
+            self._cache.pop(key, None)
+
+
 class Runs:
     """Read-only views of one runs database (``lens run --db FILE``), cached until the file changes."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._cache: dict = {}
-        self._stamp = None
-        self._lock = threading.Lock()
+        self._memo = _Memo()
 
     @classmethod
     def of(cls, path: str | Path) -> Runs:
@@ -65,17 +88,7 @@ class Runs:
                 if st is not None]
 
     def _cached(self, key, make):
-        stamp = self.stamp()
-        with self._lock:
-            if stamp != self._stamp:
-                self._cache.clear()
-                self._stamp = stamp
-            if key in self._cache:
-                return self._cache[key]
-        value = make()
-        with self._lock:
-            self._cache[key] = value
-        return value
+        return self._memo.get(key, make, stamp=self.stamp())
 
     def _query(self, sql: str, params=()) -> pd.DataFrame:
         """Run ``sql``, in which ``{runs}`` stands for the runs table with every current column."""
@@ -102,8 +115,7 @@ class Runs:
         made, df = self._cached(("table", metric), lambda: (time.monotonic(),
                                                              _runs_table(self.path, metric, self._query)))
         if time.monotonic() - made > LIVE_TTL_S and df["state"].isin(LIVE_STATES).any():
-            with self._lock:
-                self._cache.pop(("table", metric), None)
+            self._memo.forget(("table", metric))
             return self.table(metric)
         return df
 
@@ -277,18 +289,12 @@ class Census:
 
     def __init__(self, store: lens.Store):
         self.store = store
-        self._cache: dict = {}
+        self._memo = _Memo()  # the index of a store does not change: no stamp
         self._shards: OrderedDict[int, lens.Capture] = OrderedDict()
         self._lock = threading.Lock()
 
     def _cached(self, key, make):
-        with self._lock:
-            if key in self._cache:
-                return self._cache[key]
-        value = make()
-        with self._lock:
-            self._cache[key] = value
-        return value
+        return self._memo.get(key, make)
 
     def _stat(self, stat: str) -> str:
         if stat not in self.statistics():
