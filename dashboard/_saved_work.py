@@ -112,11 +112,13 @@ class Runs:
         A run in progress can end without writing to the file (killed: it becomes interrupted),
         so a list that shows one is read again after ``LIVE_TTL_S``.
         """
-        made, df = self._cached(("table", metric), lambda: (time.monotonic(),
-                                                             _runs_table(self.path, metric, self._query)))
+        def read():
+            return time.monotonic(), _runs_table(self.path, metric, self._query)
+
+        made, df = self._cached(("table", metric), read)
         if time.monotonic() - made > LIVE_TTL_S and df["state"].isin(LIVE_STATES).any():
-            self._memo.forget(("table", metric))
-            return self.table(metric)
+            self._memo.forget(("table", metric))  # read once more (not recursively: a slow read stays stale)
+            made, df = self._cached(("table", metric), read)
         return df
 
     def compare(self, run_ids) -> pd.DataFrame:
