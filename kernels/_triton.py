@@ -23,6 +23,7 @@ On a CPU it runs only under ``TRITON_INTERPRET=1`` set before this module is imp
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -125,10 +126,7 @@ def run(call: Call, *, blocks: tuple[Blocks, Blocks] | None = None) -> Attention
     bias, bias_strides = _bias(call, dummy_f)
     mask, mask_strides = _mask(call)
     qmask = call.query_mask.to(torch.uint8).contiguous() if call.query_mask is not None else mask
-    tok = call.token_ids if call.token_ids is not None and want & {"dup_token", "induction"} else None
-    tok = tok.to(torch.int32) if tok is not None else None  # int32 compares: half the work of int64
-    tok_strides = (tok.stride(0), tok.stride(1)) if tok is not None else (0, 0)
-    tok = tok if tok is not None else torch.zeros(1, dtype=torch.int32, device=dev)
+    tok, tok_strides = _token_rows(call, p1, want)
     gate = call.head_gate.contiguous() if call.head_gate is not None else dummy_f
     add = call.head_add.contiguous() if call.head_add is not None else dummy_f
     sinks = (call.sinks * LOG2E.value).contiguous() if call.sinks is not None else dummy_f  # base 2
@@ -206,6 +204,35 @@ def _topk(call, q, k, lse, cand, bias, bias_strides, mask, mask_strides, qmask, 
         num_warps=TOPK_WARPS if not INTERPRETED else 1, num_stages=1, **consts,
     )
     return top_v, top_i
+
+
+def _token_rows(call: Call, p1: Blocks, want: set) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Token ids as pass 1 reads them: [batch, 2, L] int32, row 0 the keys' ids, row 1 the ids
+    one place earlier (-1 before key 0), both padded with -1 to L, a whole number of key tiles
+    (and of 16, so every row starts aligned). Returns (tensor, (batch stride, L)).
+
+    A capture passes the same ids tensor to every layer: the padded copy is built once and
+    kept while that tensor lives and is unchanged (its version counter), not once a layer."""
+    if call.token_ids is None or not want & {"dup_token", "induction"}:
+        return torch.zeros(1, dtype=torch.int32, device=call.q.device), (0, 0)
+    ids = call.token_ids
+    b, nk = ids.shape
+    width = max(p1.block_n, 16)
+    n_pad = -(-nk // width) * width
+    hit = _TOKEN_ROWS.get(id(ids))
+    if hit is not None and hit[0]() is ids and hit[1:3] == (ids._version, n_pad):
+        return hit[3], (2 * n_pad, n_pad)
+    tok = torch.full((b, 2, n_pad), -1, dtype=torch.int32, device=ids.device)
+    tok[:, 0, :nk] = ids  # int32 compares: half the work of int64
+    tok[:, 1, 1:nk] = ids[:, :-1]
+    if len(_TOKEN_ROWS) >= 8:
+        _TOKEN_ROWS.clear()
+    _TOKEN_ROWS[id(ids)] = (weakref.ref(ids), ids._version, n_pad, tok)
+    return tok, (2 * n_pad, n_pad)
+
+
+#: id(token ids) -> (weak reference, version, L, padded rows): _token_rows' one-entry-a-capture memo.
+_TOKEN_ROWS: dict[int, tuple] = {}
 
 
 def _span(p1: Blocks) -> int:

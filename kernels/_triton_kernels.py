@@ -35,7 +35,7 @@ def attn_rows_kernel(
     stride_vb, stride_vh, stride_vn,
     stride_bb, stride_bh, stride_bn,
     stride_mb, stride_mh, stride_mm, stride_mn,
-    stride_tb, stride_tn,
+    stride_tb, TOK_PREV,
     H, NQ, NK, OFFSET, SLIDE, qk_scale, softcap2,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -82,7 +82,7 @@ def attn_rows_kernel(
     v_base = V + b64 * stride_vb + kvh64 * stride_vh
 
     if S_DUP >= 0 or S_IND >= 0:
-        tok_q = tl.load(TOK + b64 * stride_tb + pos_m * stride_tn, mask=m_valid, other=-1)
+        tok_q = tl.load(TOK + b64 * stride_tb + pos_m, mask=m_valid, other=-1)
 
     # Keys [lo, hi) the rules let some row of the block see.
     lo = 0
@@ -201,19 +201,21 @@ def attn_rows_kernel(
                 if S_DIAG >= 0:
                     a_diag = a_diag * r + tl.sum(tl.where(dist == 0, e, 0.0), 1)
         if S_DUP >= 0 or S_IND >= 0:
-            # Token ids are int32 (the host converts). Only tiles reaching the block's first row
-            # (and tile 0 for induction's j >= 1) need the position tests.
+            # TOK[b] is two int32 rows of TOK_PREV ids each, padded with -1 to whole tiles: the
+            # keys' own ids, then the ids one place earlier (tok_{j-1}). The loads need no mask
+            # (padded keys have e = 0) and are aligned: vector loads, no per-element defaults.
+            # Only tiles reaching the block's first row (and tile 0 for induction's j >= 1)
+            # need the position tests.
             edge = start_n + BLOCK_N - 1 >= pos_min
         if S_DUP >= 0:
-            tok_k = tl.load(TOK + b64 * stride_tb + offs_n * stride_tn, mask=n_valid, other=-1)
+            tok_k = tl.load(TOK + b64 * stride_tb + offs_n)
             part = tl.sum(tl.where(tok_k[None, :] == tok_q[:, None], e, 0.0), 1)
             if edge:  # j < pos: the row's own key and later ones do not count
                 hit = (tok_k[None, :] == tok_q[:, None]) & (offs_n[None, :] < pos_m[:, None])
                 part = tl.sum(tl.where(hit, e, 0.0), 1)
             a_dup = a_dup * alpha + part
         if S_IND >= 0:
-            # tok_{j-1}: a shifted direct load, not an indirect one.
-            tok_p = tl.load(TOK + b64 * stride_tb + (offs_n - 1) * stride_tn, mask=n_valid & (offs_n >= 1), other=-1)
+            tok_p = tl.load(TOK + b64 * stride_tb + TOK_PREV + offs_n)
             part = tl.sum(tl.where(tok_p[None, :] == tok_q[:, None], e, 0.0), 1)
             if edge | (start_n == 0):  # 1 <= j <= pos
                 hit = (tok_p[None, :] == tok_q[:, None]) & (offs_n[None, :] >= 1) & (offs_n[None, :] <= pos_m[:, None])

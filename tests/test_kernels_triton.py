@@ -142,6 +142,29 @@ def test_topk_from_span_maxima_keeps_the_tie_order(tile):
     assert top(many, 8) == [50, 51, 60, 40, 3, 20, 0, 1]  # then the zeros, lowest keys first
 
 
+def test_token_rows_built_once_a_tensor_and_rebuilt_when_it_changes():
+    """dup_token / induction read the ids as padded int32 rows that _token_rows keeps per ids
+    tensor (a capture passes one tensor to every layer). Reused: same answer as eager;
+    changed in place: rebuilt, and the new ids counted, not the stale copy."""
+    stats = ("dup_token", "induction")
+    q, k, v = qkv(1, 2, 1, 40, 40, 16, seed=3)
+    ids = tokens(1, 40, vocab=3)
+    first = make_call(q, k, v, token_ids=ids, stats=stats)
+    got1 = _triton.run(first, blocks=blocks(16))
+    padded = _triton._TOKEN_ROWS[id(first.token_ids)][3]
+    assert padded.shape == (1, 2, 48) and padded[0, 1, 0] == -1 and (padded[0, :, 40:] == -1).all()
+    got2 = _triton.run(make_call(q * 0.5, k, v, token_ids=ids, stats=stats), blocks=blocks(16))
+    assert _triton._TOKEN_ROWS[id(first.token_ids)][3] is padded  # built once
+    assert_matches(got1, _eager.run(first), first)
+    assert not torch.equal(got1.stats["dup_token"], got2.stats["dup_token"])  # different q: different sums
+    first.token_ids[0, ::2] = 7  # in place: every other key now matches no query token of the old ids
+    again = make_call(q, k, v, token_ids=first.token_ids, stats=stats)
+    got3 = _triton.run(again, blocks=blocks(16))
+    assert _triton._TOKEN_ROWS[id(first.token_ids)][3] is not padded
+    assert_matches(got3, _eager.run(again), again)
+    assert not torch.allclose(got3.stats["dup_token"], got1.stats["dup_token"])
+
+
 def test_head_sizes_128_and_odd():
     for d in (128, 14):
         q, k, v = qkv(1, 2, 1, 20, 23, d, seed=d)
