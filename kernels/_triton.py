@@ -225,9 +225,8 @@ def _token_rows(call: Call, p1: Blocks, want: set) -> tuple[torch.Tensor, tuple[
     tok = torch.full((b, 2, n_pad), -1, dtype=torch.int32, device=ids.device)
     tok[:, 0, :nk] = ids  # int32 compares: half the work of int64
     tok[:, 1, 1:nk] = ids[:, :-1]
-    if len(_TOKEN_ROWS) >= 8:
-        _TOKEN_ROWS.clear()
-    _TOKEN_ROWS[id(ids)] = (weakref.ref(ids), ids._version, n_pad, tok)
+    key = id(ids)  # the entry goes when the ids do: no padded copy outlives its tensor
+    _TOKEN_ROWS[key] = (weakref.ref(ids, lambda _, key=key: _TOKEN_ROWS.pop(key, None)), ids._version, n_pad, tok)
     return tok, (2 * n_pad, n_pad)
 
 

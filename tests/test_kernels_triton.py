@@ -163,6 +163,9 @@ def test_token_rows_built_once_a_tensor_and_rebuilt_when_it_changes():
     assert _triton._TOKEN_ROWS[id(first.token_ids)][3] is not padded
     assert_matches(got3, _eager.run(again), again)
     assert not torch.allclose(got3.stats["dup_token"], got1.stats["dup_token"])
+    key = id(first.token_ids)
+    del first, again, ids
+    assert key not in _triton._TOKEN_ROWS  # the padded copy goes with its ids tensor
 
 
 def test_head_sizes_128_and_odd():
