@@ -6,7 +6,8 @@ for, in one pass. Residual-stream quantities come from forward hooks on the bloc
 registered for the pass and removed after it, also on error.
 
 On CUDA each layer's statistics leave the device as soon as the layer is done, into pinned
-host memory (asynchronous copies, one synchronisation before the batch is assembled), with
+host memory (asynchronous copies, one synchronisation before the batch is assembled, which
+is also when the NaN/inf check of every layer is read), with
 ``topk_idx`` as int32: the device then holds the model and one layer's work, not every
 layer's statistics (issue 15: 15 GB above the model for SmolLM2 at 128K when they stayed).
 The small residual-stream statistics follow once the batch is done, so every statistic of
@@ -51,6 +52,7 @@ class _Session:
         self.bar = bar
         self.layers: dict[int, dict[str, torch.Tensor]] = {}
         self._compiled: dict[int, dict] = {}
+        self._nonfinite: dict[int, tuple] = {}  # layer -> _nonfinite_summary
 
     def _edits_for(self, layer: int, n_keys: int):
         if not self.edits:
@@ -78,7 +80,8 @@ class _Session:
         return kw
 
     def record(self, layer, module, value, result):
-        _check_finite(self.subject, layer, result, self.query_mask)
+        # Read once the pass is done (check_finite): a check here would wait for the device every layer.
+        self._nonfinite[layer] = _nonfinite_summary(result, self.query_mask)
         home = self.token_ids.device  # with a device map, layers run on several devices: gather here
         out = {k: _off_device(k, v.detach(), home) for k, v in result.stats.items()}
         if "pooled" in out:
@@ -89,6 +92,20 @@ class _Session:
         self.layers[layer] = out
         if self.bar is not None:
             self.bar.update(1)
+
+    def check_finite(self) -> None:
+        """Raise NonFiniteAttention for the first layer whose attention had a NaN/inf on a real
+        row (nothing this pass recorded is returned then): one device read for every layer."""
+        if not self._nonfinite:
+            return
+        layers = sorted(self._nonfinite)
+        home = self.token_ids.device  # with a device map the layers' summaries sit on several devices
+        sizes = [self._nonfinite[l][0].numel() for l in layers]  # heads per layer may differ
+        heads = torch.cat([self._nonfinite[l][0].to(home) for l in layers]).cpu().split(sizes)
+        first = torch.stack([self._nonfinite[l][1].to(home) for l in layers]).tolist()
+        for n, layer in enumerate(layers):
+            if heads[n].any():
+                _raise_nonfinite(self.subject, layer, first[n], self._nonfinite[layer][2], heads[n])
 
 
 def _off_device(name: str, t: torch.Tensor, home: torch.device) -> torch.Tensor:
@@ -114,8 +131,10 @@ class NonFiniteAttention(ValueError):
     """The model's attention produced NaN or inf on a real token: no statistic is computed from it."""
 
 
-def _check_finite(subject: Subject, layer: int, result, query_mask) -> None:
-    """Raise naming the layer, head, input and position of the first NaN/inf in a real row.
+def _nonfinite_summary(result, query_mask) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int, int]]:
+    """Where one layer's attention is NaN/inf on a real row, left on the device (no sync):
+    (bad heads [h] bool, flat index of the first bad (input, head, position) in that order,
+    the [b, h, q] shape it indexes).
 
     The log-sum-exp is NaN or +inf when a score is (an fp16 overflow, NaN weights), and the
     output is non-finite when the values are; padded rows are skipped, and -inf (a row that
@@ -127,12 +146,19 @@ def _check_finite(subject: Subject, layer: int, result, query_mask) -> None:
         bad = bad | torch.isnan(lse) | torch.isposinf(lse)
     if query_mask is not None and query_mask.shape[-1] == bad.shape[-1]:
         bad = bad & query_mask.to(bad.device)[:, None, :]
-    if not bool(bad.any()):
-        return
-    b, h, q = (int(i) for i in bad.nonzero()[0])
-    heads = bad.any(2).any(0).nonzero().flatten().tolist()
+    return bad.any(2).any(0), bad.flatten().to(torch.uint8).argmax(), tuple(bad.shape)
+
+
+def _raise_nonfinite(subject: Subject, layer: int, first: int, shape: tuple[int, int, int],
+                     bad_heads: torch.Tensor) -> None:
+    """The error for a layer whose attention had NaN/inf: the layer, head, input and query
+    position of its first bad entry, and every bad head of the layer."""
+    _, h, q = shape
+    b, rest = divmod(first, h * q)
+    head, pos = divmod(rest, q)
+    heads = bad_heads.nonzero().flatten().tolist()
     raise NonFiniteAttention(
-        f"{subject.name}: layer {layer}, head {h} produced NaN/inf attention (input {b}, query position {q}; "
+        f"{subject.name}: layer {layer}, head {head} produced NaN/inf attention (input {b}, query position {pos}; "
         f"bad heads in this layer: {heads}): no statistics were recorded from it. The scores overflowed or the "
         "weights hold NaN/inf: load the model in float32 or bfloat16 instead of float16, or check its weights")
 
@@ -306,6 +332,7 @@ def capture(
                                        use_cache=False, logits_to_keep=last).logits
             logits_out.append(logits[:, -1].float().cpu())
             _host_ready(device)
+            session.check_finite()
             batch_stats = _assemble_batch(session.layers, store, subject.n_layers)
             if device.type == "cuda":  # the residual-stream statistics join the attention ones on the host
                 batch_stats = {name: t.cpu() for name, t in batch_stats.items()}

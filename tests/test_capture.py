@@ -201,3 +201,31 @@ def test_smollm2_patterns_equal_transformerlens_hook_pattern(smollm2):
     # SmolLM2 is a sink model: most attention from later queries goes to position 0 (METHODS sec. 1: ~0.64).
     later = cap.stats["sink_mass"][0, :, :, 4:].mean().item()
     assert later > 0.4
+
+
+def test_nonfinite_attention_is_located_exactly():
+    """The deferred NaN/inf check (read once after the pass, not once a layer) names the first
+    bad (input, head, position) in that order and every bad head; padded rows never count.
+    Hand-made layer output: [b 2, h 4, q 5], NaN at (1, 2, 3) and inf lse at (1, 3, 0);
+    a NaN on input 0's padded position 4 is masked out."""
+    from types import SimpleNamespace
+
+    from lens._capture import NonFiniteAttention, _nonfinite_summary, _raise_nonfinite
+
+    out = torch.zeros(2, 4, 5, 3)
+    lse = torch.zeros(2, 4, 5)
+    out[1, 2, 3, 1] = float("nan")
+    lse[1, 3, 0] = float("inf")
+    out[0, 0, 4, 0] = float("nan")  # a padded row of input 0
+    lse[0, 1, 2] = float("-inf")  # a row that sees no key: the kernels' business, not an error
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[0, 4] = False
+    heads, first, shape = _nonfinite_summary(SimpleNamespace(output=out, lse=lse), mask)
+    assert heads.tolist() == [False, False, True, True] and shape == (2, 4, 5)
+    assert int(first) == 1 * 20 + 2 * 5 + 3
+    subject = SimpleNamespace(name="toy")
+    with pytest.raises(NonFiniteAttention, match=r"toy: layer 7, head 2 produced NaN/inf attention \(input 1, "
+                       r"query position 3; bad heads in this layer: \[2, 3\]\)"):
+        _raise_nonfinite(subject, 7, int(first), shape, heads)
+    clean, _, _ = _nonfinite_summary(SimpleNamespace(output=out.nan_to_num(), lse=lse.clamp_max(0)), mask)
+    assert not clean.any()
