@@ -52,7 +52,7 @@ class _Session:
         self.bar = bar
         self.layers: dict[int, dict[str, torch.Tensor]] = {}
         self._compiled: dict[int, dict] = {}
-        self._nonfinite: dict[int, tuple] = {}  # layer -> _nonfinite_summary
+        self._nonfinite: list[tuple[int, tuple]] = []  # (layer, _nonfinite_summary), in call order
 
     def _edits_for(self, layer: int, n_keys: int):
         if not self.edits:
@@ -81,7 +81,7 @@ class _Session:
 
     def record(self, layer, module, value, result):
         # Read once the pass is done (check_finite): a check here would wait for the device every layer.
-        self._nonfinite[layer] = _nonfinite_summary(result, self.query_mask)
+        self._nonfinite.append((layer, _nonfinite_summary(result, self.query_mask)))
         home = self.token_ids.device  # with a device map, layers run on several devices: gather here
         out = {k: _off_device(k, v.detach(), home) for k, v in result.stats.items()}
         if "pooled" in out:
@@ -94,18 +94,18 @@ class _Session:
             self.bar.update(1)
 
     def check_finite(self) -> None:
-        """Raise NonFiniteAttention for the first layer whose attention had a NaN/inf on a real
-        row (nothing this pass recorded is returned then): one device read for every layer."""
+        """Raise NonFiniteAttention for the first attention call of the pass (in call order,
+        so the first bad layer) that had a NaN/inf on a real row; nothing this pass recorded is
+        returned then. One device read for every layer."""
         if not self._nonfinite:
             return
-        layers = sorted(self._nonfinite)
         home = self.token_ids.device  # with a device map the layers' summaries sit on several devices
-        sizes = [self._nonfinite[l][0].numel() for l in layers]  # heads per layer may differ
-        heads = torch.cat([self._nonfinite[l][0].to(home) for l in layers]).cpu().split(sizes)
-        first = torch.stack([self._nonfinite[l][1].to(home) for l in layers]).tolist()
-        for n, layer in enumerate(layers):
+        sizes = [summary[0].numel() for _, summary in self._nonfinite]  # heads per layer may differ
+        heads = torch.cat([summary[0].to(home) for _, summary in self._nonfinite]).cpu().split(sizes)
+        first = torch.stack([summary[1].to(home) for _, summary in self._nonfinite]).tolist()
+        for n, (layer, summary) in enumerate(self._nonfinite):
             if heads[n].any():
-                _raise_nonfinite(self.subject, layer, first[n], self._nonfinite[layer][2], heads[n])
+                _raise_nonfinite(self.subject, layer, first[n], summary[2], heads[n])
 
 
 def _off_device(name: str, t: torch.Tensor, home: torch.device) -> torch.Tensor:
