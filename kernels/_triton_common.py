@@ -8,9 +8,11 @@ Learned sinks (one virtual key per head, no value) enter pass 1 only: each row's
 max starts at the sink logit, ``l`` keeps the REAL keys' sum, and the sink's term
 ``2^(sink - m)`` is added to the denominator in the epilogue. Pass 2 needs nothing: it
 reads the stored lse, which already includes the sink.
-Masked scores are -inf; products with them are guarded (``e > 0``) so no 0 * inf appears.
+Masked scores are -inf; products with them are guarded (``e > 0``) on every tile that can
+hold one, so no 0 * inf reaches a result (pass 1's branch-free entropy sum computes one on
+such a tile and replaces it with the guarded sum there).
 All block sizes, flags and stat slots are constexprs: a disabled statistic costs nothing.
-Token ids arrive as int32.
+Token ids arrive as int32 rows padded to whole tiles (``_triton._token_rows``).
 """
 
 from __future__ import annotations
