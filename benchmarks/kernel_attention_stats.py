@@ -146,8 +146,8 @@ class Bench:
 
 
 def make_call(q, k, v, stats, token_ids=None, options=None, scale=None):
-    from kernels import StatOptions
-    from kernels._api import _validate
+    from lens.kernels import StatOptions
+    from lens.kernels._api import _validate
 
     return _validate(q, k, v, causal=True, scale=scale, mask=None, query_mask=None, sliding_window=None,
                      token_ids=token_ids, stats=stats, options=options or StatOptions(), edits=None, block_size=None)
@@ -167,7 +167,7 @@ def providers(bench: Bench, q, k, v, ids, *, eager_ok: bool, blocks=None) -> dic
     """name -> (zero-argument callable, useful FLOPs)."""
     import torch.nn.functional as F
 
-    from kernels import STAT_NAMES, _eager, _triton
+    from lens.kernels import STAT_NAMES, _eager, _triton
 
     _, h, n, d = q.shape
     group = h // k.shape[1]
@@ -234,7 +234,7 @@ def timing_table(bench: Bench, args) -> str:
 
 def sweep_table(bench: Bench, args) -> str:
     """Pass 1 with row statistics and pass 1 + 2 under other tiles, at the first n >= 32K (or the largest)."""
-    from kernels._triton import Blocks, default_blocks
+    from lens.kernels._triton import Blocks, default_blocks
 
     n = next((x for x in args.ns if x >= 32768), max(args.ns))
     configs = [Blocks(64, 64, 4, 3), Blocks(64, 64, 8, 3), Blocks(64, 32, 4, 3), Blocks(128, 64, 8, 3),
@@ -298,7 +298,7 @@ def reference64(q, k, v, ids, scale: float, sink_k: int, window: int, topk: int)
 
 
 def accuracy_rows(label: str, q, k, v, ids, scale: float, n: int) -> list[str]:
-    from kernels import StatOptions, _eager, _triton
+    from lens.kernels import StatOptions, _eager, _triton
 
     opt = StatOptions()
     stats = tuple(s for s in ROW_STATS if s != "entropy_norm") + ("received",)
@@ -343,9 +343,9 @@ def smollm2_qkv(bench: Bench, n: int, layer: int):
     """q, k, v of one SmolLM2 layer on random tokens (BOS first), grabbed from the attention call."""
     import torch
 
-    import kernels
+    from lens import kernels
     import lens
-    from lens import _hook
+    from lens.model import _routing
 
     subject = lens.load("smollm2", dtype=bench.dtype, device=bench.device)
     g = torch.Generator().manual_seed(0)
@@ -363,7 +363,7 @@ def smollm2_qkv(bench: Bench, n: int, layer: int):
 
     kernels.attention = spy
     try:
-        with torch.no_grad(), _hook.routed(subject.model):
+        with torch.no_grad(), _routing.routed(subject.model):
             subject.model(input_ids=ids, use_cache=False, logits_to_keep=1)
     finally:
         kernels.attention = original
@@ -374,7 +374,7 @@ def smollm2_qkv(bench: Bench, n: int, layer: int):
 def invariants_table(bench: Bench, args) -> str:
     import torch
 
-    from kernels import _triton
+    from lens.kernels import _triton
 
     n = max(args.ns)
     q, k, v, ids = random_inputs(bench, 9, 3, n, 64, seed=2)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
-from kernels import STAT_NAMES, attention  # noqa: E402
+from lens.kernels import STAT_NAMES, attention  # noqa: E402
 
 ALL_STATS = tuple(s for s in STAT_NAMES if s != "pattern")
 ROW_STATS = ("sink_mass", "sink_mass_k", "entropy", "entropy_norm", "received", "visible")

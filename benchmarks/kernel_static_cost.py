@@ -1,7 +1,7 @@
 """Static cost of the Triton attention kernels, on a CPU, for sm_90 (issue 15).
 
 No GPU needed. For each statistic set of the H200 ablation (../shared/gpu/2026-11-28-h200.md)
-the host wrapper ``kernels._triton.run`` is called on empty CPU tensors of the ablation's
+the host wrapper ``lens.kernels._triton.run`` is called on empty CPU tensors of the ablation's
 shape (n = 32K, bf16, causal, batch 1) with the kernel launches intercepted, so the
 constexprs, block sizes and warps are exactly the ones the wrapper would pass. Each launch
 is then compiled with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))``
@@ -126,7 +126,7 @@ def backend(which: str):
     """The host module ``_triton`` of the current kernels ("new") or of OLD_REF ("old"),
     the latter written from git into a temporary package beside shims for _types/_stats."""
     if which == "new":
-        import kernels._triton as T
+        import lens.kernels._triton as T
 
         return T
     if "kernels_old" not in sys.modules:
@@ -138,8 +138,8 @@ def backend(which: str):
                                  text=True, check=True).stdout
             (pkg / name).write_text(src)
         (pkg / "__init__.py").write_text("")
-        (pkg / "_types.py").write_text("from kernels._types import AttentionResult, Call  # noqa: F401\n")
-        (pkg / "_stats.py").write_text("from kernels._stats import pattern_rows, pool_factor  # noqa: F401\n")
+        (pkg / "_types.py").write_text("from lens.kernels._types import AttentionResult, Call  # noqa: F401\n")
+        (pkg / "_stats.py").write_text("from lens.kernels._stats import pattern_rows, pool_factor  # noqa: F401\n")
         sys.path.insert(0, str(pkg.parent))
     import importlib
 
@@ -151,8 +151,8 @@ def capture_launches(d: int, stats, topk: int, config: str, n: int, which: str =
     [(kernel, grid, args, kwargs)] for pass 1, the top-k rescan and pass 2, as launched."""
     import torch
 
-    from kernels import STAT_NAMES, StatOptions
-    from kernels._api import _validate
+    from lens.kernels import STAT_NAMES, StatOptions
+    from lens.kernels._api import _validate
 
     h, kv = HEADS[d]
     if stats is None:

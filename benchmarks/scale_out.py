@@ -5,7 +5,7 @@
 
 For each worker count (``--workers``, default 1 2) on a local Ray cluster of this machine:
   * dataset capture: ``--prompts`` SmolLM2 prompts of 64 tokens in shards of ``--shard-size``,
-    all statistics, through ``lens._store.capture_dataset`` (driver writes every shard);
+    all statistics, through ``lens.store._store.capture_dataset`` (driver writes every shard);
   * sweep: ``--sweep`` (default: the induction organism's 6-run ablation sweep), through
     ``lens run``'s sweep driver on the same executor (the driver writes DuckDB);
   * Ray's overhead per job: ``--noop-jobs`` jobs that return at once through ``RayExecutor``
@@ -43,7 +43,7 @@ def noop(subject, job):
 
 
 def time_capture(executor, model: str, dataset: Path, out: Path, shard_size: int) -> float:
-    from lens._store import capture_dataset
+    from lens.store._store import capture_dataset
 
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
@@ -81,7 +81,7 @@ def main() -> None:
 
     import ray
 
-    from lens._executor import make_executor
+    from lens.record._executor import make_executor
 
     tmp = Path(tempfile.mkdtemp(prefix="lens-scale-"))
     data = tmp / "prompts.txt"
@@ -127,7 +127,7 @@ def main() -> None:
         print(f"| {kind} | {w} | {f(pps, '.2f')} | {f(rps, '.3f')} | {f(ms, '.1f')} |")
 
     if args.census:
-        from lens._store import Store
+        from lens.store._store import Store
 
         big = tmp / "census.txt"
         big.write_text("\n".join(prompts(args.census, seed=1)) + "\n")

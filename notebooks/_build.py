@@ -14,7 +14,7 @@ and figures without running anything; their cells must be exactly the sources he
 * ``python notebooks/_build.py --check`` fails when a notebook's cells differ from the sources.
 
 Figures are shown with ``viz.show`` (an interactive figure plus a PNG beside it, see
-``viz/_show.py``). An executed kernel embeds plotly.js (4.8 MB) once per notebook so that
+``lens/viz/_show.py``). An executed kernel embeds plotly.js (4.8 MB) once per notebook so that
 ``jupyter nbconvert --execute --to html`` works offline; the committed copies load it from
 plotly's CDN instead (``commit_copy``), which keeps them small: GitHub shows the PNGs, nbviewer
 fetches the library, and JupyterLab shows the PNGs until the notebook is trusted or rerun. CI
@@ -55,7 +55,7 @@ import plotly.graph_objects as go
 import torch
 
 import lens
-import viz
+from lens import viz
 from lens import analyzers as A
 
 # CI runs every notebook on 2 cores; more threads only add overhead at these sizes.
@@ -148,11 +148,11 @@ viz.show(fig)
     md("""
 The attention score alone does not prove a head is idle. METHODS sec 2 adds a loss check:
 move all of the head's attention to position 0 (`MoveToBOS`) and see whether the loss moves
-by less than 1 %. That needs the model, so it lives in `lens._model_checks`, not among the
+by less than 1 %. That needs the model, so it lives in `lens.experiments._model_checks`, not among the
 pure analyzers. We test the three heads with the strongest sink and the three with the weakest.
 """),
     code("""
-from lens._model_checks import confirm_dormant
+from lens.experiments._model_checks import confirm_dormant
 
 ranked = dh.frame.dropna().sort_values("sink_score")
 heads = [(int(r.layer), int(r.head)) for r in pd.concat([ranked.tail(3), ranked.head(3)]).itertuples()]
@@ -204,17 +204,17 @@ viz.show(fig)
     md("""
 ## 2. The Bigram-Backcopy organism: ground truth
 
-`lens.organisms.train` trains the organism once and caches it (about a minute the first time on
+`lens.model.organisms.train` trains the organism once and caches it (about a minute the first time on
 2 cores, a second afterwards). Its `info` holds what we know by construction: the trigger tokens
 and the sink head `(0, 0)`, plus metrics measured on held-out data when it was trained.
 """),
     code("""
-bb = lens.organisms.train("bigram_backcopy", seed=0, progress=False)
+bb = lens.model.organisms.train("bigram_backcopy", seed=0, progress=False)
 triggers = bb.info["triggers"]
 print(bb)
 print("triggers:", [bb.tokenizer.decode([t]) for t in triggers])
 print({k: round(v, 3) for k, v in bb.info["metrics"].items()})
-tokens, data = lens.organisms.bigram_backcopy_data(32, 64, seed=11, chain=bb.info["chain"])
+tokens, data = lens.model.organisms.bigram_backcopy_data(32, 64, seed=11, chain=bb.info["chain"])
 cap_bb = lens.capture(bb, tokens)
 print(lens.analyze(cap_bb))
 """),
@@ -333,7 +333,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from lens.organisms import BOS_ID, PAD_ID, VOCAB_SIZE, make_tokenizer
+from lens.model.organisms import BOS_ID, PAD_ID, VOCAB_SIZE, make_tokenizer
 
 torch.set_num_threads(1)  # a model this small runs fastest on one thread
 N_TOKENS, SEQ, BATCH, ALPHA = 64, 64, 32, 0.3
@@ -914,7 +914,7 @@ The induction organism (METHODS sec 11) is a 2-layer, attention-only GPT-2 train
 repeated random sequences. The circuit it must learn is known: a **previous-token head** in
 layer 0 writes "my previous token was A" into each position, and an **induction head** in layer 1
 uses it (K-composition) to find the earlier position that followed the current token and copy
-what came next. `lens.organisms.train` records which heads those are (from their attention
+what came next. `lens.model.organisms.train` records which heads those are (from their attention
 patterns on held-out data). Here the circuit tools find them *without* that knowledge:
 
 1. activation patching of every head's output (`circuits.patch_heads`),
@@ -925,9 +925,9 @@ and we check the result against the organism's ground truth.
 """),
     SETUP,
     code("""
-import circuits as C
+from lens import circuits as C
 
-org = lens.organisms.train("induction", seed=0, progress=False)
+org = lens.model.organisms.train("induction", seed=0, progress=False)
 prev_head, ind_head = org.info["prev_token_head"], org.info["induction_head"]
 m = org.info["metrics"]
 # The attention-only organism grows previous-token heads in layer 0 and several near-equal
@@ -1113,7 +1113,7 @@ def commit_copy(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     closed is left out, as it is in a live notebook, and the others' plain-text form shows where
     they ended, not their first frame (0 %).
     """
-    from viz._show import LIBRARY, OUTPUT_KEY, plotlyjs_cdn_html
+    from lens.viz._show import LIBRARY, OUTPUT_KEY, plotlyjs_cdn_html
 
     nb = nbformat.from_dict(nb)
     for cell in nb.cells:

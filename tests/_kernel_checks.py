@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from kernels._types import Call
+from lens.kernels._types import Call
 
 WIDE = {"distance", "waad"}  # values up to ~n: compared with a relative term too
 

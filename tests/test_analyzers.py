@@ -1,7 +1,7 @@
 """Analyzers on hand-built Captures: exact, hand-computed values (no model, fast).
 
 ``capture_from_patterns`` builds a Capture from full attention patterns by the
-definitions in ``lens._capture_data`` / ``kernels._stats``, written out plainly with
+definitions in ``lens.record._data`` / ``lens.kernels._stats``, written out plainly with
 loops; ``test_pattern_helper_matches_kernel`` holds it to the real capture path.
 Sizes are distinct and odd where possible so that transposed axes cannot hide.
 """

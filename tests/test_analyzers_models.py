@@ -20,8 +20,8 @@ import torch
 
 import lens
 from lens import Capture
-from lens._model_checks import confirm_dormant, losses, needle_samples, retrieval_scores
-from lens._organisms_data import BOS_ID, N_TOKENS, bigram_backcopy_data, trigger_mask
+from lens.experiments._model_checks import confirm_dormant, losses, needle_samples, retrieval_scores
+from lens.model._organisms_data import BOS_ID, N_TOKENS, bigram_backcopy_data, trigger_mask
 from lens.analyzers import (
     Atlas,
     analyze,
@@ -131,7 +131,7 @@ def trigger_free(chain, n: int, seq_len: int, seed: int) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def bb_inputs(bigram_backcopy):
     """(trigger-free inputs, the organism's own held-out inputs with triggers)."""
-    from lens._organisms_data import HELD_OUT_SEED
+    from lens.model._organisms_data import HELD_OUT_SEED
 
     info = bigram_backcopy.info
     plain = trigger_free(info["chain"], 16, 64, seed=7)
@@ -342,7 +342,7 @@ def test_smollm2_analyzers_identical_after_save_and_load(smollm2_saved):
 def test_cli_analyze_text_and_json(smollm2_saved):
     from typer.testing import CliRunner
 
-    from lens._cli import app
+    from lens.cli import app
 
     cap, path = smollm2_saved
     expected = analyze(cap)
@@ -367,7 +367,7 @@ def plain(output: str) -> str:
 def test_cli_analyze_clear_errors(tmp_path):
     from typer.testing import CliRunner
 
-    from lens._cli import app
+    from lens.cli import app
 
     runner = CliRunner()
     missing = runner.invoke(app, ["analyze", str(tmp_path / "nope")])

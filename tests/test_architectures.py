@@ -2,7 +2,7 @@
 
 For each architecture, against the model's *own* eager attention (never against the
 workbench's kernels):
-  * discovery finds its structure with no table row (``lens._arch`` holds no row for it);
+  * discovery finds its structure with no table row (``lens.model._arch`` holds no row for it);
   * routed logits equal stock logits (fp32 atol 1e-4), in a padded batch;
   * every statistic of ``lens.capture`` (eager and chunked backends) equals the same
     statistic computed here, from its definition, from the model's own
@@ -36,7 +36,7 @@ if not torch.cuda.is_available():  # the Triton backend runs under its interpret
 from _tiny_archs import ARCHS, WINDOW, build  # noqa: E402
 
 import lens  # noqa: E402
-from lens import _hook  # noqa: E402
+from lens.model import _routing  # noqa: E402
 from lens.edits import AblateHead, ScaleAttention  # noqa: E402
 
 NAMES = list(ARCHS)
@@ -88,7 +88,7 @@ def tokenizer():
 
     from transformers import PreTrainedTokenizerFast
 
-    from lens.organisms import make_tokenizer
+    from lens.model.organisms import make_tokenizer
 
     folder = tempfile.mkdtemp(prefix="lens-tiny-tokenizer-")  # kept: TransformerLens reloads it by path
     make_tokenizer().save_pretrained(folder)
@@ -128,14 +128,14 @@ def assert_real_close(got, want, mask, atol=1e-4):
 def test_structure_is_discovered_and_routed_logits_equal_stock(arch):
     with noted(arch, "capture"):
         s = subject(arch)
-        assert arch not in lens._arch.OVERRIDES
+        assert arch not in lens.model._arch.OVERRIDES
         assert s.model.config._attn_implementation == "eager"
         assert (s.n_layers, s.n_heads, s.d_head) == (3, 4, 12)
         windowed = any("sliding" in f or "local" in f for f in ARCHS[arch].features)
         assert (WINDOW in s.arch.sliding_window) == windowed  # found in the traced pass, per layer
         _, ids, mask = inputs()
         want = stock_logits(s, ids, mask)
-        with torch.no_grad(), _hook.routed(s.model):
+        with torch.no_grad(), _routing.routed(s.model):
             got = s.model(input_ids=ids, attention_mask=mask).logits
         assert_real_close(got, want, mask)
         assert s.model.config._attn_implementation == "eager"  # restored
@@ -282,8 +282,7 @@ def test_head_ablation_and_key_scaling_equal_brute_force(arch):
 
 @pytest.mark.parametrize("arch", NAMES)
 def test_head_patching_equals_brute_force(arch):
-    import circuits
-
+    from lens import circuits
     with noted(arch, "patching"):
         s = subject(arch)
         _, ids, mask = inputs()
@@ -337,26 +336,26 @@ def _q(s, n=5):
 def test_unknown_attention_keyword_is_refused_by_name():
     s = subject("llama")
     q, k, v = _q(s)
-    with pytest.raises(_hook.UnsupportedAttention, match=r"'made_up_option' = 3\.0 .*\(llama, layer 1, LlamaAttention\)"):
-        _hook.lens_attention_forward(s.attn_module(1), q, k, v, None, scaling=0.3, made_up_option=3.0)
+    with pytest.raises(_routing.UnsupportedAttention, match=r"'made_up_option' = 3\.0 .*\(llama, layer 1, LlamaAttention\)"):
+        _routing.lens_attention_forward(s.attn_module(1), q, k, v, None, scaling=0.3, made_up_option=3.0)
 
 
 def test_keywords_that_cannot_be_honoured_are_refused():
     s = subject("gemma2")
     q, k, v = _q(s)
     attn = s.attn_module(0)
-    with pytest.raises(_hook.UnsupportedAttention, match="'head_mask'.*gemma2, layer 0"):
-        _hook.lens_attention_forward(attn, q, k, v, None, head_mask=torch.ones(4))
-    with pytest.raises(_hook.UnsupportedAttention, match="'output_attentions'"):
-        _hook.lens_attention_forward(attn, q, k, v, None, output_attentions=True)
+    with pytest.raises(_routing.UnsupportedAttention, match="'head_mask'.*gemma2, layer 0"):
+        _routing.lens_attention_forward(attn, q, k, v, None, head_mask=torch.ones(4))
+    with pytest.raises(_routing.UnsupportedAttention, match="'output_attentions'"):
+        _routing.lens_attention_forward(attn, q, k, v, None, output_attentions=True)
     attn.train()
     try:
-        with pytest.raises(_hook.UnsupportedAttention, match="'dropout' = 0.1 in train mode"):
-            _hook.lens_attention_forward(attn, q, k, v, None, dropout=0.1)
+        with pytest.raises(_routing.UnsupportedAttention, match="'dropout' = 0.1 in train mode"):
+            _routing.lens_attention_forward(attn, q, k, v, None, dropout=0.1)
     finally:
         attn.eval()
-    with pytest.raises(_hook.UnsupportedAttention, match="'softcap'"):
-        _hook.lens_attention_forward(attn, q, k, v, None, softcap=-1.0)
+    with pytest.raises(_routing.UnsupportedAttention, match="'softcap'"):
+        _routing.lens_attention_forward(attn, q, k, v, None, softcap=-1.0)
 
 
 def test_gemma2_soft_capping_is_honoured_on_every_path():
@@ -371,7 +370,7 @@ def test_gemma2_soft_capping_is_honoured_on_every_path():
                            massive=False, value_norm=False)
         torch.testing.assert_close(cap.stats["entropy"], ref["entropy"], atol=ATOL, rtol=0)
     # without the cap the same model attends differently: the test above is not vacuous
-    from kernels import attention
+    from lens.kernels import attention
 
     q, k, v = _q(s, 7)
     capped = attention(8 * q, k, v, softcap=2.0, stats=("entropy",), backend="eager").stats["entropy"]
@@ -400,7 +399,7 @@ def test_gpt_oss_sink_heads_are_found_from_learned_sinks():
 
 
 def test_structure_error_names_what_is_missing():
-    from lens._structure import StructureError, discover
+    from lens.model._structure import StructureError, discover
 
     class NoAttention(torch.nn.Module):
         def __init__(self):
@@ -455,7 +454,7 @@ def test_load_takes_paths_dtype_and_device_map(tmp_path, monkeypatch):
 def test_cli_info_prints_the_discovered_structure(tmp_path):
     from typer.testing import CliRunner
 
-    from lens._cli import app
+    from lens.cli import app
 
     build("gemma2").save_pretrained(tmp_path / "g2")
     tokenizer().save_pretrained(tmp_path / "g2")

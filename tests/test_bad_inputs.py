@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import lens
-from lens._capture_data import SIDECAR, TENSORS, CaptureFileError
-from lens._model_checks import losses
+from lens.record._data import SIDECAR, TENSORS, CaptureFileError
+from lens.experiments._model_checks import losses
 from lens.edits import AblateHead, ScaleAttention
 
 TEXTS = ["w5 w6 w7 w8 w5 w6", "w9 w10 w11"]
@@ -73,7 +73,7 @@ def _poisoned(s, value: float) -> lens.Subject:
 
 def _huge_patterns(s, monkeypatch):
     """patterns='all' on 250 tokens with 1 MB 'available': refused before any forward pass."""
-    import lens._capture as cap_mod
+    import lens.record._capture as cap_mod
 
     monkeypatch.setattr(cap_mod, "available_bytes", lambda device: 1_000_000)
     handle = s.model.register_forward_pre_hook(lambda *a: (_ for _ in ()).throw(AssertionError("model ran")))
@@ -86,7 +86,7 @@ def _huge_patterns(s, monkeypatch):
 def _cli_analyze(saved, tmp):
     from typer.testing import CliRunner
 
-    from lens._cli import app
+    from lens.cli import app
 
     d = _copy(saved, tmp)
     (d / TENSORS).write_bytes((d / TENSORS).read_bytes()[:100])
@@ -217,8 +217,8 @@ def test_memory_estimate_smollm2_patterns_all_at_8k():
     """SmolLM2 (30 layers x 9 heads), patterns='all' at 8192 tokens: 30 * 9 * 8192^2 * 4 bytes = 72.5 GB."""
     from types import SimpleNamespace
 
-    from kernels import StatOptions
-    from lens._capture import estimate_bytes
+    from lens.kernels import StatOptions
+    from lens.record._capture import estimate_bytes
 
     smol = SimpleNamespace(n_layers=30, n_heads=9, d_model=576)
     heads = [(l, h) for l in range(30) for h in range(9)]
@@ -236,8 +236,7 @@ def _capture_roundtrip(s, t, d):
 
 
 def _circuit_roundtrip(s, t, d):
-    import circuits
-
+    from lens import circuits
     c = circuits.Circuit([("input", "a0.h1"), ("a0.h1", "logits")], {("input", "a0.h1"): 1.0}, task="t")
     assert circuits.Circuit.load(c.save(t / "sub" / "c.json")).edges == c.edges
 
@@ -256,7 +255,7 @@ def _spec(s, t, d):
 def _cli_analyze_ok(s, t, d):
     from typer.testing import CliRunner
 
-    from lens._cli import app
+    from lens.cli import app
 
     res = CliRunner().invoke(app, ["analyze", str(d), "--json"])
     assert res.exit_code == 0, res.output

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import lens
-from lens import _hook
+from lens.model import _routing
 from lens.edits import AblateHead, MoveToBOS, ScaleAttention
 
 TEXTS = ["w5 w6 w7 w8 w9 w5 w6 w7 w8", "w11 w12 w13 w11", "w20 w21 w22 w23 w24 w25 w26 w27 w28 w29 w30 w31 w32"]
@@ -25,7 +25,7 @@ def test_routed_model_logits_equal_stock(fixture, request):
     ids = s.to_tokens(TEXTS)
     mask = (torch.arange(ids.shape[1])[None] < torch.tensor([len(s.to_tokens(t)[0]) for t in TEXTS])[:, None]).long()
     ref = _stock_logits(s, ids, mask)
-    with _hook.routed(s.model):
+    with _routing.routed(s.model):
         got = _stock_logits(s, ids, mask)
     valid = mask.bool()
     assert (got - ref)[valid].abs().max().item() < 1e-4
@@ -161,7 +161,7 @@ def test_bad_inputs_fail_clearly(tiny_llama):
 def test_cli_capture_prints_a_summary_and_saves(tiny_llama, tmp_path):
     from typer.testing import CliRunner
 
-    from lens._cli import app
+    from lens.cli import app
 
     model_dir = tmp_path / "m"
     tiny_llama.model.save_pretrained(model_dir)
@@ -210,7 +210,7 @@ def test_nonfinite_attention_is_located_exactly():
     a NaN on input 0's padded position 4 is masked out."""
     from types import SimpleNamespace
 
-    from lens._capture import NonFiniteAttention, _nonfinite_summary, _raise_nonfinite
+    from lens.record._capture import NonFiniteAttention, _nonfinite_summary, _raise_nonfinite
 
     out = torch.zeros(2, 4, 5, 3)
     lse = torch.zeros(2, 4, 5)

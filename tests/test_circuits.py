@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import circuits as C
-from circuits._patching import _Setup, align, reference_outputs, run_removed, valid_edges
+from lens import circuits as C
+from lens.circuits._patching import _Setup, align, reference_outputs, run_removed, valid_edges
 
 
 def _random_pairs(subject, n=5, t=9, seed=0, vocab=97):

@@ -5,7 +5,7 @@ capture nested inside), ``Subject.logits``, ``head_outputs`` and a circuits patc
 are fired from 8 threads at once for 20 rounds on one tiny random Llama. Each result must
 equal its serial result bit for bit (``torch.equal``), and afterwards the config's
 attention implementation and every module's hook dicts must be as before. Without the
-per-model lock (``lens._hook.model_lock``) the config stays switched to "lens" and
+per-model lock (``lens.model._routing.model_lock``) the config stays switched to "lens" and
 forwards run through other threads' hooks (wrong numbers, shape errors, KeyErrors).
 """
 
@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import lens
-from lens import _hook
+from lens.model import _routing
 from lens.edits import AblateHead, ScaleAttention, SteerResidual, head_outputs
 
 from _tiny_archs import build
@@ -35,7 +35,7 @@ HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwarg
 
 @pytest.fixture(scope="module")
 def subject():
-    from lens.organisms import make_tokenizer
+    from lens.model.organisms import make_tokenizer
 
     return lens.Subject(build("llama", seed=3), make_tokenizer(), name="tiny-llama-threads")
 
@@ -65,7 +65,7 @@ def _tensors(result) -> dict[str, torch.Tensor]:
 
 def _jobs(s) -> dict[str, callable]:
     """Eight calls of every kind that touches the model's shared state."""
-    from circuits._engine import RunSpec, run
+    from lens.circuits._engine import RunSpec, run
 
     steer = SteerResidual(layer=1, vector=torch.linspace(-1, 1, s.d_model), scale=2.0)
     scale = ScaleAttention(layer=1, keys=0, factor=0.25)
@@ -171,7 +171,7 @@ def test_a_thread_that_fails_inside_a_block_restores_the_model_for_the_others(su
 
 def test_the_subject_lock_is_the_models_reentrant_lock(subject):
     s = subject
-    assert s.lock is _hook.model_lock(s.model)
+    assert s.lock is _routing.model_lock(s.model)
     with s.lock, s.edited(ScaleAttention(layer=0, keys=0, factor=0.5)), s.lock:
-        assert s.model.config._attn_implementation == _hook.IMPLEMENTATION
-    assert s.model.config._attn_implementation != _hook.IMPLEMENTATION
+        assert s.model.config._attn_implementation == _routing.IMPLEMENTATION
+    assert s.model.config._attn_implementation != _routing.IMPLEMENTATION

@@ -51,7 +51,7 @@ def screenshots(page, out: Path, tag: str, pages=PAGES) -> dict[str, Path]:
 @needs_browser
 @pytest.mark.organism
 def test_dashboard_on_bigram_backcopy(bigram_backcopy, browser, tmp_path):
-    import dashboard
+    from lens import dashboard
     from lens.analyzers import sink_rate
 
     subject = bigram_backcopy
@@ -166,8 +166,7 @@ def _text_of(subject, n_tokens: int) -> str:
 @needs_browser
 @pytest.mark.smollm2
 def test_dashboard_on_smollm2(smollm2, browser, tmp_path):
-    import dashboard
-
+    from lens import dashboard
     subject = smollm2
     text = _text_of(subject, 128)
     n = len(subject.tokenizer(text, add_special_tokens=True)["input_ids"])
@@ -205,7 +204,7 @@ def test_dashboard_on_smollm2(smollm2, browser, tmp_path):
             times.append(time.perf_counter() - t0)
         print(f"[timing] SmolLM2: switch head -> pattern redrawn in {1000 * statistics.median(times):.0f} ms "
               f"median (all: {', '.join(f'{1000 * t:.0f}' for t in times)} ms; goal < 500 ms)")
-        from dashboard.pages import attention
+        from lens.dashboard.pages import attention
 
         key = ctx.analysis_key(text)
         server = []
@@ -243,10 +242,10 @@ def _wait(ctx, key, timeout=120.0):
 
 def test_long_input_window_gets_exact_rows(tiny_gpt2, monkeypatch):
     """A pooled input: a short query window is captured exactly in the background, then drawn exactly."""
-    import dashboard
-    from dashboard import _work
-    from dashboard._app import analyze_request
-    from dashboard.pages import attention
+    from lens import dashboard
+    from lens.dashboard import _work
+    from lens.dashboard._app import analyze_request
+    from lens.dashboard.pages import attention
 
     monkeypatch.setattr(_work, "POOL_MAX", 4)  # n tokens -> pool factor ceil(n / 4)
     app = dashboard.create_app(tiny_gpt2)
@@ -274,7 +273,7 @@ def test_long_input_window_gets_exact_rows(tiny_gpt2, monkeypatch):
 
 
 def test_edit_fields_and_spec_are_checked(tiny_gpt2):
-    from dashboard._work import build_edit, edit_fields, spec_toml
+    from lens.dashboard._work import build_edit, edit_fields, spec_toml
 
     f = edit_fields("scale_attention", "1", "0,2", "0", "0.5")
     assert f == {"type": "scale_attention", "layer": 1, "head": [0, 2], "keys": 0, "factor": 0.5}
@@ -312,7 +311,7 @@ def _tiny_llama(n_ctx: int, name: str):
 @pytest.fixture(scope="module")
 def long_capture(tmp_path_factory) -> Path:
     """A 16K-token capture of a tiny random llama, made here on the CPU with the chunked backend, saved."""
-    from kernels import StatOptions
+    from lens.kernels import StatOptions
 
     subject = _tiny_llama(LONG, "tiny-llama-16k")
     ids = torch.randint(4, 97, (1, LONG), generator=torch.Generator().manual_seed(0))
@@ -330,8 +329,8 @@ def _no_forward(*_a, **_k):
 @pytest.mark.browser
 @needs_browser
 def test_saved_16k_capture_opens_without_a_model(long_capture, browser, tmp_path, monkeypatch):
-    import dashboard
-    from dashboard.pages import attention
+    from lens import dashboard
+    from lens.dashboard.pages import attention
 
     monkeypatch.setattr(torch.nn.Module, "__call__", _no_forward)  # --model none runs no forward pass, at all
     ref = lens.Capture.load(long_capture)
@@ -411,9 +410,9 @@ def test_saved_16k_capture_opens_without_a_model(long_capture, browser, tmp_path
 
 def test_saved_capture_gets_exact_rows_only_from_its_model(tiny_gpt2, tmp_path, monkeypatch):
     """A pooled saved capture re-opened with its model: a short window is re-captured from its token ids."""
-    import dashboard
-    from dashboard import _work
-    from dashboard.pages import attention
+    from lens import dashboard
+    from lens.dashboard import _work
+    from lens.dashboard.pages import attention
 
     monkeypatch.setattr(_work, "POOL_MAX", 4)
     text = " ".join(f"w{i}" for i in (5, 9, 14, 22, 7, 31, 40, 2, 11, 60, 8, 19))
@@ -447,7 +446,7 @@ def test_cli_serves_saved_work_with_no_model(tiny_gpt2, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "lens._cli", "dashboard", "--model", "none", "--capture",
+    proc = subprocess.Popen([sys.executable, "-m", "lens.cli", "dashboard", "--model", "none", "--capture",
                              str(saved), "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     try:
@@ -465,15 +464,15 @@ def test_cli_serves_saved_work_with_no_model(tiny_gpt2, tmp_path):
         proc.terminate()
         out = proc.communicate(timeout=30)[0]
     assert "model no model" in out and "1 saved capture(s)" in out
-    bad = subprocess.run([sys.executable, "-m", "lens._cli", "dashboard", "--model", "none", "--store", str(saved)],
+    bad = subprocess.run([sys.executable, "-m", "lens.cli", "dashboard", "--model", "none", "--store", str(saved)],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "is not a store" in bad.stderr
 
 
 def test_a_damaged_saved_capture_is_reported_not_shown(tiny_gpt2, tmp_path):
     """A capture whose tensors changed after the save: the page gets the checksum error, not its numbers."""
-    import dashboard
-    from dashboard._app import _first_open
+    from lens import dashboard
+    from lens.dashboard._app import _first_open
 
     saved = lens.capture(tiny_gpt2, "w5 w9 w14 w22").save(tmp_path / "damaged")
     with open(saved / "tensors.safetensors", "r+b") as f:

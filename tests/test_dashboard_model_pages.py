@@ -36,8 +36,8 @@ def _notified(page, text: str, timeout: float = 30_000) -> None:
 
 
 def test_pages_without_a_model_answer_with_messages():
-    import dashboard
-    from dashboard.pages import circuits, interventions, probes, reasoning
+    from lens import dashboard
+    from lens.dashboard.pages import circuits, interventions, probes, reasoning
 
     app = dashboard.create_app(None)
     ctx = app._lens_context
@@ -60,8 +60,8 @@ def test_pages_without_a_model_answer_with_messages():
 @pytest.mark.organism
 def test_edits_refuse_a_saved_capture(bigram_backcopy, tmp_path):
     """A saved capture has no text to run an edited pass on: the page says so, the job never starts."""
-    import dashboard
-    from dashboard.pages import interventions
+    from lens import dashboard
+    from lens.dashboard.pages import interventions
 
     lens.capture(bigram_backcopy, BB_TEXT).save(tmp_path / "cap")
     app = dashboard.create_app(bigram_backcopy, captures=[tmp_path / "cap"])
@@ -77,7 +77,7 @@ def test_edits_refuse_a_saved_capture(bigram_backcopy, tmp_path):
 
 
 def test_value_field_follows_the_edit_type():
-    from dashboard.pages.interventions import value_field
+    from lens.dashboard.pages.interventions import value_field
 
     assert value_field("scale_attention") == ("factor", "a number >= 0", False, False)
     assert value_field("key_bias")[0] == "bias" and not value_field("key_bias")[3]
@@ -90,8 +90,7 @@ def test_value_field_follows_the_edit_type():
 @pytest.mark.browser
 @needs_browser
 def test_model_pages_without_a_model_in_the_browser(browser):
-    import dashboard
-
+    from lens import dashboard
     app = dashboard.create_app(None)
     with served(app) as url:
         page = browser.new_page(viewport={"width": 1300, "height": 900})
@@ -113,8 +112,8 @@ def test_model_pages_without_a_model_in_the_browser(browser):
 @needs_browser
 @pytest.mark.organism
 def test_model_pages_on_bigram_backcopy(bigram_backcopy, browser):
-    import dashboard
-    from dashboard._jobs import make_key
+    from lens import dashboard
+    from lens.dashboard._jobs import make_key
     from lens.analyzers import preplan_anchor
 
     subject = bigram_backcopy

@@ -29,7 +29,7 @@ from _browser import (SHOTS, browser, needs_browser, overlaps, plot_data, served
                       wait_plot, whole_page)
 
 import lens
-from dashboard._saved_work import Census, Runs, describe_sweep, value_label
+from lens.dashboard._saved_work import Census, Runs, describe_sweep, value_label
 from lens.experiments import _db, compare_runs, list_runs, load_run, load_specs, run_sweep, sweep_table
 
 pytestmark = pytest.mark.organism
@@ -89,8 +89,8 @@ def _prompts() -> list[str]:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> lens.Store:
-    from lens._executor import make_executor
-    from lens._store import capture_dataset
+    from lens.record._executor import make_executor
+    from lens.store._store import capture_dataset
 
     folder = tmp_path_factory.mktemp("store")
     data = folder / "prompts.txt"
@@ -121,7 +121,7 @@ def shards_index(store) -> tuple[pd.DataFrame, dict[int, lens.Capture]]:
 
 # --- runs: plain functions ----------------------------------------------------------------------
 def test_runs_table_equals_list_runs(runs_db):
-    from dashboard.pages import runs as page
+    from lens.dashboard.pages import runs as page
 
     runs = Runs.of(runs_db)
     for metric in ("accuracy", "logit_diff"):
@@ -149,7 +149,7 @@ def test_runs_table_equals_list_runs(runs_db):
 
 
 def test_compare_bars_equal_compare_runs(runs_db):
-    from dashboard.pages import runs as page
+    from lens.dashboard.pages import runs as page
 
     runs = Runs.of(runs_db)
     listed = list_runs(runs_db)
@@ -172,7 +172,7 @@ def test_compare_bars_equal_compare_runs(runs_db):
 
 
 def test_unfinished_runs_are_not_comparable(runs_db):
-    from dashboard.pages import runs as page
+    from lens.dashboard.pages import runs as page
 
     runs = Runs.of(runs_db)
     done = list_runs(runs_db).query("status == 'complete'")["run_id"].iloc[0]
@@ -185,7 +185,7 @@ def test_unfinished_runs_are_not_comparable(runs_db):
 
 
 def test_sweep_heatmap_equals_sweep_table(runs_db):
-    from dashboard.pages import runs as page
+    from lens.dashboard.pages import runs as page
 
     runs = Runs.of(runs_db)
     sweeps = runs.sweeps()
@@ -210,7 +210,7 @@ def test_sweep_heatmap_equals_sweep_table(runs_db):
 
 
 def test_spec_view_shows_the_runs_toml(runs_db):
-    from dashboard.pages import runs as page
+    from lens.dashboard.pages import runs as page
 
     runs = Runs.of(runs_db)
     rid = list_runs(runs_db).query("status == 'complete'")["run_id"].iloc[0]
@@ -224,7 +224,7 @@ def test_spec_view_shows_the_runs_toml(runs_db):
 
 def test_run_list_follows_the_file(runs_db, tmp_path):
     """A run that starts while the page is open is listed on the next read (the cache watches the file)."""
-    from dashboard.pages import runs as page
+    from lens.dashboard.pages import runs as page
 
     db = tmp_path / "copy.duckdb"
     shutil.copyfile(runs_db, db)
@@ -237,8 +237,8 @@ def test_run_list_follows_the_file(runs_db, tmp_path):
 
 
 def test_pages_say_what_is_missing():
-    from dashboard._context import Context
-    from dashboard.pages import census, runs
+    from lens.dashboard._context import Context
+    from lens.dashboard.pages import census, runs
 
     ctx = Context(subject=None)
     assert "--runs FILE" in str(runs.layout(ctx).children.children)
@@ -249,7 +249,7 @@ def test_pages_say_what_is_missing():
 
 # --- census: plain functions --------------------------------------------------------------------
 def test_dormant_share_grid_equals_shards(store, shards_index):
-    from dashboard.pages import census as page
+    from lens.dashboard.pages import census as page
 
     frame, _ = shards_index
     fig = page.dormant_grid(Census(store))
@@ -260,7 +260,7 @@ def test_dormant_share_grid_equals_shards(store, shards_index):
 
 
 def test_distributions_equal_pandas(store, shards_index):
-    from dashboard.pages import census as page
+    from lens.dashboard.pages import census as page
 
     frame, _ = shards_index
     census = Census(store)
@@ -276,7 +276,7 @@ def test_distributions_equal_pandas(store, shards_index):
 
 
 def test_outliers_are_the_true_extremes(store, shards_index):
-    from dashboard.pages import census as page
+    from lens.dashboard.pages import census as page
 
     frame, _ = shards_index
     census = Census(store)
@@ -295,7 +295,7 @@ def test_outliers_are_the_true_extremes(store, shards_index):
 
 
 def test_strip_of_an_outlier_is_its_shard_row(store, shards_index):
-    from dashboard.pages import census as page
+    from lens.dashboard.pages import census as page
 
     frame, caps = shards_index
     census = Census(store)
@@ -343,8 +343,7 @@ def _tick(page, grid: str, row_id: str) -> None:
 @pytest.fixture(scope="module")
 def site(runs_db, store, browser):
     """One app with both the runs database and the store (no model), served, and one browser tab on it."""
-    import dashboard
-
+    from lens import dashboard
     app = dashboard.create_app(None, runs=runs_db, store=store.path)
     with served(app) as url:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -357,7 +356,7 @@ def site(runs_db, store, browser):
 @pytest.mark.browser
 @needs_browser
 def test_runs_page_in_browser(runs_db, site):
-    from dashboard.pages import runs as page_mod
+    from lens.dashboard.pages import runs as page_mod
 
     url, page = site
     runs = Runs.of(runs_db)
@@ -422,7 +421,7 @@ def test_runs_page_in_browser(runs_db, site):
 @pytest.mark.browser
 @needs_browser
 def test_census_page_in_browser(store, shards_index, site):
-    from dashboard.pages import census as page_mod
+    from lens.dashboard.pages import census as page_mod
 
     url, page = site
     frame, _ = shards_index

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import lens
-from lens import _hook
-from lens._edits_rows import act_rows, act_sinks, var_rows
+from lens.model import _routing
+from lens.edits._rows import act_rows, act_sinks, var_rows
 from lens.edits import (
     AblateHead,
     CalibrateSinks,
@@ -72,7 +72,7 @@ def test_edits_are_removed_even_when_the_body_raises(fixture, request):
             raise RuntimeError("boom")
     assert torch.equal(_logits(s, TEXT), before)
     assert s.model.config._attn_implementation == impl
-    assert _hook._active.get() is None
+    assert _routing._active.get() is None
     assert _hook_ids(s) == hooks
 
 

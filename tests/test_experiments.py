@@ -104,7 +104,7 @@ def test_bad_spec_fails_in_cli_before_model_loads(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     import lens
-    from lens._cli import app
+    from lens.cli import app
 
     def no_load(*a, **k):
         raise AssertionError("the model was loaded for a malformed spec")
@@ -419,7 +419,7 @@ def test_lens_run_and_runs_end_to_end(induction_organism, tmp_path):
     second run of the same spec reproduces every number."""
     from typer.testing import CliRunner
 
-    from lens._cli import app
+    from lens.cli import app
 
     db = tmp_path / "runs.duckdb"
     spec = EXPERIMENTS / "induction_organism_zerotuning.toml"

@@ -35,7 +35,7 @@ def ctx():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-    import dashboard
+    from lens import dashboard
     from lens import Subject
 
     vocab = {"<bos>": 0, "<eos>": 1, "<pad>": 2}
@@ -66,8 +66,8 @@ def _message(value) -> None:
 @given(text=texts | st.none())
 @example(text="ab\ud83dc").via("found: a lone surrogate raised TypeError in the tokenizer")
 def test_analyze_box_answers_with_a_message(ctx, text):
-    from dashboard._app import analyze_request
-    from dashboard._work import analyze_text
+    from lens.dashboard._app import analyze_request
+    from lens.dashboard._work import analyze_text
 
     key, note = analyze_request(ctx, text)
     _message(note)
@@ -80,7 +80,7 @@ def test_analyze_box_answers_with_a_message(ctx, text):
 
 
 def test_a_one_megabyte_paste_is_refused_with_a_message(ctx):
-    from dashboard._app import analyze_request
+    from lens.dashboard._app import analyze_request
 
     paste = ("Ünïcödé 👩‍👩‍👧 \u202eRTL\u202c \x00 " * 40_000)[:1_000_000]
     key, note = analyze_request(ctx, paste)
@@ -92,8 +92,8 @@ def test_a_one_megabyte_paste_is_refused_with_a_message(ctx):
        n_new=st.integers(1, 3) | st.sampled_from([None, "", "3", 0, -1, 513, 1.5, float("nan"), float("inf"), "x"]))
 @example(prompt="\udfff?", n_new=2).via("found: a lone surrogate raised TypeError in the tokenizer")
 def test_reasoning_prompt_answers_with_a_message(ctx, prompt, n_new):
-    from dashboard._work import generate
-    from dashboard.pages.reasoning import start_generation
+    from lens.dashboard._work import generate
+    from lens.dashboard.pages.reasoning import start_generation
 
     pending, _poll_off, status, _text, _gen = start_generation(ctx, prompt, n_new)
     _message(status)
@@ -123,8 +123,8 @@ number = st.sampled_from(["0.5", "-1.5", "2", 0.5, 2, "1e-3", "0"]) | odd
 @example(kind="scale_attention", layer="0", head="0", keys="0", value="nan").via("found: NaN factor accepted")
 @example(kind="key_bias", layer="0", head="0", keys="0", value="-inf").via("-inf bias: remove the keys")
 def test_edit_fields_answer_with_a_message(ctx, kind, layer, head, keys, value):
-    from dashboard._work import spec_toml
-    from dashboard.pages.interventions import add_edit
+    from lens.dashboard._work import spec_toml
+    from lens.dashboard.pages.interventions import add_edit
 
     edits, message = add_edit(ctx, kind, layer, head, keys, value, [])
     _message(message)

@@ -27,7 +27,7 @@ import pytest
 import torch
 
 if not torch.cuda.is_available():
-    # Must precede the first import of triton's jit machinery (kernels._triton imports it).
+    # Must precede the first import of triton's jit machinery (lens.kernels._triton imports it).
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from _kernel_checks import assert_matches  # noqa: E402
@@ -35,8 +35,8 @@ pytest.importorskip("hypothesis", reason="fuzzing needs hypothesis: pip install 
 from hypothesis import HealthCheck, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from kernels import STAT_NAMES, HeadEdits, StatOptions, attention  # noqa: E402
-from kernels._api import _validate  # noqa: E402
+from lens.kernels import STAT_NAMES, HeadEdits, StatOptions, attention  # noqa: E402
+from lens.kernels._api import _validate  # noqa: E402
 
 ALL = tuple(STAT_NAMES)
 ATOL = 1e-4

@@ -14,8 +14,8 @@ import pytest
 import torch
 from _kernel_checks import assert_float64, assert_matches
 
-from kernels import STAT_NAMES, HeadEdits, StatOptions, _chunked, _eager
-from kernels._api import _validate
+from lens.kernels import STAT_NAMES, HeadEdits, StatOptions, _chunked, _eager
+from lens.kernels._api import _validate
 
 ALL = tuple(STAT_NAMES)
 ATOL = 1e-5
@@ -168,7 +168,7 @@ def test_softcap_changes_the_pattern():
 @pytest.mark.parametrize("causal,nq", [(True, 23), (True, 9), (False, 23)])
 def test_fast_path_honours_softcap_and_sinks(feature, causal, nq):
     """No statistics: the sdpa fast path (sinks folded in after the fact) or chunked (softcap)."""
-    from kernels import attention
+    from lens.kernels import attention
 
     q, k, v = qkv(2, 6, 2, nq, 23, 16, seed=9)
     fast = attention(4 * q, k, v, causal=causal, backend="auto", **feature)
@@ -180,7 +180,7 @@ def test_fast_path_honours_softcap_and_sinks(feature, causal, nq):
 
 
 def test_bad_softcap_and_sinks_are_refused():
-    from kernels import attention
+    from lens.kernels import attention
 
     q, k, v = qkv(1, 4, 2, 5, 5, 8, seed=0)
     for bad in (0.0, -1.0, float("inf"), True, "50"):

@@ -16,8 +16,8 @@ from beartype import beartype
 from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor
 
-import kernels
-from kernels import STAT_NAMES, AttentionResult, StatOptions, attention
+from lens import kernels
+from lens.kernels import STAT_NAMES, AttentionResult, StatOptions, attention
 
 ALL = tuple(STAT_NAMES)
 

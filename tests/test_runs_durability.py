@@ -92,12 +92,12 @@ def test_sigkilled_lens_run_is_listed_as_interrupted(induction_organism, tmp_pat
     results, `lens runs` says so, compare/load refuse it by id, and a next run completes."""
     from typer.testing import CliRunner
 
-    from lens._cli import app
+    from lens.cli import app
 
     assert induction_organism is not None  # the fixture puts the organism in the cache the child reads
     db = tmp_path / "runs.duckdb"
     spec = EXPERIMENTS / "induction_organism_zerotuning.toml"  # calibration alone takes seconds
-    proc = subprocess.Popen([sys.executable, "-m", "lens._cli", "run", str(spec), "--db", str(db), "--quiet"],
+    proc = subprocess.Popen([sys.executable, "-m", "lens.cli", "run", str(spec), "--db", str(db), "--quiet"],
                             cwd=tmp_path, env=_child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     q: queue.Queue = queue.Queue()
@@ -159,7 +159,7 @@ def test_run_that_raises_is_marked_failed_or_interrupted(induction_organism, tmp
     """An error marks the run failed with its message; Ctrl-C marks it interrupted. Neither stores results."""
     from typer.testing import CliRunner
 
-    from lens._cli import app
+    from lens.cli import app
     from lens.experiments import SpecError, _runner, parse_spec
 
     db = tmp_path / "r.duckdb"

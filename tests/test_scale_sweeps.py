@@ -106,7 +106,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def executor(cluster):
-    from lens._executor import make_executor
+    from lens.record._executor import make_executor
 
     ex = make_executor("ray", workers=2, progress=False)
     yield ex
@@ -157,7 +157,7 @@ def test_a_bad_sweep_value_names_its_key_and_line(sweep, match):
 # --- running ----------------------------------------------------------------------------------------
 def test_local_executor_equals_in_process(local, spec_path, tmp_path):
     """The executor path (each scoring a job, results assembled in candidate order) gives the same numbers."""
-    from lens._executor import make_executor
+    from lens.record._executor import make_executor
 
     ex = make_executor("local", progress=False)
     db = tmp_path / "ex.duckdb"
@@ -241,8 +241,8 @@ def test_interrupted_sweep_resumes_without_recomputing(local, spec_path, executo
 def test_ray_executor_without_ray_says_how_to_install(spec_path, monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
-    from lens._cli import app
-    from lens._executor import RAY_INSTALL
+    from lens.cli import app
+    from lens.record._executor import RAY_INSTALL
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError, as when it is not installed
     res = CliRunner().invoke(app, ["run", str(spec_path), "--executor", "ray", "--db", str(tmp_path / "x.duckdb")])
@@ -257,7 +257,7 @@ def test_lens_run_resume_on_the_command_line(local, spec_path, tmp_path):
 
     from typer.testing import CliRunner
 
-    from lens._cli import app
+    from lens.cli import app
 
     db = tmp_path / "copy.duckdb"
     shutil.copy(local[0], db)

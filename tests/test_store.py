@@ -20,9 +20,9 @@ import pytest
 import torch
 
 import lens
-from lens._capture_data import TENSORS, CaptureFileError
-from lens._executor import make_executor
-from lens._store import capture_dataset, read_dataset
+from lens.record._data import TENSORS, CaptureFileError
+from lens.record._executor import make_executor
+from lens.store._store import capture_dataset, read_dataset
 
 pytestmark = pytest.mark.organism
 
@@ -131,7 +131,7 @@ def test_index_rows_and_dormant_query(local_store, whole):
 def test_cli_capture_dataset_and_analyze_store(local_store, dataset, tmp_path):
     from typer.testing import CliRunner
 
-    from lens._cli import app
+    from lens.cli import app
 
     jsonl = tmp_path / "prompts.jsonl"
     jsonl.write_text("".join(json.dumps({"text": t}) + "\n" for t in read_dataset(dataset)))
@@ -151,7 +151,7 @@ def test_cli_census_keeps_only_the_statistics_asked(dataset, tmp_path):
     """--stats: a census keeps what it queries; the index has exactly the columns those give."""
     from typer.testing import CliRunner
 
-    from lens._cli import app
+    from lens.cli import app
 
     out = tmp_path / "census"
     res = CliRunner().invoke(app, ["capture", "--model", MODEL, "--dataset", str(dataset), "--out", str(out),
@@ -215,7 +215,7 @@ def test_interrupt_then_resume(local_store, dataset, tmp_path):
 def test_truncated_shard_is_detected_and_recomputed(local_store, dataset, tmp_path):
     from typer.testing import CliRunner
 
-    from lens._cli import app
+    from lens.cli import app
 
     out = Path(shutil.copytree(local_store.path, tmp_path / "store"))
     store = lens.Store(out)

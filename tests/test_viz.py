@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import lens
-import viz
+from lens import viz
 from lens.analyzers import Findings, dormant_inputs, entropy
 
 # --- hand-made captures ----------------------------------------------------------------------
@@ -77,7 +77,7 @@ def test_attention_pattern_exact_rows_and_window():
 
 def test_pooled_pattern_is_the_block_mean_of_the_real_one(tiny_gpt2):
     """On a real capture with pool_max=4: 11 tokens pool by f=3, each cell the mean of its block's cells."""
-    from kernels import StatOptions
+    from lens.kernels import StatOptions
 
     ids = [[1, 5, 9, 14, 22, 7, 31, 40, 2, 11, 60]]  # 11 tokens
     cap = lens.capture(tiny_gpt2, ids, patterns=[(1, 3)], options=StatOptions(pool_max=4), backend="eager")

@@ -5,7 +5,7 @@ plus the parameters used. ``analyze(capture)`` runs them all and returns an ``At
 (``print(atlas)`` for one screen, ``atlas.to_frame()`` for one row per head).
 Definitions: /shared/METHODS.md sections 1-4, 6 and 10; each function cites its section.
 Checks that need the model (loss under move-to-BOS, retrieval by generation) live in
-``lens._model_checks``.
+``lens.experiments._model_checks``.
 """
 
 from lens.analyzers._atlas import ANALYZERS, analyze

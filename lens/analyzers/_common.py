@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
-from lens._capture_data import Capture
+from lens.record._data import Capture
 
 
 def need(cap: Capture, *names: str, analyzer: str) -> None:

@@ -3,7 +3,7 @@
 A head is *dormant* on input x when it parks its attention on position 0:
 s(x) = mean_{i>=1} A[i, 0] >= tau (default 0.5). The full operational definition also asks
 that moving all its attention to position 0 barely changes the loss (< 1% relative); that
-check runs the model, so it lives in ``lens._model_checks.confirm_dormant``. What is here
+check runs the model, so it lives in ``lens.experiments._model_checks.confirm_dormant``. What is here
 is the pure, attention-only half, which is also the candidate list for that check.
 A head dormant on some inputs and active on others is *active-dormant*: that input
 dependence is the finding (in Bigram-Backcopy, active exactly on trigger tokens).
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
-from lens._capture_data import Capture
+from lens.record._data import Capture
 from lens.analyzers._common import head_frame, later_queries, masked_mean, need, same_shape, seq_len_param
 from lens.analyzers._findings import Findings
 
@@ -77,7 +77,7 @@ def dormant_inputs(*captures: Capture, tau: float = 0.5, queries: Queries = None
     frame = pd.concat(frames, ignore_index=True)
     frame["dormant"] = frame["state"] == "dormant"
     params = {"tau": tau, "queries": "all i >= 1" if queries is None else "selected",
-              "T": [seq_len_param(c) for c in captures], "loss_check": "not run (lens._model_checks.confirm_dormant)"}
+              "T": [seq_len_param(c) for c in captures], "loss_check": "not run (lens.experiments._model_checks.confirm_dormant)"}
     rows = frame[frame["state"] != "none"]
     summary = {"dormant_share": float(rows["dormant"].mean()) if len(rows) else float("nan")}
     return Findings("dormant_inputs", frame, params, level="input", summary=summary,
@@ -95,7 +95,7 @@ def dormant_heads(*captures: Capture, tau: float = 0.5, queries: Queries = None)
     parts = [dormant_partial(c, tau=tau, queries=q) for c, q in zip(captures, _per_capture(queries, len(captures)))]
     part = {k: sum(p[k] for p in parts) for k in parts[0]}
     params = {"tau": tau, "queries": "all i >= 1" if queries is None else "selected",
-              "T": [seq_len_param(c) for c in captures], "loss_check": "not run (lens._model_checks.confirm_dormant)"}
+              "T": [seq_len_param(c) for c in captures], "loss_check": "not run (lens.experiments._model_checks.confirm_dormant)"}
     return dormant_finish(part, params=params, n_layers=n_layers, n_heads=n_heads)
 
 

@@ -13,7 +13,7 @@ from collections import Counter
 import pandas as pd
 import torch
 
-from lens._capture_data import Capture
+from lens.record._data import Capture
 from lens.analyzers._common import head_frame, need, seq_len_param, token_at, top_heads
 from lens.analyzers._findings import Findings
 

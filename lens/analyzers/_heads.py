@@ -14,14 +14,14 @@ Exclusions (both applied to A and P before the score, as in TransformerLens' det
 duplicate-token when tok_i = tok_0; induction when tok_{i-1} = tok_i puts key i in P) its
 mass is taken back out of the numerator too, so the score stays sum(A*P)/sum(A) exactly.
 The retrieval score (needle in a haystack) drives generation and lives in
-``lens._model_checks.retrieval_scores``.
+``lens.experiments._model_checks.retrieval_scores``.
 """
 
 from __future__ import annotations
 
 import torch
 
-from lens._capture_data import Capture
+from lens.record._data import Capture
 from lens.analyzers._common import head_frame, need, real, seq_len_param, top_heads
 from lens.analyzers._findings import Findings
 

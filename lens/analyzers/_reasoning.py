@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
-from lens._capture_data import Capture
+from lens.record._data import Capture
 from lens.analyzers._common import (
     head_frame,
     later_queries,

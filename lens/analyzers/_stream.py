@@ -39,8 +39,7 @@ from collections.abc import Callable, Iterable, Iterator
 import pandas as pd
 import torch
 
-from lens._capture_data import Capture
-from lens.analyzers._atlas import ANALYZERS, requested
+from lens.record._data import Capture
 from lens.analyzers._common import missing, window_param
 from lens.analyzers._dormant import dormant_finish, dormant_partial
 from lens.analyzers._entropy import entropy_finish, entropy_partial
@@ -54,6 +53,7 @@ from lens.analyzers._extreme import (
     peaks_partial,
 )
 from lens.analyzers._findings import Atlas, Findings
+from lens.analyzers._registry import ANALYZERS, requested
 from lens.analyzers._heads import head_types_finish, head_types_partial
 from lens.analyzers._reasoning import (
     _check_heads,
@@ -140,7 +140,7 @@ def _finish(name: str, part, p: dict, T, L: int, H: int) -> Findings:
         return hidden_finish(frame, n_pairs=part["n_pairs"], params=params)
     if name == "dormant_heads":
         params = {"tau": p["tau"], "queries": "all i >= 1", "T": [T],
-                  "loss_check": "not run (lens._model_checks.confirm_dormant)"}
+                  "loss_check": "not run (lens.experiments._model_checks.confirm_dormant)"}
         return dormant_finish(part, params=params, n_layers=L, n_heads=H)
     if name == "value_drains":
         return drains_finish(part, drain_below=p["drain_below"], T=T, n_layers=L, n_heads=H)

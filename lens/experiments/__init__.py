@@ -6,16 +6,17 @@ The flow of ``lens run SPEC.toml``: ``load_spec`` (checked before any model load
 edits -> ``score`` on the test split with and without the edits -> bootstrap intervals ->
 the DuckDB results database (``list_runs``, ``compare_runs``, ``load_run``). A spec's
 ``[sweep]`` is crossed into runs (``load_specs``) and ``run_sweep`` runs them, here or with
-each scoring job on Ray workers (``lens._executor``), resumable by each run's spec hash.
+each scoring job on Ray workers (``lens.record._executor``), resumable by each run's spec hash.
 """
 
 from lens.experiments._bootstrap import bootstrap_ci, paired_bootstrap_ci
 from lens.experiments._calibrate import Calibration, act_search, zerotuning, zerotuning_edits, zerotuning_profiled
 from lens.experiments._commands import run_command, runs_command
 from lens.experiments._db import DEFAULT_DB, compare_runs, list_runs, load_run
-from lens.experiments._runner import RunResult, build_edits, run_spec
+from lens.experiments._runner import RunResult, run_spec
 from lens.experiments._scoring import choice_token_ids, last_logits, score
 from lens.experiments._spec import Spec, SpecError, load_spec, parse_spec
+from lens.experiments._spec_edits import build_edits
 from lens.experiments._spec_sweep import load_specs, parse_specs
 from lens.experiments._sweep import run_sweep, sweep_table
 from lens.experiments._tasks import TASKS, Example, TaskData, TaskFileError, load_jsonl, make_task, read_jsonl

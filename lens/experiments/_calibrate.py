@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from lens._edits import CalibrateSinks, Edit, ScaleAttention
+from lens.edits._data import CalibrateSinks, Edit, ScaleAttention
+from lens.experiments._scorers import LocalScorer
 from lens.experiments._scoring import score
+from lens.experiments._spec import OBJECTIVES, SCOPES
 
-OBJECTIVES = ("accuracy", "entropy", "entropy_vocab")
-SCOPES = ("layer", "head_index", "all")
 DEFAULT_GAMMAS = (0.5, 0.75, 1.25, 1.5, 2.0)
 
 
@@ -63,8 +63,6 @@ class _Trials:
             raise ValueError(f"unknown objective {objective!r}; known: {', '.join(OBJECTIVES)}")
         if not examples:
             raise ValueError("calibration needs calibration examples (task.calibration >= 1)")
-        from lens.experiments._scorers import LocalScorer
-
         self.subject, self.examples, self.objective = subject, list(examples), objective
         self.score_kw, self.progress = dict(score_kw), progress
         self.scorer = scorer if scorer is not None else LocalScorer(subject, score)

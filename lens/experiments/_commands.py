@@ -6,7 +6,10 @@ from pathlib import Path
 
 from lens.experiments._db import DEFAULT_DB, compare_runs, list_runs
 from lens.experiments._spec import SpecError
+from lens.experiments._runner import run_spec
 from lens.experiments._spec_sweep import load_specs
+from lens.experiments._sweep import run_sweep
+from lens.record import make_executor
 
 
 def run_command(spec_path: str | Path, *, db: str | Path | None = None, quiet: bool = False, echo=print,
@@ -15,14 +18,12 @@ def run_command(spec_path: str | Path, *, db: str | Path | None = None, quiet: b
     """Check the spec and every run of its ``[sweep]`` (before any model loads), run them, print
     the tables; returns the run id (a list of them for a sweep).
 
-    executor: None (one process, as always), "local" or "ray" (``lens._executor``; ray
+    executor: None (one process, as always), "local" or "ray" (``lens.record._executor``; ray
     needs the ``ray`` extra and says how to install it). resume: skip runs already complete
     in the database. Raises ``SpecError`` (a ValueError naming the file, key path and line)
     for a bad spec.
     """
     specs = load_specs(spec_path)
-    from lens.experiments._runner import run_spec
-    from lens.experiments._sweep import run_sweep
 
     if executor != "ray" and not resume and len(specs) == 1 and not specs[0].sweep:
         return run_spec(specs[0], db=db, progress=not quiet, echo=echo).run_id
@@ -34,8 +35,6 @@ def run_command(spec_path: str | Path, *, db: str | Path | None = None, quiet: b
         if len(complete_runs_by_hash(path, [s.spec_hash() for s in specs])) == len({s.spec_hash() for s in specs}):
             executor = None
     if executor == "ray":  # "local" runs here, one run after another, on a model loaded once per name
-        from lens._executor import make_executor
-
         ex = make_executor("ray", address=address, workers=workers, progress=not quiet)
     try:
         table = run_sweep(specs, executor=ex, db=db, resume=resume, progress=not quiet, echo=echo)

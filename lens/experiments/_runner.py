@@ -21,21 +21,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from lens._edits import (
-    AblateHead,
-    CalibrateSinks,
-    Edit,
-    GateHead,
-    KeyBias,
-    MoveToBOS,
-    RedistributeAttention,
-    ScaleAttention,
-)
+from lens.edits import Edit
 from lens.experiments import _db
 from lens.experiments._bootstrap import bootstrap_ci, paired_bootstrap_ci
 from lens.experiments._calibrate import Calibration, act_search, zerotuning, zerotuning_profiled
+from lens.experiments._scorers import ExecutorScorer, LocalScorer
 from lens.experiments._scoring import metric_values, score
 from lens.experiments._spec import Spec, load_spec, spec_error
+from lens.experiments._spec_edits import build_edits, check_targets
+from lens.model import load
 
 
 @dataclass
@@ -69,7 +63,7 @@ def run_spec(spec: Spec | str | Path, *, subject=None, db: str | Path | None | b
     subject: an already loaded model to use instead of ``spec.model`` (tests, notebooks).
     db: the DuckDB file (default: the spec's ``output.db``, else ``runs.duckdb``); False
     writes nothing. echo: where progress lines and the final table go (None: nowhere).
-    executor: a ``lens._executor`` executor: every scoring (each calibration candidate, the
+    executor: a ``lens.record._executor`` executor: every scoring (each calibration candidate, the
     test split without and with the edits) is a job on its workers, which hold the model;
     this process only assembles and stores the results (same numbers as without one).
 
@@ -97,10 +91,8 @@ def run_spec(spec: Spec | str | Path, *, subject=None, db: str | Path | None | b
             scorer = _scorer_for(executor, spec.model)
             subject = scorer.facts()
         elif subject is None:
-            import lens
-
             say(f"loading {spec.model} ...")
-            subject = lens.load(spec.model)
+            subject = load(spec.model)
         result = _execute(spec, task, subject, run_id, prov, t0, progress, say, scorer)
         if path is not None:
             _db.finish_run(path, run_id, _finish_row(result, subject), result.examples, result.summary,
@@ -122,8 +114,6 @@ _SCORERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # executor ->
 
 def _scorer_for(executor, model: str):
     """One ``ExecutorScorer`` per (executor, model), so the model's facts are asked for once per sweep."""
-    from lens.experiments._scorers import ExecutorScorer
-
     cache = _SCORERS.setdefault(executor, {})
     if model not in cache:
         cache[model] = ExecutorScorer(executor, model)
@@ -136,13 +126,11 @@ def _execute(spec: Spec, task, subject, run_id: str, prov: dict, t0: float, prog
 
     ``scorer`` (``_scorers``) runs the scoring elsewhere; then ``subject`` is only its ``ModelFacts``.
     """
-    from lens.experiments._scorers import LocalScorer
-
     remote = scorer  # None: the calibration scores here too (through _calibrate's own score)
     scorer = scorer if scorer is not None else LocalScorer(subject, score)
     score_kw = {"batch_size": spec.eval["batch_size"], "prefix_cache": spec.eval["prefix_cache"],
                 "backend": spec.eval["backend"]}
-    _check_targets(spec, subject)
+    check_targets(spec, subject)
 
     calibration = None
     if spec.calibration is not None:
@@ -193,59 +181,6 @@ def summarize(spec: Spec, base: pd.DataFrame, edited: pd.DataFrame | None) -> pd
 
 
 # --- edits from a spec ------------------------------------------------------------------------
-def _heads_of(table: dict, subject) -> list[tuple[int, int]]:
-    sel = lambda v, n: list(range(n)) if v is None else [v] if isinstance(v, int) else list(v)  # noqa: E731
-    return [(l, h) for l in sel(table.get("layer"), subject.n_layers) for h in sel(table.get("head"), subject.n_heads)]
-
-
-def _check_targets(spec: Spec, subject) -> None:
-    """Layers and heads named in the spec exist in the loaded model (named by key path if not)."""
-    def check(values, n, keypath, what):
-        items = [values] if isinstance(values, int) else list(values or [])
-        for i, v in enumerate(items):
-            if not 0 <= v < n:
-                kp = keypath if isinstance(values, int) else f"{keypath}[{i}]"
-                raise spec_error(spec, kp, f"{what} {v} does not exist in {subject.name} ({what}s 0..{n - 1})")
-
-    for i, e in enumerate(spec.edits):
-        check(e.get("layer"), subject.n_layers, f"edits[{i}].layer", "layer")
-        check(e.get("head"), subject.n_heads, f"edits[{i}].head", "head")
-    if spec.calibration:
-        check(spec.calibration.get("layers"), subject.n_layers, "calibration.layers", "layer")
-        check(spec.calibration.get("heads"), subject.n_heads, "calibration.heads", "head")
-
-
-def build_edits(spec: Spec, subject, reference_prompts) -> tuple[Edit, ...]:
-    """The spec's ``[[edits]]`` as edit objects (mean ablation averages over ``reference_prompts``)."""
-    from lens._edits_apply import mean_ablation
-
-    out: list[Edit] = []
-    for e in spec.edits:
-        kind, where = e["type"], {"layer": e.get("layer"), "head": e.get("head")}
-        if kind == "scale_attention":
-            out.append(ScaleAttention(**where, keys=e["keys"], factor=e["factor"]))
-        elif kind == "key_bias":
-            out.append(KeyBias(**where, keys=e["keys"], bias=e["bias"]))
-        elif kind == "move_to_bos":
-            out.append(MoveToBOS(**where))
-        elif kind == "gate":
-            out.append(GateHead(**where, factor=e["factor"]))
-        elif kind == "ablate":
-            if e["mode"] == "mean":
-                out.extend(mean_ablation(subject, _heads_of(e, subject), list(reference_prompts)))
-            else:
-                out.append(AblateHead(**where))
-        elif kind == "act":
-            out.append(CalibrateSinks(**where, beta=e["beta"], theta=e["theta"], alpha=e["alpha"],
-                                      renormalise=e["renormalise"]))
-        elif kind == "var":
-            out.append(RedistributeAttention(**where, sinks=e["sinks"], target=e["target"], keep=e["keep"],
-                                             min_target=e["min_target"], max_sink_share=e["max_sink_share"]))
-        else:  # the spec checker knows every type; this is a programming error
-            raise AssertionError(kind)
-    return tuple(out)
-
-
 def _calibrate(spec: Spec, subject, examples, score_kw: dict, progress: bool, scorer=None) -> Calibration:
     cal = spec.calibration
     common = {"objective": cal["objective"], "score_kw": score_kw, "progress": progress, "scorer": scorer}

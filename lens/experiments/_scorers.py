@@ -3,7 +3,7 @@
 A calibration scores many candidates (each its edits on the whole calibration split) and a
 run scores the test split without and with its edits; every one of those is independent.
 ``LocalScorer`` scores them one after another on a model it holds (``lens run`` as it
-always was). ``ExecutorScorer`` sends each as a job to ``lens._executor`` (``--executor
+always was). ``ExecutorScorer`` sends each as a job to ``lens.record._executor`` (``--executor
 local|ray``): the workers hold the model, the driver holds only its ``ModelFacts`` and
 assembles the results in candidate order, so the numbers are the ones a local run gives.
 The job functions are module-level because Ray pickles them by reference.
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from lens.experiments._scoring import score
+from lens.experiments._spec_edits import build_edits
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,6 @@ def score_job(subject, job) -> pd.DataFrame:
 
 def build_edits_job(subject, job):
     """``job``: (spec, reference prompts) -> the spec's fixed edits (mean ablation needs the model)."""
-    from lens.experiments._runner import build_edits
-
     spec, prompts = job
     return build_edits(spec, subject, prompts)
 
@@ -70,13 +69,11 @@ class LocalScorer:
             yield i, self.score_fn(self.subject, examples, edits=edits, progress=progress, desc=desc, **score_kw)
 
     def build_edits(self, spec, prompts):
-        from lens.experiments._runner import build_edits
-
-        return build_edits(spec, self.subject, prompts)
+            return build_edits(spec, self.subject, prompts)
 
 
 class ExecutorScorer:
-    """Scores as jobs on ``executor`` (``lens._executor``) for ``model``; results come back in any
+    """Scores as jobs on ``executor`` (``lens.record._executor``) for ``model``; results come back in any
     order and are yielded with their index, each exactly once."""
 
     def __init__(self, executor, model: str):

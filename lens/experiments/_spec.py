@@ -52,9 +52,12 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lens.experiments._calibrate import OBJECTIVES, SCOPES
 from lens.experiments._scoring import OUTPUTS
 from lens.experiments._tasks import TASKS, TaskData, make_task, read_jsonl, task_options
+
+# The calibration vocabulary a spec may name (``_calibrate`` implements each).
+OBJECTIVES = ("accuracy", "entropy", "entropy_vocab")
+SCOPES = ("layer", "head_index", "all")
 
 METRICS = ("accuracy", *OUTPUTS[1:])
 METHODS = ("zerotuning", "zerotuning_profiled", "act")
@@ -418,7 +421,7 @@ def load_spec(path: str | Path) -> Spec:
 
 
 def _check_model(c: _Check, model: str, base_dir: Path | None) -> None:
-    from lens._models import BUILTIN
+    from lens.model._load import BUILTIN
 
     if model in BUILTIN:
         return

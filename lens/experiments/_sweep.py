@@ -1,6 +1,6 @@
 """``lens run SPEC.toml`` with a ``[sweep]``: every run of the sweep, here or on Ray, resumable.
 
-Runs go one after another through ``run_spec``; with an executor (``lens._executor``)
+Runs go one after another through ``run_spec``; with an executor (``lens.record._executor``)
 each run's scoring jobs (calibration candidates, the test split) go to its workers, which
 keep the model loaded between runs. Only this process writes the database, each run in
 ``_db``'s two commits (``running``, then ``complete`` with its results), so a sweep cut
@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from lens._executor import cached_subject
+from lens.record._executor import cached_subject
 from lens.experiments import _db
+from lens.experiments._runner import run_spec
 from lens.experiments._spec import Spec
 
 
@@ -25,13 +26,11 @@ def run_sweep(specs: Sequence[Spec], *, executor=None, db: str | Path | None = N
               progress: bool = True, echo=print, on_run: Callable | None = None) -> pd.DataFrame:
     """Run every spec of a sweep (``load_specs``); returns the sweep table (``sweep_table``).
 
-    executor: None runs here on a model loaded once per model name; else a ``lens._executor``
+    executor: None runs here on a model loaded once per model name; else a ``lens.record._executor``
     executor. resume: skip runs already complete in ``db``. on_run(i, run_id): called in
     this process after run ``i`` is stored (tests interrupt a sweep from it).
     """
     from tqdm.auto import tqdm
-
-    from lens.experiments._runner import run_spec
 
     specs = list(specs)
     if not specs:

@@ -1,0 +1,371 @@
+"""One forward pass of the stock Hugging Face model with patching hooks: the engine every method uses.
+
+Hooks (forward and forward-pre hooks, registered for one pass and always removed):
+
+- block pre-hook: the residual stream before block ``l`` (``resid_pre``); residual patches.
+- attention pre-hook: heads that need an input of their own (an edge into them is patched,
+  or EAP asks for their input gradient) get it by re-running the attention module on
+  ``norm(resid_pre + delta_h)`` and keeping head ``h``'s slice of the o_proj input. Under
+  grouped-query attention that slice is computed from its own key/value head, so it is exact.
+- o_proj pre-hook: the per-head outputs are the slices of the output projection's *input*
+  ``[batch, pos, n_heads * d_head]`` (GPT-2: ``c_proj``, a Conv1D); head patches replace slices.
+- pre-MLP norm pre-hook and final norm pre-hook: the MLP's and the logits' inputs (edges).
+- attention / MLP forward hooks: module outputs (patches and records).
+
+Edge patching (ACDC semantics): receiver ``r`` reads ``resid + sum_{s removed} (ref_s - cur_s)``,
+where ``ref_s`` is the sender's output in the reference run (corrupted, mean or zero) and
+``cur_s`` its output in this run. The residual stream is the sum of the senders' outputs,
+so this is exactly "the edge carries the reference value" for every removed edge at once.
+
+A pass holds the model's lock (``lens.model._routing.model_lock``) while its hooks are registered,
+so passes on one model from several threads run one at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+
+from lens.circuits._graph import INPUT, LOGITS, Graph, head_node, mlp_node
+from lens.model._routing import model_lock
+from lens.model._structure import get_path
+
+def norm_names(subject) -> tuple[str, str | None]:
+    """The block's norms before the attention and before the MLP (discovered, ``Subject.arch``).
+
+    Edge patching needs pre-norm blocks: the residual stream must be a plain sum of the
+    senders' outputs, read by each receiver through its own norm. Other layouts (post-norms,
+    parallel attention/MLP, scaled residuals) are refused by name; head, module and residual
+    patching work on every layout.
+    """
+    arch = subject.arch
+    if arch.residual != "pre-norm" or arch.attn_norm is None or (arch.mlp is not None and arch.mlp_norm is None):
+        raise ValueError(f"{arch.model_type}: edge patching (EAP, ACDC, path patching) needs pre-norm blocks, whose "
+                         f"residual stream is a plain sum of the senders' outputs; this model's blocks are "
+                         f"{arch.residual!r}. Head, attention/MLP and residual patching work on it.")
+    return arch.attn_norm, arch.mlp_norm
+
+
+def o_proj_of(subject, layer: int) -> torch.nn.Module:
+    return get_path(subject.attn_module(layer), subject.arch.o_proj)
+
+
+def w_o(subject, layer: int) -> torch.Tensor:
+    """The output projection as ``[n_heads * d_head, d_model]`` (x @ W), for nn.Linear and Conv1D."""
+    w = o_proj_of(subject, layer).weight
+    return w if subject.arch.o_proj_conv1d else w.T
+
+
+@dataclass
+class Patch:
+    """Values for one site, applied where ``mask`` (``[batch, pos]`` bool) is True."""
+
+    values: torch.Tensor
+    mask: torch.Tensor
+
+
+@dataclass
+class RunSpec:
+    """What one pass patches and records.
+
+    heads: (layer, head) -> Patch of ``[batch, pos, d_head]`` (the head's o_proj-input slice).
+    attn / mlp: layer -> Patch of the module output ``[batch, pos, d_model]``.
+    resid: layer -> Patch of the residual before block ``layer`` (``n_layers``: before the final norm).
+    edge_ref: ``[n_senders, batch, pos, d_model]`` reference sender outputs; removed: bool
+    ``[n_receivers, n_senders]``; edge_mask: ``[batch, pos]`` positions where edges are patched.
+    grad_receivers: give every receiver a zero leaf added to its input (its ``.grad`` is the
+    metric's gradient with respect to that receiver's input: EAP).
+    record: any of "z" (per-layer o_proj input), "attn", "mlp", "resid", "senders".
+    """
+
+    heads: dict = field(default_factory=dict)
+    attn: dict = field(default_factory=dict)
+    mlp: dict = field(default_factory=dict)
+    resid: dict = field(default_factory=dict)
+    edge_ref: torch.Tensor | None = None
+    removed: torch.Tensor | None = None
+    edge_mask: torch.Tensor | None = None
+    grad_receivers: bool = False
+    record: frozenset = frozenset()
+
+
+def _where(mask: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask[..., None], new.to(old.dtype), old)
+
+
+class _State:
+    def __init__(self, subject, graph: Graph, spec: RunSpec, shape):
+        self.subject, self.graph, self.spec = subject, graph, spec
+        self.records: dict = {"z": {}, "attn": {}, "mlp": {}, "resid": {}}
+        self.rerun = False
+        self.captured: torch.Tensor | None = None
+        self.resid_pre: dict[int, torch.Tensor] = {}
+        self.head_inputs: dict[int, dict[int, torch.Tensor]] = {}
+        self.leaves: dict[str, torch.Tensor] = {}
+        b, t = shape
+        d = subject.d_model
+        self.need_senders = spec.removed is not None or "senders" in spec.record
+        self.senders = [None] * len(graph.senders) if self.need_senders else None
+        if spec.removed is not None:
+            removed = spec.removed
+            self.removed = removed
+            self.diff = None  # [n_senders, b, t, d]: ref - cur, filled as senders run
+            self.send_used = removed.any(0)  # senders with at least one removed edge
+            self.recv_touched = removed.any(1)
+            mask = spec.edge_mask if spec.edge_mask is not None else torch.ones(b, t, dtype=torch.bool)
+            self.edge_mask = mask[..., None].to(spec.edge_ref.dtype)
+            self.shape = (b, t, d)
+        else:
+            self.removed = None
+
+    # --- senders and receivers ---------------------------------------------------------------
+    def sent(self, name: str, out: torch.Tensor) -> None:
+        if not self.need_senders:
+            return
+        i = self.graph.sender_index[name]
+        self.senders[i] = out
+        if self.removed is not None and bool(self.send_used[i]):
+            if self.diff is None:
+                self.diff = out.new_zeros(len(self.graph.senders), *out.shape)
+            self.diff[i] = (self.spec.edge_ref[i].to(out.dtype) - out) * self.edge_mask
+
+    def delta(self, receiver: str) -> torch.Tensor | None:
+        """sum over removed senders of (ref - cur) for this receiver, or None when nothing is removed."""
+        if self.removed is None:
+            return None
+        r = self.graph.receiver_index[receiver]
+        if not bool(self.recv_touched[r]):
+            return None
+        w = self.removed[r].to(self.diff.dtype)  # senders not run yet have no removed edge into r
+        return (w @ self.diff.flatten(1)).view(self.diff.shape[1:])
+
+    def leaf(self, receiver: str, like: torch.Tensor) -> torch.Tensor | None:
+        if not self.spec.grad_receivers:
+            return None
+        z = torch.zeros_like(like, requires_grad=True)
+        self.leaves[receiver] = z
+        return z
+
+    def receive(self, receiver: str, x: torch.Tensor) -> torch.Tensor:
+        """What ``receiver`` reads: ``x`` plus the removed edges' delta plus its EAP leaf (``x`` itself if neither)."""
+        new = x
+        d = self.delta(receiver)
+        if d is not None:
+            new = new + d
+        z = self.leaf(receiver, x)
+        if z is not None:
+            new = new + z
+        return new
+
+
+def _repeat_batch(obj, b: int, n: int):
+    """``obj`` with every tensor whose leading axis is the batch (size ``b``) tiled ``n`` times along it."""
+    if n == 1:
+        return obj
+    if isinstance(obj, torch.Tensor):
+        return obj.repeat(n, *([1] * (obj.ndim - 1))) if obj.ndim >= 2 and obj.shape[0] == b and b > 1 else obj
+    if isinstance(obj, tuple):
+        return tuple(_repeat_batch(o, b, n) for o in obj)
+    if isinstance(obj, list):
+        return [_repeat_batch(o, b, n) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _repeat_batch(v, b, n) for k, v in obj.items()}
+    return obj
+
+
+def _hidden_arg(args, kwargs):
+    if "hidden_states" in kwargs:
+        return kwargs["hidden_states"]
+    return args[0]
+
+
+def _with_hidden(args, kwargs, new):
+    if "hidden_states" in kwargs:
+        kwargs = dict(kwargs, hidden_states=new)
+    else:
+        args = (new, *args[1:])
+    return args, kwargs
+
+
+def _install(subject, st: _State, stack: contextlib.ExitStack) -> None:
+    graph, spec = st.graph, st.spec
+    n_heads, dh = subject.n_heads, subject.d_head
+    edges = spec.removed is not None or spec.grad_receivers
+    # Receivers read through the block's norms only when edges are patched (pre-norm blocks only).
+    ln1_name, ln2_name = norm_names(subject) if edges else (None, None)
+
+    def hook(module, fn, pre=False, kw=True):
+        h = (module.register_forward_pre_hook(fn, with_kwargs=kw) if pre
+             else module.register_forward_hook(fn, with_kwargs=kw))
+        stack.callback(h.remove)
+
+    for layer in range(subject.n_layers):
+        block = subject.blocks[layer]
+        attn = subject.attn_module(layer)
+        oproj = get_path(attn, subject.arch.o_proj)
+        ln1 = getattr(block, ln1_name) if ln1_name else None
+        wo = w_o(subject, layer)
+
+        def block_pre(module, args, kwargs, layer=layer):
+            if st.rerun:
+                return None
+            x = _hidden_arg(args, kwargs)
+            if layer in spec.resid:
+                p = spec.resid[layer]
+                x = _where(p.mask, p.values, x)
+                args, kwargs = _with_hidden(args, kwargs, x)
+            st.resid_pre[layer] = x
+            if "resid" in spec.record:
+                st.records["resid"][layer] = x.detach()
+            if layer == 0:
+                st.sent(INPUT, x)
+            return args, kwargs
+
+        def attn_pre(module, args, kwargs, layer=layer, ln1=ln1):
+            if st.rerun:
+                return None
+            resid = st.resid_pre[layer]
+            inputs = {}
+            for h in range(n_heads):
+                x = st.receive(head_node(layer, h), resid)
+                if x is not resid:
+                    inputs[h] = x
+            if not inputs:
+                return None
+            # One batched re-run: the heads' inputs stacked along the batch axis (kwargs with a
+            # batch axis, e.g. the mask or rotary tables, repeated to match).
+            heads = list(inputs)
+            b = resid.shape[0]
+            stacked = ln1(torch.cat([inputs[h] for h in heads], dim=0))
+            a2, k2 = _with_hidden(_repeat_batch(args, b, len(heads)), _repeat_batch(kwargs, b, len(heads)), stacked)
+            st.rerun = True
+            try:
+                module.forward(*a2, **k2)
+                z = st.captured.unflatten(0, (len(heads), b))
+            finally:
+                st.rerun = False
+                st.captured = None
+            outs = {h: z[i, ..., h * dh:(h + 1) * dh] for i, h in enumerate(heads)}
+            st.head_inputs[layer] = outs
+            return None
+
+        def oproj_pre(module, args, kwargs, layer=layer, wo=wo):
+            z = args[0] if args else kwargs["input"]
+            if st.rerun:
+                st.captured = z
+                return None
+            own = st.head_inputs.pop(layer, {})
+            patches = {h: p for (l, h), p in spec.heads.items() if l == layer}
+            if own or patches:
+                parts = list(z.split(dh, dim=-1))
+                for h, v in own.items():
+                    parts[h] = v
+                for h, p in patches.items():
+                    parts[h] = _where(p.mask, p.values, parts[h])
+                z = torch.cat(parts, dim=-1)
+            if "z" in spec.record:
+                st.records["z"][layer] = z.detach()
+            if st.need_senders:
+                zh = z.unflatten(-1, (n_heads, dh))  # [b, t, head, d_head]
+                woh = wo.unflatten(0, (n_heads, dh)).to(z.dtype)  # [head, d_head, d_model]
+                out = torch.einsum("bthe,hed->hbtd", zh, woh)
+                for h in range(n_heads):
+                    st.sent(head_node(layer, h), out[h])
+            if own or patches:
+                if args:
+                    return (z, *args[1:]), kwargs
+                return args, dict(kwargs, input=z)
+            return None
+
+        def attn_post(module, args, kwargs, output, layer=layer):
+            if st.rerun:
+                return None
+            out = output[0] if isinstance(output, tuple) else output
+            changed = False
+            if layer in spec.attn:
+                p = spec.attn[layer]
+                out = _where(p.mask, p.values, out)
+                changed = True
+            if "attn" in spec.record:
+                st.records["attn"][layer] = out.detach()
+            if changed:
+                return (out, *output[1:]) if isinstance(output, tuple) else out
+            return None
+
+        hook(block, block_pre, pre=True)
+        if ln1 is not None:
+            hook(attn, attn_pre, pre=True)
+        hook(oproj, oproj_pre, pre=True)
+        hook(attn, attn_post)
+
+        if subject.arch.mlp is not None:
+            mlp = get_path(block, subject.arch.mlp)
+            ln2 = getattr(block, ln2_name) if ln2_name else None
+
+            def ln2_pre(module, args, kwargs, layer=layer):
+                x = _hidden_arg(args, kwargs)
+                new = st.receive(mlp_node(layer), x)
+                return None if new is x else _with_hidden(args, kwargs, new)
+
+            def mlp_post(module, args, kwargs, output, layer=layer):
+                out = output
+                changed = False
+                if layer in spec.mlp:
+                    p = spec.mlp[layer]
+                    out = _where(p.mask, p.values, out)
+                    changed = True
+                if "mlp" in spec.record:
+                    st.records["mlp"][layer] = out.detach()
+                st.sent(mlp_node(layer), out)
+                return out if changed else None
+
+            if ln2 is not None:
+                hook(ln2, ln2_pre, pre=True)
+            hook(mlp, mlp_post)
+
+    final = get_path(subject.model, subject.arch.final_norm)
+
+    def final_pre(module, args, kwargs):
+        x = args[0] if args else kwargs["hidden_states"]
+        new = x
+        if subject.n_layers in spec.resid:
+            p = spec.resid[subject.n_layers]
+            new = _where(p.mask, p.values, new)
+        if "resid" in spec.record:
+            st.records["resid"][subject.n_layers] = new.detach()
+        new = st.receive(LOGITS, new)
+        return None if new is x else _with_hidden(args, kwargs, new)
+
+    hook(final, final_pre, pre=True)
+
+
+def attention_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    return (torch.arange(width)[None, :] < lengths[:, None]).long()
+
+
+def run(subject, tokens: torch.Tensor, lengths: torch.Tensor, spec: RunSpec | None = None, *,
+        graph: Graph | None = None, grad: bool = False) -> tuple[torch.Tensor, _State]:
+    """Run the model on right-padded ``tokens`` ``[batch, pos]`` with ``spec``'s patches.
+
+    Returns the logits ``[batch, pos, vocab]`` and the run state (``.records``, ``.senders``,
+    ``.leaves``). With ``grad=False`` it runs under ``torch.no_grad``.
+    """
+    spec = spec or RunSpec()
+    graph = graph or Graph.of(subject)
+    st = _State(subject, graph, spec, tuple(tokens.shape))
+    dev = subject.device
+    ctx = contextlib.nullcontext() if grad else torch.no_grad()
+    # The model's lock (lens.model._routing.model_lock) from the first hook to the last removal: other
+    # threads' forwards must not run through these hooks. The backward (EAP) needs none of them.
+    with model_lock(subject.model), contextlib.ExitStack() as stack, ctx:
+        _install(subject, st, stack)
+        out = subject.model(input_ids=tokens.to(dev), attention_mask=attention_mask(lengths, tokens.shape[1]).to(dev),
+                            use_cache=False)
+    return out.logits, st
+
+
+def last_logits(logits: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``[batch, vocab]`` logits at each row's last real token."""
+    return logits[torch.arange(logits.shape[0]), (lengths - 1).to(logits.device)]

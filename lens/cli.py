@@ -1,0 +1,224 @@
+"""The ``lens`` command line: capture, analyze, run experiments, serve the dashboard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="The attention workbench.")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+
+        try:
+            version = metadata.version("attention-workbench")
+        except metadata.PackageNotFoundError:  # a checkout that was never installed
+            version = "0+unknown"
+        typer.echo(f"attention-workbench {version}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="print the installed version and exit")) -> None:
+    """The attention workbench: capture, analyze, edit and browse what a language model's attention does."""
+
+
+@app.command()
+def info(model: str = typer.Option("smollm2", help="built-in name, model directory, .gguf file or hub id")):
+    """Load a model and print the facts the workbench knows about it."""
+    import lens
+
+    subject = lens.load(model)
+    typer.echo(repr(subject))
+    arch = subject.arch  # discovered at load (lens.model._structure)
+    typer.echo(f"structure: blocks {arch.layers}, attention .{arch.attn} -> .{arch.o_proj}"
+               f"{' (Conv1D)' if arch.o_proj_conv1d else ''}, MLP .{arch.mlp}, final norm {arch.final_norm}, "
+               f"{arch.residual} blocks")
+    typer.echo(f"attention: {', '.join(arch.features()) or 'plain causal'}")
+
+
+@app.command("capture")
+def capture_cmd(
+    model: str = typer.Option("smollm2", help="built-in name, model directory, .gguf file or hub id"),
+    text: str = typer.Option(None, help="the text to capture"),
+    file: Path = typer.Option(None, exists=True, dir_okay=False, help="read the text from this file"),
+    dataset: Path = typer.Option(None, exists=True, dir_okay=False,
+                                 help='prompts to capture into a store: .txt (one per line) or .jsonl ({"text": ...})'),
+    out: Path = typer.Option(None, help="save the Capture (or, with --dataset, the store) into this directory"),
+    backend: str = typer.Option("auto", help="eager | chunked | triton | auto"),
+    executor: str = typer.Option("local", help="with --dataset: local (this process) or ray"),
+    address: str = typer.Option(None, help="with --executor ray: the cluster to join (default: start a local one)"),
+    workers: int = typer.Option(None, help="with --executor ray and no GPUs: how many actors"),
+    shard_size: int = typer.Option(64, help="with --dataset: inputs per shard"),
+    resume: bool = typer.Option(False, help="with --dataset: finish an interrupted store, keeping its valid shards"),
+    stats: str = typer.Option("default", help="comma-separated statistic names to keep, or 'default' (all but "
+                                              "patterns); a census keeps what it queries, e.g. "
+                                              "sink_mass,entropy,distance,received,visible"),
+):
+    """Capture per-head attention statistics of one text (and print a summary), or of a dataset into a store."""
+    import lens
+
+    if sum(x is not None for x in (text, file, dataset)) != 1:
+        raise typer.BadParameter("give exactly one of --text or --file, or --dataset")
+    stat_list = "default" if stats.strip() == "default" else [s.strip() for s in stats.split(",") if s.strip()]
+    if dataset is not None:
+        _capture_dataset(model, dataset, out, backend, executor, address, workers, shard_size, resume, stat_list)
+        return
+    body = text if text is not None else file.read_text()
+    subject = lens.load(model)
+    try:
+        cap = lens.capture(subject, body, backend=backend, stats=stat_list)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err
+    typer.echo(lens.summarize(cap))
+    if out is not None:
+        cap.save(out)
+        typer.echo(f"saved to {out}")
+
+
+def _capture_dataset(model, dataset, out, backend, executor, address, workers, shard_size, resume, stats) -> None:
+    from lens.record._executor import make_executor
+    from lens.store._store import Store, capture_dataset
+
+    if out is None:
+        raise typer.BadParameter("--dataset needs --out STORE, the directory the store is written to")
+    if executor == "local" and workers is not None:
+        raise typer.BadParameter("--workers is for --executor ray; the local executor runs in this process")
+    try:
+        ex = make_executor(executor, address=address, workers=workers)
+    except (ValueError, ModuleNotFoundError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+    try:
+        from lens.kernels import STAT_NAMES
+
+        unknown = [] if stats == "default" else [s for s in stats if s not in STAT_NAMES or s == "pattern"]
+        if unknown:
+            raise ValueError(f"--stats: unknown statistic(s) {unknown}; valid: {', '.join(STAT_NAMES[:-2])}, "
+                             "learned_sink_mass, or 'default'")
+        store = capture_dataset(model, dataset, out, executor=ex, shard_size=shard_size, backend=backend,
+                                resume=resume, stats=stats, echo=typer.echo)
+    except KeyboardInterrupt:
+        done = Store(out).n_shards - len(Store(out).missing()) if (out / "store.json").is_file() else 0
+        typer.echo(f"interrupted: {done} complete shard(s) in {out}; continue with the same command and --resume",
+                   err=True)
+        raise typer.Exit(130) from None
+    except (ValueError, FileExistsError, FileNotFoundError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+    finally:
+        ex.close()
+    typer.echo(repr(store))
+
+
+@app.command("analyze")
+def analyze_cmd(
+    capture_dir: Path = typer.Argument(..., exists=True, file_okay=False,
+                                       help="a directory written by Capture.save, or a store (lens capture --dataset)"),
+    json_out: bool = typer.Option(False, "--json", help="print the findings as JSON instead of the text summary"),
+):
+    """Run every analyzer on a saved Capture or a store and print the atlas (or JSON)."""
+    import lens
+
+    from lens.record._data import CaptureFileError
+    from lens.store._store import MANIFEST
+
+    try:
+        if (capture_dir / MANIFEST).is_file():
+            store = lens.Store(capture_dir)
+            if store.missing():
+                raise CaptureFileError(f"{capture_dir} is incomplete: shard(s) {store.missing()[:10]} missing; "
+                                       "finish it with lens capture ... --resume")
+            atlas = lens.analyze(store)  # streams over the shards; a damaged shard fails its checksum here
+        else:
+            atlas = lens.analyze(lens.Capture.load(capture_dir))
+    except (FileNotFoundError, CaptureFileError) as err:
+        raise typer.BadParameter(str(err), param_hint="CAPTURE_DIR") from err
+    typer.echo(atlas.to_json() if json_out else str(atlas))
+
+
+@app.command("run")
+def run_cmd(
+    spec: Path = typer.Argument(..., exists=True, dir_okay=False, help="an experiment spec (TOML)"),
+    db: Path = typer.Option(None, help="results database (default: runs.duckdb, or the spec's own)"),
+    quiet: bool = typer.Option(False, help="no progress bars"),
+    executor: str = typer.Option(None, help="local (this process) | ray (Ray actors that keep the model loaded; "
+                                             "needs the ray extra)"),
+    address: str = typer.Option(None, help="Ray cluster address (e.g. ray://head:10001 or auto); default: start "
+                                           "a local one"),
+    workers: int = typer.Option(None, min=1, help="Ray actors when the cluster has no GPUs (else one per GPU)"),
+    resume: bool = typer.Option(False, help="skip sweep runs already complete in the database"),
+):
+    """Run a scripted intervention experiment (every run of its [sweep]) and store its results."""
+    from lens.experiments import SpecError, run_command
+
+    if executor is not None and executor not in ("local", "ray"):
+        raise typer.BadParameter(f"expected local or ray, got {executor!r}", param_hint="--executor")
+    if executor != "ray" and (address is not None or workers is not None):
+        raise typer.BadParameter("--address and --workers are for --executor ray", param_hint="--executor")
+    try:
+        run_command(spec, db=db, quiet=quiet, echo=typer.echo, executor=executor, address=address,
+                    workers=workers, resume=resume)
+    except SpecError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+    except ModuleNotFoundError as err:  # --executor ray without Ray: the message says how to install it
+        if "ray" not in str(err).lower():
+            raise
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+
+
+@app.command("runs")
+def runs_cmd(
+    db: Path = typer.Option(Path("runs.duckdb"), help="results database"),
+    compare: list[str] = typer.Option(None, help="run ids to compare side by side (repeat the option)"),
+    metric: str = typer.Option("accuracy", help="metric to show, or 'all'"),
+    limit: int = typer.Option(20, help="show at most this many runs"),
+):
+    """List the stored experiment runs, or compare some of them."""
+    from lens.experiments import runs_command
+
+    try:
+        runs_command(db=db, compare=compare or None, metric=metric, limit=limit, echo=typer.echo)
+    except (FileNotFoundError, ValueError) as err:  # no database; an unknown or unfinished run to compare
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+
+
+@app.command("dashboard")
+def dashboard_cmd(
+    model: str = typer.Option("smollm2", help="built-in name, model directory, .gguf file or hub id; 'none' serves "
+                                              "saved work only, with no forward pass"),
+    capture: list[Path] = typer.Option(None, exists=True, file_okay=False,
+                                       help="a capture saved with lens capture --out to open (repeat the option)"),
+    store: Path = typer.Option(None, exists=True, file_okay=False,
+                               help="a store written by lens capture --dataset, for the Census page"),
+    runs: Path = typer.Option(None, exists=True, dir_okay=False,
+                              help="the results database of lens run (default ./runs.duckdb when present)"),
+    max_tokens: int = typer.Option(None, help="cap live texts below the model's context"),
+    host: str = typer.Option("127.0.0.1", help="interface to bind (127.0.0.1 = this machine only)"),
+    port: int = typer.Option(8050, help="port to serve on"),
+    debug: bool = typer.Option(False, help="Dash debug mode (reloader, error pop-ups)"),
+):
+    """Serve the Dash dashboard on a model, on saved captures (--capture), a store (--store) and runs (--runs)."""
+    from lens.dashboard import serve
+
+    try:
+        serve(model=model, host=host, port=port, debug=debug, max_tokens=max_tokens, captures=capture or (),
+              store=store, runs=runs)
+    except (FileNotFoundError, ValueError) as err:  # a directory that is not a capture or a store
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""The model layer: loading, structure discovery, attention routing, the Subject, inputs.
+
+``load(name_or_path)`` gives a ``Subject``: a transformers causal LM with its tokenizer and
+the structure the workbench needs (decoder blocks, the attention modules and their output
+projections, the MLPs, the final norm), discovered from the module tree and one traced pass
+(``_structure``). ``_routing`` registers the workbench's attention function with transformers'
+AttentionInterface and routes a model through it inside a scope; nothing is patched at
+import. ``organisms`` trains the small model organisms whose ground truth the tests use.
+
+Imports only ``lens.kernels`` from the rest of the package.
+"""
+
+from lens.model import organisms
+from lens.model._inputs import normalise_inputs
+from lens.model._load import BUILTIN, load
+from lens.model._routing import UnsupportedAttention, model_lock
+from lens.model._structure import Structure, StructureError, discover
+from lens.model._subject import Subject
+
+__all__ = ["BUILTIN", "Structure", "StructureError", "Subject", "UnsupportedAttention", "discover", "load",
+           "model_lock", "normalise_inputs", "organisms"]

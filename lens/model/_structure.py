@@ -1,0 +1,332 @@
+"""Model structure, discovered: where the blocks, attention, output projection, MLP and final norm live.
+
+Nothing here is a table of architectures. ``discover(model)`` reads the module tree and
+runs one tiny forward pass with the attention routed through the workbench (no session:
+plain attention, every keyword checked), and learns from it:
+
+* the attention modules: the modules the attention interface is called *from*, in call
+  order, and from the q/k/v they pass the query heads, key/value heads and head size;
+* the decoder blocks: the ``ModuleList`` holding one attention module per entry;
+* the output projection: the ``nn.Linear`` (or GPT-2 ``Conv1D``) inside the attention module
+  whose input *is* the attention output, element for element;
+* the final norm: the module outside the blocks whose output is what the unembedding reads;
+* the MLP: the block's one remaining child with parameters (None for attention-only blocks);
+* per layer, the attention features the model passes: sliding window, soft-capping, learned
+  sinks (which a model might pass on some layers only).
+
+A model whose structure cannot be found fails here, at load, with an error naming what is
+missing; the keyword check also runs here, so a model whose attention the workbench cannot
+reproduce is refused at load and never inside a capture. ``lens.model._arch`` holds overrides only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+__all__ = ["Structure", "StructureError", "discover", "get_path"]
+
+#: Tokens in the traced pass: long enough for a sliding window of a few positions to be visible.
+TRACE_TOKENS = 6
+
+
+class StructureError(ValueError):
+    """The model's structure could not be found; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class Structure:
+    """Where things live in one loaded model, and what its attention does per layer.
+
+    Paths are dotted attribute paths: ``layers`` from the CausalLM to the ModuleList of
+    blocks, ``attn`` and ``mlp`` from a block, ``o_proj`` from the attention module,
+    ``final_norm`` from the CausalLM. ``o_proj_conv1d``: GPT-2's Conv1D (weight [d_in, d_out]).
+    ``attn_norm`` / ``mlp_norm``: the block's norms whose outputs the attention / MLP read
+    (None when it reads the residual stream itself). ``residual``: how a block adds up,
+    ``"pre-norm"`` (x + attn(norm(x)), then + mlp(norm(.)): the sum of senders' outputs that
+    edge patching needs), ``"parallel"`` (attention and MLP both read the block input),
+    ``"post-norm"`` (a norm on a sublayer's output before it is added) or ``"other"``.
+    """
+
+    model_type: str
+    layers: str
+    attn: str
+    mlp: str | None
+    o_proj: str
+    o_proj_conv1d: bool
+    final_norm: str
+    tl_architecture: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    attn_norm: str | None = None
+    mlp_norm: str | None = None
+    residual: str = "pre-norm"
+    sliding_window: tuple[int | None, ...] = ()
+    softcap: tuple[float | None, ...] = ()
+    learned_sinks: tuple[bool, ...] = ()
+    scale: tuple[float | None, ...] = ()
+    overrides: dict = field(default_factory=dict)
+
+    @property
+    def has_learned_sinks(self) -> bool:
+        return any(self.learned_sinks)
+
+    def features(self) -> list[str]:
+        """The attention features this model uses, in words (for ``lens info`` and tables)."""
+        out = []
+        windows = {w for w in self.sliding_window if w is not None}
+        if windows:
+            local = sum(w is not None for w in self.sliding_window)
+            kind = "sliding window" if local == self.n_layers else f"local/global ({local} of {self.n_layers} local)"
+            out.append(f"{kind} {'/'.join(map(str, sorted(windows)))}")
+        caps = {c for c in self.softcap if c is not None}
+        if caps:
+            out.append(f"soft-capping {'/'.join(f'{c:g}' for c in sorted(caps))}")
+        if self.has_learned_sinks:
+            out.append("learned sinks")
+        if self.n_kv_heads != self.n_heads:
+            out.append("GQA" if self.n_kv_heads > 1 else "MQA")
+        return out
+
+
+def get_path(root, dotted: str):
+    """Follow a dotted attribute path from ``root`` (integers index into ModuleLists)."""
+    obj = root
+    for part in dotted.split("."):
+        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+    return obj
+
+
+def _is_projection(m: nn.Module) -> bool:
+    from transformers.pytorch_utils import Conv1D
+
+    return isinstance(m, (nn.Linear, Conv1D))
+
+
+def _is_norm(m: nn.Module) -> bool:
+    return isinstance(m, (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm)) or "norm" in type(m).__name__.lower()
+
+
+@torch.no_grad()
+def discover(model, *, overrides: dict | None = None) -> Structure:
+    """Find the structure of a transformers causal LM (see the module docstring)."""
+    from lens.model import _routing
+
+    config = model.config
+    model_type = getattr(config, "model_type", type(model).__name__)
+    names = {id(m): n for n, m in model.named_modules()}
+    calls: list[tuple[nn.Module, tuple, dict, torch.Tensor]] = []
+
+    def tracer(module, q, k, v, call, result):
+        out = result.output.transpose(1, 2).detach()  # [b, q, h, d], as the module receives it
+        calls.append((module, (q.shape[1], k.shape[1], q.shape[-1], v.shape[-1]), call, out))
+
+    # Inputs of every projection and outputs of every module outside the decoder blocks: the
+    # output projection and the final norm are found by what flows into and out of them.
+    proj_inputs: dict[int, torch.Tensor] = {}
+    outputs: dict[int, torch.Tensor] = {}
+    head_input: list[torch.Tensor] = []
+    # (id of a candidate block 0, "in"|"out", child name) -> tensor: every ModuleList's first entry
+    # is watched, since which list holds the blocks is known only after the pass.
+    block_io: dict[tuple[int, str, str], torch.Tensor | None] = {}
+    with _routing.model_lock(model):  # every hook below is on the shared model: one thread at a time
+        handles = []
+        try:
+            for m in model.modules():
+                if _is_projection(m):
+                    handles.append(m.register_forward_pre_hook(
+                        lambda mod, args: proj_inputs.__setitem__(id(mod), args[0].detach()) if args else None))
+                handles.append(m.register_forward_hook(
+                    lambda mod, args, out: outputs.__setitem__(id(mod), out.detach())
+                    if isinstance(out, torch.Tensor) else None))
+            for first in _candidate_first_blocks(model):
+                for child_name, child in [("", first), *first.named_children()]:
+                    key = (id(first), child_name)
+                    handles.append(child.register_forward_pre_hook(
+                        lambda mod, args, kwargs, k=key: _keep(block_io, (k[0], "in", k[1]), _hidden(args, kwargs)),
+                        with_kwargs=True))
+                    handles.append(child.register_forward_hook(
+                        lambda mod, args, out, k=key: _keep(block_io, (k[0], "out", k[1]), _first(out))))
+            unembed = model.get_output_embeddings()
+            if unembed is None:
+                raise StructureError(f"{model_type}: the model has no output embedding "
+                                     "(get_output_embeddings() is None); the workbench needs a causal LM")
+            handles.append(unembed.register_forward_pre_hook(lambda mod, args: head_input.append(args[0].detach())))
+            ids = _trace_ids(model)
+            with _routing.routed(model), _routing.traced(tracer):
+                model(input_ids=ids, use_cache=False)
+        finally:
+            for h in handles:
+                h.remove()
+
+    if not calls:
+        raise StructureError(f"{model_type}: no attention module called the attention interface in a traced pass "
+                             f"(attention implementation {getattr(config, '_attn_implementation', '?')!r}); "
+                             "the workbench needs a transformers model built on AttentionInterface")
+    modules = [c[0] for c in calls]
+    if len({id(m) for m in modules}) != len(modules):
+        raise StructureError(f"{model_type}: an attention module was called twice in one pass (shared layers); "
+                             "not supported")
+    shapes = {c[1] for c in calls}
+    if len(shapes) != 1:
+        raise StructureError(f"{model_type}: attention shapes differ between layers {sorted(shapes)} "
+                             "(heads, kv heads, head size); not supported")
+    n_heads, n_kv_heads, d_head, d_v = shapes.pop()
+    if d_v != d_head:
+        raise StructureError(f"{model_type}: value head size {d_v} differs from query head size {d_head}; not supported")
+
+    layers_path, attn_path, blocks = _blocks(model, model_type, names, modules)
+    o_proj, conv1d = _output_projection(model_type, names, calls, proj_inputs, n_heads * d_head)
+    final_norm = _final_norm(model_type, model, names, blocks, outputs, head_input)
+    mlp = _mlp(model_type, blocks[0], attn_path)
+    for i, block in enumerate(blocks):  # every block has the same layout
+        if get_path(block, attn_path) is not modules[i] or (mlp is not None and not hasattr(block, mlp)):
+            raise StructureError(f"{model_type}: block {i} does not have the layout of block 0 "
+                                 f"(attention at {attn_path!r}, MLP at {mlp!r})")
+    io = {(kind, name): t for (block, kind, name), t in block_io.items() if block == id(blocks[0])}
+    attn_norm, mlp_norm, residual = _residual_layout(blocks[0], attn_path, mlp, io)
+    overrides = dict(overrides or {})
+    structure = Structure(
+        model_type=model_type, layers=layers_path, attn=attn_path, mlp=mlp, o_proj=o_proj, o_proj_conv1d=conv1d,
+        final_norm=final_norm, attn_norm=attn_norm, mlp_norm=mlp_norm, residual=residual,
+        tl_architecture=type(model).__name__, n_layers=len(blocks), n_heads=n_heads,
+        n_kv_heads=n_kv_heads, d_head=d_head,
+        sliding_window=tuple(c[2]["sliding_window"] for c in calls),
+        softcap=tuple(c[2]["softcap"] for c in calls),
+        learned_sinks=tuple(c[2]["sinks"] is not None for c in calls),
+        scale=tuple(c[2]["scale"] for c in calls),
+    )
+    if overrides:
+        from dataclasses import replace
+
+        structure = replace(structure, overrides=overrides, **overrides)
+    return structure
+
+
+def _trace_ids(model) -> torch.Tensor:
+    vocab = model.get_input_embeddings().weight.shape[0]
+    device = next(model.parameters()).device
+    return (torch.arange(1, TRACE_TOKENS + 1, device=device) % vocab)[None]
+
+
+def _blocks(model, model_type, names, modules) -> tuple[str, str, nn.ModuleList]:
+    """The ModuleList whose entries hold the attention modules, one each, in order."""
+    first = names[id(modules[0])]
+    parts = first.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        if parts[cut].isdigit():
+            layers_path, attn_path = ".".join(parts[:cut]), ".".join(parts[cut + 1:])
+            break
+    else:
+        raise StructureError(f"{model_type}: the attention module {first!r} does not sit in a list of blocks")
+    expected = [f"{layers_path}.{i}.{attn_path}" for i in range(len(modules))]
+    found = [names[id(m)] for m in modules]
+    if found != expected:
+        raise StructureError(f"{model_type}: attention modules {found[:4]}... are not one per block of "
+                             f"{layers_path!r} in order")
+    return layers_path, attn_path, get_path(model, layers_path)
+
+
+def _output_projection(model_type, names, calls, proj_inputs, width) -> tuple[str, bool]:
+    """The projection inside the attention module that consumes the attention output unchanged."""
+    from transformers.pytorch_utils import Conv1D
+
+    module, _, _, out = calls[0]
+    flat = out.reshape(-1, width)
+    candidates = [(n, m) for n, m in module.named_modules() if n and _is_projection(m)]
+    for rel, proj in candidates:
+        x = proj_inputs.get(id(proj))
+        if x is not None and x.shape[-1] == width and torch.equal(x.reshape(-1, width), flat):
+            return rel, isinstance(proj, Conv1D)
+    raise StructureError(
+        f"{model_type}: no nn.Linear or Conv1D inside {names[id(module)]!r} reads the attention output unchanged "
+        f"(candidates: {[n for n, _ in candidates]}); a gate or another step between the attention and the "
+        "output projection is not supported")
+
+
+def _final_norm(model_type, model, names, blocks, outputs, head_input) -> str:
+    """The module outside the blocks whose output the unembedding reads."""
+    if not head_input:
+        raise StructureError(f"{model_type}: the unembedding was not called in the traced pass")
+    x = head_input[-1]
+    inside = {id(m) for b in blocks for m in b.modules()}
+    best = None
+    for name, m in model.named_modules():
+        if id(m) in inside or not name or id(m) not in outputs:
+            continue
+        out = outputs[id(m)]
+        if out.shape == x.shape and torch.equal(out, x) and _is_norm(m):
+            best = name  # the deepest match wins (named_modules lists parents first)
+    if best is None:
+        raise StructureError(f"{model_type}: no norm module outside the blocks produces what the unembedding reads "
+                             "(final norm not found)")
+    return best
+
+
+def _mlp(model_type, block, attn_path) -> str | None:
+    """The block's one child with parameters that is neither the attention nor a norm."""
+    attn_child = attn_path.split(".")[0]
+    rest = [n for n, m in block.named_children()
+            if n != attn_child and not _is_norm(m) and any(True for _ in m.parameters())]
+    if not rest:
+        return None
+    if len(rest) > 1:
+        named = [n for n in rest if any(k in n.lower() for k in ("mlp", "feed_forward", "ffn", "moe"))]
+        if len(named) != 1:
+            raise StructureError(f"{model_type}: cannot tell which child of a block is the MLP among {rest}")
+        return named[0]
+    return rest[0]
+
+
+def _keep(store: dict, key, value) -> None:
+    """Record the first call's tensor only (a module called twice keeps its first input)."""
+    store.setdefault(key, value)
+
+
+def _first(out):
+    out = out[0] if isinstance(out, tuple) and out else out
+    return out.detach() if isinstance(out, torch.Tensor) else None
+
+
+def _hidden(args, kwargs):
+    x = args[0] if args else kwargs.get("hidden_states", kwargs.get("input"))
+    return x.detach() if isinstance(x, torch.Tensor) else None
+
+
+def _candidate_first_blocks(model) -> list[nn.Module]:
+    """Entry 0 of every ModuleList whose entries have children: one of them is block 0."""
+    return [m[0] for m in model.modules()
+            if isinstance(m, nn.ModuleList) and len(m) and any(True for _ in m[0].children())]
+
+
+def _same(a, b) -> bool:
+    return a is not None and b is not None and a.shape == b.shape and torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def _residual_layout(block, attn_path: str, mlp: str | None, io) -> tuple[str | None, str | None, str]:
+    """Which norms feed the attention and the MLP, and how the block adds up (see ``Structure``)."""
+    if ("in", "") not in io:
+        return None, None, "other"
+    x = io[("in", "")]
+    attn_child = attn_path.split(".")[0]
+    attn_in, attn_out = io.get(("in", attn_child)), io.get(("out", attn_child))
+    norms = [n for n, m in block.named_children() if _is_norm(m)]
+    attn_norm = next((n for n in norms if _same(io.get(("out", n)), attn_in)), None)
+    if attn_norm is None and not _same(attn_in, x):
+        return None, None, "other"
+    if any(_same(io.get(("in", n)), attn_out) for n in norms):
+        return attn_norm, None, "post-norm"  # the attention output is normed before it is added
+    if mlp is None:
+        return attn_norm, None, "pre-norm"
+    mlp_in = io.get(("in", mlp))
+    mlp_norm = next((n for n in norms if _same(io.get(("out", n)), mlp_in)), None)
+    if _same(mlp_in, attn_in) or (mlp_norm is not None and _same(io.get(("in", mlp_norm)), x)):
+        return attn_norm, mlp_norm, "parallel"
+    mid = x + attn_out if attn_out is not None else None
+    if mlp_norm is not None and _same(io.get(("in", mlp_norm)), mid):
+        return attn_norm, mlp_norm, "pre-norm"
+    return attn_norm, mlp_norm, "other"

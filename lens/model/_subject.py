@@ -1,0 +1,194 @@
+"""Subject: a loaded model, its tokenizer, and the facts analyzers need."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from functools import cached_property
+
+import torch
+
+from lens.model._arch import overrides_for, tl_architecture
+from lens.model._editing import edited
+from lens.model._structure import Structure, StructureError, discover, get_path
+
+
+class Subject:
+    """A transformers causal LM with its tokenizer and shape facts.
+
+    ``subject.model`` is the stock Hugging Face model: the workbench never rewrites its
+    module tree. ``subject.bridge`` (TransformerLens 4) and ``subject.nnsight`` (nnsight)
+    are views over the *same parameter tensors*, created on first use.
+
+    Threads: one Subject may be shared by many threads. Every workbench call on it
+    (``lens.capture``, ``edited``, patching and circuit discovery, probes, ``logits``,
+    the model checks) is thread-safe and gives exactly what it gives alone: calls that
+    route the attention, add hooks or run the model hold ``subject.lock`` (re-entrant,
+    one per model), so they run one at a time per Subject. An ``edited`` block holds it
+    from entry to exit, body included. A raw ``subject.model(...)`` from another thread
+    while a capture or ``edited`` block runs is NOT safe (it would see their routing and
+    hooks) unless wrapped in ``with subject.lock:``. Inside an ``edited`` block, do not wait
+    for another thread that uses this Subject: it waits for the lock (a deadlock).
+    """
+
+    def __init__(self, model, tokenizer, *, name: str, source: str = "", info: dict | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.source = source
+        self.info = dict(info or {})
+        cfg = model.config
+        # Found from the module tree and one traced pass (lens.model._structure), not from a table;
+        # a model whose structure or attention the workbench cannot handle fails here.
+        self.arch: Structure = discover(self.model, overrides=overrides_for(cfg.model_type))
+        self._layer_of = {id(self.attn_module(i)): i for i in range(self.arch.n_layers)}
+        self.n_layers: int = self.arch.n_layers
+        self.n_heads: int = self.arch.n_heads
+        self.n_kv_heads: int = self.arch.n_kv_heads
+        self.d_model: int = self.model.get_input_embeddings().weight.shape[-1]
+        self.d_head: int = self.arch.d_head
+        n_ctx = next((getattr(cfg, k) for k in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length")
+                      if isinstance(getattr(cfg, k, None), int)), None)
+        if n_ctx is None:
+            raise StructureError(f"{cfg.model_type}: the config names no context length "
+                                 "(max_position_embeddings, n_positions, n_ctx or seq_length)")
+        self.n_ctx: int = n_ctx
+        self.prepends_bos: bool = _tokenizer_prepends_bos(tokenizer)
+
+    def __repr__(self) -> str:
+        return (
+            f"Subject({self.name!r}: {self.n_layers} layers x {self.n_heads} heads "
+            f"({self.n_kv_heads} kv), d_model={self.d_model}, d_head={self.d_head}, "
+            f"n_ctx={self.n_ctx}, prepends_bos={self.prepends_bos})"
+        )
+
+    # --- tokens -------------------------------------------------------------------------
+    def to_tokens(self, text: str | Sequence[str]) -> torch.Tensor:
+        """Token ids ``[batch, pos]`` (right-padded for a list of texts), as the model sees them."""
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts or any(not isinstance(t, str) for t in texts):
+            raise ValueError("to_tokens takes a string or a non-empty list of strings")
+        for n, t in enumerate(texts):
+            if not t.strip():
+                raise ValueError(f"empty text (input {n}): nothing to analyze")
+        enc = [self.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
+        width = max(len(e) for e in enc)
+        pad = self.pad_token_id
+        return torch.tensor([e + [pad] * (width - len(e)) for e in enc], dtype=torch.long)
+
+    def to_str_tokens(self, text: str | torch.Tensor | Sequence[int]) -> list[str]:
+        """The tokens of one text (or one row of ids, checked against the vocabulary) as strings."""
+        if isinstance(text, str):
+            ids = self.to_tokens(text)[0].tolist()
+        else:
+            from lens.model._inputs import id_rows, n_vocab
+
+            rows = id_rows(text, name=self.name, vocab=n_vocab(self))
+            if len(rows) != 1:
+                raise ValueError(f"to_str_tokens takes one text or one row of ids; got {len(rows)} rows: "
+                                 "call it once per row")
+            ids = rows[0]
+        return [self.tokenizer.decode([i]) for i in ids]
+
+    @property
+    def pad_token_id(self) -> int:
+        tok = self.tokenizer
+        for cand in (tok.pad_token_id, tok.eos_token_id, 0):
+            if cand is not None:
+                return int(cand)
+        return 0
+
+    # --- structure ----------------------------------------------------------------------
+    @property
+    def blocks(self) -> torch.nn.ModuleList:
+        return get_path(self.model, self.arch.layers)
+
+    def attn_module(self, layer: int) -> torch.nn.Module:
+        return get_path(self.blocks[layer], self.arch.attn)
+
+    def o_proj(self, layer: int) -> torch.nn.Module:
+        """The output projection that reads layer ``layer``'s attention output (per-head slices)."""
+        return get_path(self.attn_module(layer), self.arch.o_proj)
+
+    def layer_of(self, module: torch.nn.Module) -> int | None:
+        """The layer whose attention module ``module`` is (None for any other module)."""
+        return self._layer_of.get(id(module))
+
+    def check_heads(self, heads: Sequence[tuple[int, int]]) -> None:
+        """Raise a clear error for any (layer, head) that does not exist in this model."""
+        for layer, head in heads:
+            if not (0 <= layer < self.n_layers and 0 <= head < self.n_heads):
+                raise ValueError(
+                    f"head ({layer}, {head}) does not exist in {self.name}: "
+                    f"layers 0..{self.n_layers - 1}, heads 0..{self.n_heads - 1}; pick (layer, head) in those ranges"
+                )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def lock(self):
+        """The model's re-entrant lock (``lens.model._routing.model_lock``): hold it to run ``model`` by hand
+        while other threads use this Subject."""
+        from lens.model._routing import model_lock
+
+        return model_lock(self.model)
+
+    def edited(self, *edits, backend: str = "auto"):
+        """Context manager: inside the block ``model`` runs with ``edits`` (``lens.edits``) applied.
+
+        Attention is routed through ``lens.model._routing.routed`` with a session that applies the
+        edits and records no statistics; row edits (ACT, VAR) and residual edits add hooks.
+        Everything is removed on exit, also when the body raises; the block holds ``lock``
+        until then, so other threads' calls on this Subject wait. Edits on heads or layers
+        that do not exist fail here, before the model runs. Blocks nest (edits add up);
+        ``lens.capture`` inside the block sees only the edits passed to it.
+        """
+        return edited(self, edits, backend=backend)
+
+    # --- views --------------------------------------------------------------------------
+    def _shared_clone(self):
+        """A new module tree that shares every parameter and buffer tensor with ``model``."""
+        memo = {id(t): t for t in self.model.parameters()}
+        memo.update({id(t): t for t in self.model.buffers()})
+        return copy.deepcopy(self.model, memo)
+
+    @cached_property
+    def bridge(self):
+        """A TransformerLens 4 ``TransformerBridge`` over the same weights.
+
+        The bridge rewrites the module tree it wraps, so it wraps a structural clone that
+        shares the parameter tensors: no second copy of the weights, and ``model`` stays stock.
+        """
+        from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
+
+        clone = self._shared_clone()
+        return build_bridge_from_module(
+            clone,
+            tl_architecture(self.arch.tl_architecture),
+            hf_config=clone.config,
+            tokenizer=self.tokenizer,
+            model_name=self.name,
+        )
+
+    @cached_property
+    def nnsight(self):
+        """An nnsight ``TransformersModel`` (text generation) over the same model object."""
+        from nnsight import TransformersModel
+
+        return TransformersModel(self.model, task="text-generation", tokenizer=self.tokenizer)
+
+    @torch.no_grad()
+    def logits(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Final logits ``[batch, pos, vocab]`` of the plain model (holding ``lock``)."""
+        with self.lock:
+            return self.model(input_ids=tokens.to(self.device), attention_mask=attention_mask).logits
+
+
+def _tokenizer_prepends_bos(tokenizer) -> bool:
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bool(ids) and ids[0] == bos

@@ -1,0 +1,490 @@
+"""``lens.capture``: one forward pass per batch that records per-head statistics.
+
+The model's attention runs through ``kernels.attention`` (see ``lens.model._routing``), which
+returns each layer's output *and* the statistics asked for, and applies the edits asked
+for, in one pass. Residual-stream quantities come from forward hooks on the blocks,
+registered for the pass and removed after it, also on error.
+
+On CUDA each layer's statistics leave the device as soon as the layer is done, into pinned
+host memory (asynchronous copies, one synchronisation before the batch is assembled, which
+is also when the NaN/inf check of every layer is read), with
+``topk_idx`` as int32: the device then holds the model and one layer's work, not every
+layer's statistics (issue 15: 15 GB above the model for SmolLM2 at 128K when they stayed).
+The small residual-stream statistics follow once the batch is done, so every statistic of
+a Capture lives on the host, full patterns too (``resid`` stays where the model ran). On a
+CPU nothing moves and ``topk_idx`` stays int64.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from importlib import metadata
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from lens.model import _routing
+from lens.record._data import Capture
+from lens.edits import Edit
+from lens.model._editing import compile_edits
+from lens.model._inputs import normalise_inputs as _normalise_inputs  # imported from here by other modules
+from lens.model._subject import Subject
+
+# Statistics computed by default: every per-query and per-key statistic, no full patterns.
+DEFAULT_STATS = (
+    "sink_mass", "sink_mass_k", "entropy", "entropy_norm", "received", "visible", "distance", "waad",
+    "topk_idx", "topk_val", "prev_token", "diag_mass", "dup_token", "induction", "pooled",
+)
+EXTRAS = ("value_norm", "resid_norm", "massive")
+
+
+class _Session:
+    """Feeds each layer's attention call its options and collects what it returns."""
+
+    def __init__(self, *, subject: Subject, stats, options, backend, edits, token_ids, query_mask,
+                 pattern_heads, value_norm: bool, bar):
+        self.subject, self.stats, self.options, self.backend = subject, tuple(stats), options, backend
+        self.edits, self.token_ids, self.query_mask = tuple(edits), token_ids, query_mask
+        self.pattern_heads = pattern_heads  # {layer: [heads]}
+        self.value_norm = value_norm
+        self.bar = bar
+        self.layers: dict[int, dict[str, torch.Tensor]] = {}
+        self._compiled: dict[int, dict] = {}
+        self._nonfinite: list[tuple[int, tuple]] = []  # (layer, _nonfinite_summary), in call order
+
+    def _edits_for(self, layer: int, n_keys: int):
+        if not self.edits:
+            return None
+        if n_keys not in self._compiled:
+            s = self.subject
+            self._compiled[n_keys] = compile_edits(self.edits, n_layers=s.n_layers, n_heads=s.n_heads,
+                                                   d_head=s.d_head, n_keys=n_keys)
+        return self._compiled[n_keys].get(layer)
+
+    def attention_kwargs(self, layer, module, n_keys):
+        from dataclasses import replace
+
+        stats = self.stats
+        options = self.options
+        heads = self.pattern_heads.get(layer)
+        if heads:
+            stats = (*stats, "pattern")
+            options = replace(options, pattern_heads=list(heads))
+        kw = dict(stats=stats, options=options, backend=self.backend, edits=self._edits_for(layer, n_keys))
+        if self.token_ids is not None and self.token_ids.shape[-1] == n_keys:
+            kw["token_ids"] = self.token_ids
+        if self.query_mask is not None and self.query_mask.shape[-1] == n_keys:
+            kw["query_mask"] = self.query_mask
+        return kw
+
+    def record(self, layer, module, value, result):
+        # Read once the pass is done (check_finite): a check here would wait for the device every layer.
+        self._nonfinite.append((layer, _nonfinite_summary(result, self.query_mask)))
+        home = self.token_ids.device  # with a device map, layers run on several devices: gather here
+        out = {k: _off_device(k, v.detach(), home) for k, v in result.stats.items()}
+        if "pooled" in out:
+            out["pool_factor"] = torch.tensor(result.meta.get("pool_factor", 1))
+        if self.value_norm:
+            norms = _value_norms(self.subject, module, value.detach(), self.query_mask)
+            out["value_norm"] = _off_device("value_norm", norms, home)
+        self.layers[layer] = out
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def check_finite(self) -> None:
+        """Raise NonFiniteAttention for the first attention call of the pass (in call order,
+        so the first bad layer) that had a NaN/inf on a real row; nothing this pass recorded is
+        returned then. One device read for every layer."""
+        if not self._nonfinite:
+            return
+        home = self.token_ids.device  # with a device map the layers' summaries sit on several devices
+        sizes = [summary[0].numel() for _, summary in self._nonfinite]  # heads per layer may differ
+        heads = torch.cat([summary[0].to(home) for _, summary in self._nonfinite]).cpu().split(sizes)
+        first = torch.stack([summary[1].to(home) for _, summary in self._nonfinite]).tolist()
+        for n, (layer, summary) in enumerate(self._nonfinite):
+            if heads[n].any():
+                _raise_nonfinite(self.subject, layer, first[n], summary[2], heads[n])
+
+
+def _off_device(name: str, t: torch.Tensor, home: torch.device) -> torch.Tensor:
+    """One layer's statistic where the capture keeps it: on CUDA a pinned host copy, filled
+    asynchronously (read only after ``_host_ready``), ``topk_idx`` as int32; elsewhere on ``home``."""
+    if t.device.type != "cuda":
+        return t.to(home)
+    if name == "topk_idx":
+        t = t.to(torch.int32)  # key positions < 2^31; half the bytes
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    return host
+
+
+def _host_ready(device: torch.device) -> None:
+    """Wait for the asynchronous device-to-host copies of ``_off_device``."""
+    if device.type == "cuda":  # with a device map, layers ran on several GPUs
+        for index in range(torch.cuda.device_count()):
+            torch.cuda.synchronize(index)
+
+
+class NonFiniteAttention(ValueError):
+    """The model's attention produced NaN or inf on a real token: no statistic is computed from it."""
+
+
+def _nonfinite_summary(result, query_mask) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int, int]]:
+    """Where one layer's attention is NaN/inf on a real row, left on the device (no sync):
+    (bad heads [h] bool, flat index of the first bad (input, head, position) in that order,
+    the [b, h, q] shape it indexes).
+
+    The log-sum-exp is NaN or +inf when a score is (an fp16 overflow, NaN weights), and the
+    output is non-finite when the values are; padded rows are skipped, and -inf (a row that
+    sees no key) is left to the kernels. One pass over [b, h, q] and [b, h, q, d] per layer.
+    """
+    lse, out = result.lse, result.output
+    bad = ~torch.isfinite(out).all(-1)
+    if lse is not None:
+        bad = bad | torch.isnan(lse) | torch.isposinf(lse)
+    if query_mask is not None and query_mask.shape[-1] == bad.shape[-1]:
+        bad = bad & query_mask.to(bad.device)[:, None, :]
+    return bad.any(2).any(0), bad.flatten().to(torch.uint8).argmax(), tuple(bad.shape)
+
+
+def _raise_nonfinite(subject: Subject, layer: int, first: int, shape: tuple[int, int, int],
+                     bad_heads: torch.Tensor) -> None:
+    """The error for a layer whose attention had NaN/inf: the layer, head, input and query
+    position of its first bad entry, and every bad head of the layer."""
+    _, h, q = shape
+    b, rest = divmod(first, h * q)
+    head, pos = divmod(rest, q)
+    heads = bad_heads.nonzero().flatten().tolist()
+    raise NonFiniteAttention(
+        f"{subject.name}: layer {layer}, head {head} produced NaN/inf attention (input {b}, query position {pos}; "
+        f"bad heads in this layer: {heads}): no statistics were recorded from it. The scores overflowed or the "
+        "weights hold NaN/inf: load the model in float32 or bfloat16 instead of float16, or check its weights")
+
+
+def _value_norms(subject: Subject, module, value: torch.Tensor, query_mask) -> torch.Tensor:
+    """||W_O^h v_j|| per head and position, via the Gram matrix W_O^h^T W_O^h (METHODS sec. 2)."""
+    o_proj = subject.o_proj(subject.layer_of(module))
+    weight = o_proj.weight.detach().float()
+    h, d = subject.n_heads, subject.d_head
+    # W_O^h maps the head's d_head slice to d_model: [d_model, d_head] per head.
+    w = weight.T if subject.arch.o_proj_conv1d else weight  # [d_model, h*d]
+    w = w.reshape(w.shape[0], h, d).permute(1, 0, 2)  # [h, d_model, d]
+    gram = w.transpose(1, 2) @ w  # [h, d, d]
+    kv_of_head = torch.arange(h) // (h // value.shape[1])
+    v = value.float()[:, kv_of_head]  # [b, h, n, d]
+    sq = torch.einsum("bhnd,hde,bhne->bhn", v, gram, v).clamp(min=0)
+    norms = sq.sqrt()
+    if query_mask is not None and query_mask.shape[-1] == norms.shape[-1]:
+        norms = norms * query_mask.to(norms.device)[:, None, :]
+    return norms
+
+
+@contextlib.contextmanager
+def _block_hooks(subject: Subject, fn) -> Iterator[None]:
+    handles = [blk.register_forward_hook(fn(i)) for i, blk in enumerate(subject.blocks)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _resid_recorder(store: dict, mask: torch.Tensor, resid_layers: set[int], want_norm: bool, want_massive: bool):
+    def make(layer: int):
+        def hook(module, args, output):
+            # gathered on the mask's device (with a device map, blocks live on several devices)
+            hs = (output[0] if isinstance(output, tuple) else output).detach().float().to(mask.device)  # [b, n, d]
+            m = mask[..., None].to(hs.dtype)
+            if want_norm:
+                store.setdefault("resid_norm", {})[layer] = hs.norm(dim=-1) * mask
+            if want_massive:
+                store.setdefault("massive", {})[layer] = _massive(hs.abs() * m, mask)
+            if layer in resid_layers:
+                store.setdefault("resid", {})[layer] = (hs * m).clone()
+        return hook
+
+    return make
+
+
+def _massive(mag: torch.Tensor, mask: torch.Tensor, k: int = 3):
+    """The k largest entries of |h| [b, n, d] (padded rows 0), their position and dim, and the median.
+
+    The k largest entries lie in the k positions with the largest row maxima, so the
+    top-k runs over k * d candidates instead of n * d. The median is the lower median
+    of the real positions' entries (torch.median's convention), by selection in numpy
+    on a CPU (several times faster than torch's).
+    """
+    b, n, d = mag.shape
+    k = min(k, n * d)
+    rows = mag.amax(-1).topk(min(k, n), dim=-1).indices  # [b, k'] candidate positions
+    cand = mag.gather(1, rows[..., None].expand(-1, -1, d)).flatten(1)  # [b, k' * d]
+    val, at = cand.topk(k, dim=-1)
+    pos, dim = rows.gather(1, at // d), at % d
+    meds = []
+    for i in range(b):
+        x = (mag[i] if bool(mask[i].all()) else mag[i][mask[i]]).flatten()  # no copy without padding
+        if x.device.type == "cpu":
+            j = (x.numel() - 1) // 2
+            meds.append(torch.as_tensor(np.partition(x.numpy(), j)[j]))
+        else:
+            meds.append(x.median())
+    return val, pos, dim, torch.stack(meds)
+
+
+def capture(
+    subject: Subject,
+    inputs: str | Sequence[str] | torch.Tensor | Sequence[Sequence[int]],
+    *,
+    stats: Sequence[str] | str = "default",
+    patterns: Sequence[tuple[int, int]] | str | None = None,
+    pattern_window: tuple[int, int] | None = None,
+    resid_layers: Sequence[int] = (),
+    value_norm: bool = True,
+    resid_norm: bool = True,
+    massive: bool = True,
+    edits: Sequence[Edit] = (),
+    backend: str = "auto",
+    batch_size: int = 8,
+    options=None,
+    allow_beyond_context: bool = False,
+    progress: bool | None = None,
+) -> Capture:
+    """Run ``subject`` on ``inputs`` and record per-head statistics (see ``Capture`` for names and shapes).
+
+    stats: statistic names, or "default" (all of them but full patterns).
+    patterns: (layer, head) pairs, or "all", whose full pattern is kept for ``pattern_window``.
+    edits: ``lens.edits`` objects applied during the pass; the statistics describe the edited model.
+    backend: "eager", "chunked", "triton" or "auto" (chunked for long inputs on a CPU).
+    options: ``kernels.StatOptions`` (sink_k, window, topk, pool_max).
+    """
+    from lens.kernels import STAT_NAMES, StatOptions
+
+    options = options or StatOptions()
+    stat_list = list(DEFAULT_STATS) if stats == "default" else [stats] if isinstance(stats, str) else list(stats)
+    if stats == "default" and subject.arch.has_learned_sinks:
+        stat_list.append("learned_sink_mass")  # gpt-oss: the share of each row its learned sink takes
+    unknown = [s for s in stat_list if s not in STAT_NAMES or s == "pattern"]
+    if unknown:
+        raise ValueError(f"unknown statistic(s) {unknown}; valid: {sorted(set(STAT_NAMES) - {'pattern'})} "
+                         "(stats='default' asks for all of them; full patterns are asked for with "
+                         "patterns=[(layer, head), ...])")
+    if patterns == "all":
+        patterns = [(l, h) for l in range(subject.n_layers) for h in range(subject.n_heads)]
+    patterns = list(patterns or [])
+    for p in patterns:
+        if not (isinstance(p, (tuple, list)) and len(p) == 2 and all(_is_index(i) for i in p)):
+            raise ValueError(f"patterns: {p!r} is not a (layer, head) pair; pass patterns=[(layer, head), ...] "
+                             "or patterns='all'")
+    patterns = [(int(p[0]), int(p[1])) for p in patterns]
+    subject.check_heads(patterns)
+    for layer in resid_layers:
+        if not _is_index(layer) or not 0 <= layer < subject.n_layers:
+            raise ValueError(f"resid_layers: layer {layer!r} does not exist in {subject.name}: layers are "
+                             f"0..{subject.n_layers - 1}; pass indices in that range")
+    for e in edits:
+        if not isinstance(e, Edit):
+            raise TypeError(f"not an edit: {e!r}; pass lens.edits objects, e.g. lens.edits.AblateHead(layer=0, head=1)")
+        try:
+            e.targets(subject.n_layers, subject.n_heads)  # fails clearly on heads that do not exist
+        except ValueError as err:
+            raise ValueError(f"{subject.name} ({subject.n_layers} layers x {subject.n_heads} heads): {err}") from None
+    resid_layers = [int(l) for l in resid_layers]
+    pattern_heads: dict[int, list[int]] = {}
+    for l, h in patterns:
+        pattern_heads.setdefault(l, []).append(h)
+    if pattern_window is not None:
+        from dataclasses import replace
+
+        options = replace(options, pattern_window=tuple(pattern_window))
+
+    rows = _normalise_inputs(subject, inputs, allow_beyond_context=allow_beyond_context)
+    _check_memory(subject, rows, stat_list, patterns, options, resid_layers, value_norm, resid_norm)
+    batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+    longest = max(len(r) for r in rows)
+    if progress is None:
+        progress = len(batches) > 1 or longest >= 2048
+    bar = tqdm(total=len(batches) * subject.n_layers, desc=f"capture {subject.name}", unit="layer",
+               disable=not progress, leave=False)
+
+    pad = subject.pad_token_id
+    per_batch: list[dict[str, torch.Tensor]] = []
+    patterns_out: dict[tuple[int, int], list[torch.Tensor]] = {k: [] for k in patterns}
+    resid_out: dict[int, list[torch.Tensor]] = {l: [] for l in resid_layers}
+    logits_out: list[torch.Tensor] = []
+    t0 = time.perf_counter()
+    device = subject.device
+    try:
+        for batch in batches:
+            width = max(len(r) for r in batch)
+            ids = torch.tensor([r + [pad] * (width - len(r)) for r in batch], dtype=torch.long, device=device)
+            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in batch], dtype=torch.bool, device=device)
+            session = _Session(subject=subject, stats=stat_list, options=options, backend=backend, edits=edits,
+                               token_ids=ids, query_mask=mask, pattern_heads=pattern_heads,
+                               value_norm=value_norm, bar=bar)
+            store: dict = {}
+            hook = _resid_recorder(store, mask, set(resid_layers), resid_norm, massive)
+            with torch.no_grad(), _routing.routed(subject.model), _routing.active(session), _block_hooks(subject, hook):
+                # Only the last real position's logits: the full [pos, vocab] block is huge at long context.
+                last = mask.sum(1, keepdim=True) - 1
+                logits = subject.model(input_ids=ids, attention_mask=mask.long() if not mask.all() else None,
+                                       use_cache=False, logits_to_keep=last).logits
+            logits_out.append(logits[:, -1].float().cpu())
+            _host_ready(device)
+            session.check_finite()
+            batch_stats = _assemble_batch(session.layers, store, subject.n_layers)
+            if device.type == "cuda":  # the residual-stream statistics join the attention ones on the host
+                batch_stats = {name: t.cpu() for name, t in batch_stats.items()}
+            per_batch.append(batch_stats)
+            for (l, h) in patterns:
+                heads = pattern_heads[l]
+                patterns_out[(l, h)].append(session.layers[l]["pattern"][:, heads.index(h)])
+            for l in resid_layers:
+                resid_out[l].append(store["resid"][l])
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - t0
+
+    stats_out = {name: _cat_padded([b[name] for b in per_batch], fill=-1 if name == "topk_idx" else 0)
+                 for name in per_batch[0]}
+    stats_out.pop("pattern", None)
+    width = longest
+    tokens = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)
+    meta = {
+        "model": subject.name, "source": subject.source, "n_layers": subject.n_layers, "n_heads": subject.n_heads,
+        "n_kv_heads": subject.n_kv_heads, "d_head": subject.d_head, "d_model": subject.d_model,
+        "prepends_bos": subject.prepends_bos, "backend": backend, "stats": stat_list,
+        "options": _options_dict(options), "edits": [repr(e) for e in edits], "pattern_window": options.pattern_window,
+        "seconds": elapsed, "versions": _versions(),
+    }
+    return Capture(
+        tokens=tokens, lengths=torch.tensor([len(r) for r in rows]),
+        str_tokens=[[subject.tokenizer.decode([t]) for t in r] for r in rows],
+        stats=stats_out,
+        patterns={k: _cat_padded(v) for k, v in patterns_out.items()},
+        resid={l: _cat_padded(v) for l, v in resid_out.items()},
+        logits=torch.cat(logits_out),
+        meta=meta,
+    )
+
+
+def _is_index(i) -> bool:
+    return isinstance(i, (int, np.integer)) and not isinstance(i, bool)
+
+
+def available_bytes(device: torch.device) -> int:
+    """Memory free for the capture's results where they are kept: host RAM, or the GPU's free memory."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def estimate_bytes(subject: Subject, rows, stat_list, patterns, options, resid_layers, value_norm: bool,
+                   resid_norm: bool) -> dict[str, int]:
+    """Bytes the returned Capture will hold, by part, known before any forward pass.
+
+    A lower bound: it counts the results (fp32, int64 top-k indices), not the transient
+    attention of one layer nor the copy made when batches are joined.
+    """
+    from lens.kernels._stats import pattern_rows, pool_factor
+
+    b, n, L, H = len(rows), max(len(r) for r in rows), subject.n_layers, subject.n_heads
+    per_query = b * L * H * n * 4
+    out = {"statistics": 0, "patterns": 0, "resid": 0}
+    for name in stat_list:
+        if name == "topk_idx" or name == "topk_val":
+            out["statistics"] += per_query * options.topk * (2 if name == "topk_idx" else 1)
+        elif name == "pooled":
+            side = -(-n // pool_factor(n, n, options.pool_max))
+            out["statistics"] += b * L * H * side * side * 4
+        elif name == "visible":
+            out["statistics"] += b * L * n * 4
+        else:
+            out["statistics"] += per_query
+    out["statistics"] += per_query * value_norm + b * L * n * 4 * resid_norm
+    start, stop = pattern_rows(n, options)
+    out["patterns"] = len(patterns) * b * (stop - start) * n * 4
+    out["resid"] = len(resid_layers) * b * n * subject.d_model * 4
+    return out
+
+
+def _check_memory(subject: Subject, rows, stat_list, patterns, options, resid_layers, value_norm, resid_norm):
+    """Refuse, before the model runs, a capture whose results alone exceed the memory available."""
+    parts = estimate_bytes(subject, rows, stat_list, patterns, options, resid_layers, value_norm, resid_norm)
+    need, have = sum(parts.values()), available_bytes(subject.device)
+    if need <= have:
+        return
+    b, n = len(rows), max(len(r) for r in rows)
+    detail = ", ".join(f"{k} {_size(v)}" for k, v in parts.items() if v)
+    raise MemoryError(
+        f"this capture would keep about {_size(need)} ({detail}; {b} input(s) of up to {n} tokens, "
+        f"{len(patterns)} full pattern(s)), but {_size(have)} is available on {subject.device.type}: "
+        "nothing was run. Ask for the block-pooled map with stats=['pooled'] instead of full patterns, fewer "
+        "heads with patterns=[(layer, head), ...], a query window with pattern_window=(start, stop), fewer "
+        "resid_layers, or shorter or fewer inputs")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"  # decimal units
+
+
+def _assemble_batch(layers: dict[int, dict], store: dict, n_layers: int) -> dict[str, torch.Tensor]:
+    """Stack per-layer results into [batch, layer, ...] tensors."""
+    out: dict[str, torch.Tensor] = {}
+    names = [k for k in layers[0] if k != "pattern"]
+    for name in names:
+        per_layer = [layers[l][name] for l in range(n_layers)]
+        if name == "pool_factor":
+            b = layers[0]["sink_mass"].shape[0] if "sink_mass" in layers[0] else 1
+            out[name] = torch.stack(per_layer)[None].expand(b, -1).clone()
+            continue
+        out[name] = _stack_padded(per_layer, dim=1, fill=-1 if name == "topk_idx" else 0)
+    if "resid_norm" in store:
+        out["resid_norm"] = torch.stack([store["resid_norm"][l] for l in range(n_layers)], dim=1)
+    if "massive" in store:
+        vals = [store["massive"][l] for l in range(n_layers)]
+        out["massive_val"] = torch.stack([v[0] for v in vals], dim=1)
+        out["massive_pos"] = torch.stack([v[1] for v in vals], dim=1)
+        out["massive_dim"] = torch.stack([v[2] for v in vals], dim=1)
+        out["massive_median"] = torch.stack([v[3] for v in vals], dim=1)
+    return out
+
+
+def _pad_to(t: torch.Tensor, shape: Sequence[int], fill: float = 0) -> torch.Tensor:
+    pads = []
+    for have, want in zip(reversed(t.shape), reversed(shape)):
+        pads += [0, want - have]
+    return torch.nn.functional.pad(t, pads, value=fill) if any(pads) else t
+
+
+def _stack_padded(tensors: list[torch.Tensor], dim: int, fill: float = 0) -> torch.Tensor:
+    shape = [max(s) for s in zip(*(t.shape for t in tensors))]
+    return torch.stack([_pad_to(t, shape, fill) for t in tensors], dim=dim)
+
+
+def _cat_padded(tensors: list[torch.Tensor], fill: float = 0) -> torch.Tensor:
+    """Concatenate along batch, padding every other dimension to the largest (padding = ``fill``)."""
+    if len(tensors) == 1:  # one batch: nothing to join (a copy of every statistic otherwise)
+        return tensors[0]
+    shape = [max(s) for s in zip(*(t.shape for t in tensors))]
+    return torch.cat([_pad_to(t, [t.shape[0], *shape[1:]], fill) for t in tensors], dim=0)
+
+
+def _options_dict(options) -> dict:
+    from dataclasses import asdict
+
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()}
+
+
+def _versions() -> dict:
+    out = {}
+    for dist in ("attention-workbench", "torch", "transformers", "transformer-lens", "nnsight"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
