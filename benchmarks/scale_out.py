@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=128)
     parser.add_argument("--shard-size", type=int, default=32)
     parser.add_argument("--noop-jobs", type=int, default=200)
-    parser.add_argument("--sweep", type=Path, default=Path("experiments/sweeps/induction_organism_ablation_sweep.toml"))
+    parser.add_argument("--sweep", type=Path, default=Path("docs/experiments/sweeps/induction_organism_ablation_sweep.toml"))
     parser.add_argument("--census", type=int, default=0, help="also build an N-prompt SmolLM2 store and query it")
     args = parser.parse_args()
 

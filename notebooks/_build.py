@@ -788,8 +788,8 @@ Two training-free edits that act on attention sinks (METHODS sec 5 and 6):
 
 The discipline that makes the numbers mean something: **every choice is made on a calibration
 split and reported on a disjoint test split**, with paired bootstrap intervals. The counts here
-are small so the notebook runs in CI in about a minute; the specs in `experiments/` are the
-full-size versions (`lens run experiments/zerotuning_smollm2_sentiment.toml`).
+are small so the notebook runs in CI in about a minute; the specs in `docs/experiments/` are the
+full-size versions (`lens run docs/experiments/zerotuning_smollm2_sentiment.toml`).
 """),
     SETUP,
     code("""
@@ -889,7 +889,7 @@ act_test = held_out(act.edits, "ACT")
 
 `lens run SPEC.toml` does all of the above from a spec file and writes a results table to a
 DuckDB database. `run_spec` is the same from Python; here with the CI-sized spec shipped in
-`experiments/`, the already loaded model, and no database.
+`docs/experiments/`, the already loaded model, and no database.
 """),
     code("""
 spec = X.load_spec("../experiments/smollm2_sentiment_small.toml")

@@ -39,7 +39,7 @@ from lens.experiments import (
 from lens.experiments._sentiment_data import NEGATIVE, POSITIVE
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = ROOT / "experiments"
+EXPERIMENTS = ROOT / "docs" / "experiments"
 
 GOOD = """\
 model = "induction"

@@ -1,6 +1,6 @@
 """Fuzzing experiment specs: a mutated spec either checks or fails with a ``SpecError`` naming the field and line.
 
-Hypothesis starts from the example specs in experiments/ and the organism spec of
+Hypothesis starts from the example specs in docs/experiments/ and the organism spec of
 test_experiments.py and mutates them either as data (drop a key, change a value's type,
 add an unknown key, an out-of-range value, an empty table, a small ``[sweep]``), written back as TOML, or as
 text (duplicate, delete or swap lines, insert garbage, truncate). Every result goes through
@@ -26,7 +26,7 @@ from test_experiments import GOOD as ORGANISM  # the organism spec the experimen
 
 from lens.experiments import Spec, SpecError, parse_specs
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "docs" / "experiments"
 BASES = [ORGANISM, *(p.read_text(encoding="utf-8") for p in sorted(EXPERIMENTS.glob("*.toml")))]
 SOURCE = "fuzz.toml"
 BARE = re.compile(r"^[A-Za-z0-9_-]+$")

@@ -133,7 +133,7 @@ def test_sweep_is_the_cross_product_of_its_lists(spec_path):
 def test_example_sweep_spec_is_six_runs():
     from pathlib import Path
 
-    path = Path(__file__).parents[1] / "experiments" / "sweeps" / "induction_organism_ablation_sweep.toml"
+    path = Path(__file__).parents[1] / "docs" / "experiments" / "sweeps" / "induction_organism_ablation_sweep.toml"
     specs = load_specs(path)
     assert [(len(s.edits), s.seed) for s in specs] == [(0, 0), (0, 1), (1, 0), (1, 1), (1, 0), (1, 1)]
     assert [s.edits[0]["layer"] for s in specs[2:]] == [0, 0, 1, 1]

@@ -414,7 +414,7 @@ def load_spec(path: str | Path) -> Spec:
     """Read and check a spec file; relative task paths are relative to the spec's folder."""
     path = Path(path)
     if not path.is_file():
-        raise SpecError(f"{path}: spec file not found; give the path of a .toml spec (see experiments/*.toml)")
+        raise SpecError(f"{path}: spec file not found; give the path of a .toml spec (see docs/experiments/*.toml)")
     spec = parse_spec(path.read_text(encoding="utf-8"), source=str(path), base_dir=path.parent)
     spec.path = str(path)
     return spec

@@ -106,7 +106,7 @@ def load_specs(path: str | Path) -> list[Spec]:
     """Every run of a spec file (its ``[sweep]`` crossed; one run without one), each checked."""
     path = Path(path)
     if not path.is_file():
-        raise SpecError(f"{path}: spec file not found; give the path of a .toml spec (see experiments/*.toml)")
+        raise SpecError(f"{path}: spec file not found; give the path of a .toml spec (see docs/experiments/*.toml)")
     specs = parse_specs(path.read_text(encoding="utf-8"), source=str(path), base_dir=path.parent)
     for spec in specs:
         spec.path = str(path)
