@@ -1,6 +1,6 @@
 """Time, memory and accuracy of the Triton attention-statistics kernels on one GPU.
 
-Follows KERNELS.md "Benchmark method": one process, one GPU, the same bf16 inputs for
+Follows docs/METHODS.md "Kernel math", "Benchmark method": one process, one GPU, the same bf16 inputs for
 every provider, providers interleaved round by round, ``triton.testing.do_bench``
 (median and the 20-80 % spread, milliseconds), causal, batch 1.
 
@@ -42,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-#: bf16 dense tensor-core peak (TFLOP/s) by device-name fragment; KERNELS.md "Limits".
+#: bf16 dense tensor-core peak (TFLOP/s) by device-name fragment; docs/METHODS.md "Kernel math", "GPU limits".
 PEAK_TFLOPS = {"H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0,
                "A100": 312.0}
 ROW_STATS = ("sink_mass", "sink_mass_k", "entropy", "entropy_norm", "distance", "waad", "topk_idx", "topk_val",

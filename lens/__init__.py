@@ -6,7 +6,7 @@ a capture or an edit asks for it (``lens.model._routing.register`` says what it 
 
 The package is layered along that flow; each layer imports only the ones before it
 (import-linter checks it, see docs/DESIGN.md):
-``kernels`` <- ``model`` <- ``edits`` <- ``capture`` <- ``analyzers`` <- ``store`` <-
+``kernels`` <- ``model`` <- ``edits`` <- ``record`` <- ``analyzers`` <- ``store`` <-
 ``experiments`` <- ``circuits`` <- ``probes`` <- ``viz`` <- ``dashboard`` <- ``cli``.
 """
 

@@ -1,7 +1,7 @@
 """The eager (reference) backend against numbers computed by hand, torch sdpa and float64.
 
 Hand cases use q = 0, which makes every row uniform over the keys it may see, so
-each statistic has a closed form (METHODS.md sec.1-4, 10); sizes are odd and
+each statistic has a closed form (docs/METHODS.md sec.1-4, 10); sizes are odd and
 distinct so that transposed axes cannot pass by accident.
 """
 

@@ -3,7 +3,7 @@
 Each returns a ``Findings``: a tidy pandas table (one row per head, layer, token or input)
 plus the parameters used. ``analyze(capture)`` runs them all and returns an ``Atlas``
 (``print(atlas)`` for one screen, ``atlas.to_frame()`` for one row per head).
-Definitions: /shared/METHODS.md sections 1-4, 6 and 10; each function cites its section.
+Definitions: docs/METHODS.md sections 1-4, 6 and 10; each function cites its section.
 Checks that need the model (loss under move-to-BOS, retrieval by generation) live in
 ``lens.experiments._model_checks``.
 """

@@ -1,7 +1,7 @@
 """Head-level edits as plain, frozen data.
 
 Almost every attention edit in the literature is one of two things per head
-(DESIGN.md, KERNELS.md "Edits in the kernel"):
+(docs/DESIGN.md; docs/METHODS.md "Kernel math", "Edits in the kernel"):
 
 * an additive bias on the pre-softmax score of chosen keys. Scaling the post-softmax
   attention to keys S by c and renormalising is *exactly* adding ln(c) to their scores:

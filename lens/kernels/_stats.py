@@ -4,7 +4,7 @@ This docstring is the one place where every statistic is defined; the eager back
 computes each one straight from the definition below, the chunked backend from the
 same probabilities block by block, and the parity tests hold the two together.
 
-Notation (METHODS.md conventions): ``p[b, h, i, j]`` is the EDITED attention
+Notation (docs/METHODS.md conventions): ``p[b, h, i, j]`` is the EDITED attention
 probability of query row ``i`` on key ``j`` (after masks and ``HeadEdits.key_bias``,
 before the head gate), ``pos_i = key_pos - query_pos + i`` is the absolute position
 of query row ``i`` (queries are the last ``query_pos`` positions, as in KV-cache
@@ -99,7 +99,7 @@ TOKEN_STATS: frozenset[str] = frozenset({"dup_token", "induction"})
 
 @dataclass(frozen=True)
 class StatOptions:
-    """Constants of the statistics; defaults follow METHODS.md and are recorded in meta.
+    """Constants of the statistics; defaults follow docs/METHODS.md and are recorded in meta.
 
     sink_k: keys counted by ``sink_mass_k`` (the first S positions).
     window: W of ``waad`` (METHODS sec.4 uses W = 10).

@@ -5,7 +5,7 @@ Pass 1 (``attn_rows_kernel``) is a flash-attention forward: one program per (que
 batch * head), key tiles streamed, tiles the causal / sliding-window rules hide are never
 loaded. Besides the output and the log-sum-exp it carries one running accumulator per row
 statistic, rescaled by ``alpha = 2^(m - m')`` whenever the running max moves, exactly
-like ``l`` (KERNELS.md, "Pass 1"); sums over a few tiles only (sink tiles, the diagonal
+like ``l`` (docs/METHODS.md "Kernel math", "Pass 1"); sums over a few tiles only (sink tiles, the diagonal
 band) keep their own reference max instead and are rescaled once. For the top-k it keeps,
 branch-free, each row's k key spans (SPAN keys) with the largest maxima; ``attn_topk_kernel``
 then rescans only those k spans per row for the exact top-k (issue 15: the per-tile insertion loop it
@@ -166,7 +166,7 @@ def attn_rows_kernel(
         l_i = l_i * alpha + e_sum
 
         if S_ENT >= 0:
-            # u' = alpha (u - delta l_old) when the max moves by delta (KERNELS.md).
+            # u' = alpha (u - delta l_old) when the max moves by delta (docs/METHODS.md "Kernel math").
             delta = tl.where(l_old > 0, m_use - m_i, 0.0)
             a_ent = alpha * (a_ent - delta * l_old)
             if HAS_MASK or HAS_BIAS:  # -inf scores may sit in any tile: 0 * -inf must not reach u

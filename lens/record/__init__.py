@@ -1,4 +1,4 @@
-"""The capture layer: one routed forward pass that records what attention did, and its file.
+"""The record layer (``lens.capture`` lives here): one routed forward pass that records what attention did, and its file.
 
 ``capture(subject, inputs, stats=..., edits=...)`` runs the model with its attention routed
 through ``lens.kernels`` and returns a ``Capture``: token ids, per-head statistics, optional
