@@ -1,6 +1,6 @@
 """Static cost of the Triton attention kernels, on a CPU, for sm_90 (issue 15).
 
-No GPU needed. For each statistic set of the H200 ablation (../shared/gpu/2026-11-28-h200.md)
+No GPU needed. For each statistic set of the H200 ablation (benchmarks/gpu/2026-11-28-h200.md)
 the host wrapper ``lens.kernels._triton.run`` is called on empty CPU tensors of the ablation's
 shape (n = 32K, bf16, causal, batch 1) with the kernel launches intercepted, so the
 constexprs, block sizes and warps are exactly the ones the wrapper would pass. Each launch
@@ -77,7 +77,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 ROW_STATS = ("sink_mass", "sink_mass_k", "entropy", "entropy_norm", "distance", "waad", "topk_idx", "topk_val",
              "prev_token", "diag_mass", "dup_token", "induction")
 
-#: (label, statistics, topk): the 13 rows of the H200 ablation (../shared/gpu/ablate.py).
+#: (label, statistics, topk): the 13 rows of the H200 ablation (benchmarks/gpu/ablate.py).
 SETS = [
     ("none", (), 8),
     ("sink_mass+sink_mass_k", ("sink_mass", "sink_mass_k"), 8),

@@ -80,7 +80,7 @@ class Blocks:
 def default_blocks(head_dim: int, dtype: torch.dtype, row_stats: bool) -> tuple[Blocks, Blocks]:
     """(pass 1, pass 2) tiles: 16 x 16 in the interpreter; on a GPU, the fastest measured.
 
-    Measured on an H200 (bf16, causal, n = 32K; ``../shared/gpu/2026-11-28-h200.md``, tile
+    Measured on an H200 (bf16, causal, n = 32K; ``benchmarks/gpu/2026-11-28-h200.md``, tile
     sweep and ablation): pass 1 with statistics on 64 x 64 tiles over 4 warps took 20.7 ms
     against 34.0 ms over 8 warps at d 64 (9/3 heads), and 82.2 against 139.9 ms at d 128
     (32/8 heads); 4 warps won every statistic set of the ablation. Without statistics the
