@@ -2,17 +2,8 @@
 
 from __future__ import annotations
 
-from lens.edits import (
-    AblateHead,
-    CalibrateSinks,
-    Edit,
-    GateHead,
-    KeyBias,
-    MoveToBOS,
-    RedistributeAttention,
-    ScaleAttention,
-    mean_ablation,
-)
+from lens.edits import (AblateHead, CalibrateSinks, Edit, GateHead, KeyBias, MoveToBOS, RedistributeAttention,
+                        ScaleAttention, mean_ablation)
 from lens.experiments._spec import Spec, spec_error
 
 __all__ = ["build_edits", "check_targets"]
