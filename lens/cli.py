@@ -27,13 +27,49 @@ def _main(version: bool = typer.Option(False, "--version", callback=_print_versi
     """The attention workbench: capture, analyze, edit and browse what a language model's attention does."""
 
 
-@app.command()
-def info(model: str = typer.Option("smollm2", help="built-in name, model directory, .gguf file or hub id")):
-    """Load a model and print the facts the workbench knows about it."""
-    import lens
+MODEL_HELP = "built-in name, model directory, .gguf file or hub id (e.g. gpt2, org/name)"
+# Where the model runs: the same three options on every command that loads one (lens.model._placement).
+DEVICE = typer.Option(None, "--device", help="cpu | cuda | cuda:N | mps  [default: the best available: CUDA, "
+                                             "then MPS, then the CPU]")
+DTYPE = typer.Option("auto", "--dtype", help="auto (the checkpoint's own; fp32 on the CPU) | bfloat16 | float16 | "
+                                             "float32")
+DEVICE_MAP = typer.Option(None, "--device-map", help="shard the model over devices instead of --device: auto | "
+                                                     "balanced | sequential (needs accelerate)")
 
-    subject = lens.load(model)
+
+def _model_ref(model: str, device: str | None, dtype: str, device_map: str | None):
+    """The model and its placement, checked before anything loads (a bad --dtype fails here)."""
+    from lens.model import ModelRef
+
+    try:
+        return ModelRef(model, device=device, dtype=dtype, device_map=device_map)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err
+
+
+def _load(ref):
+    try:
+        return ref.load()
+    except ValueError as err:  # a device this machine lacks; a model the workbench refuses, by name
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+
+
+def _runs_on(subject) -> str:
+    """Where a loaded model runs, and which attention backend ``auto`` picks there."""
+    from lens.kernels import auto_backend
+
+    dtype = str(subject.model.dtype).removeprefix("torch.")
+    return f"runs on {subject.device} in {dtype}; attention backend auto: {auto_backend(subject.device)}"
+
+
+@app.command()
+def info(model: str = typer.Option("smollm2", help=MODEL_HELP), device: str = DEVICE, dtype: str = DTYPE,
+         device_map: str = DEVICE_MAP):
+    """Load a model and print the facts the workbench knows about it."""
+    subject = _load(_model_ref(model, device, dtype, device_map))
     typer.echo(repr(subject))
+    typer.echo(_runs_on(subject))
     arch = subject.arch  # discovered at load (lens.model._structure)
     typer.echo(f"structure: blocks {arch.layers}, attention .{arch.attn} -> .{arch.o_proj}"
                f"{' (Conv1D)' if arch.o_proj_conv1d else ''}, MLP .{arch.mlp}, final norm {arch.final_norm}, "
@@ -43,7 +79,10 @@ def info(model: str = typer.Option("smollm2", help="built-in name, model directo
 
 @app.command("capture")
 def capture_cmd(
-    model: str = typer.Option("smollm2", help="built-in name, model directory, .gguf file or hub id"),
+    model: str = typer.Option("smollm2", help=MODEL_HELP),
+    device: str = DEVICE,
+    dtype: str = DTYPE,
+    device_map: str = DEVICE_MAP,
     text: str = typer.Option(None, help="the text to capture"),
     file: Path = typer.Option(None, exists=True, dir_okay=False, help="read the text from this file"),
     dataset: Path = typer.Option(None, exists=True, dir_okay=False,
@@ -65,11 +104,12 @@ def capture_cmd(
     if sum(x is not None for x in (text, file, dataset)) != 1:
         raise typer.BadParameter("give exactly one of --text or --file, or --dataset")
     stat_list = "default" if stats.strip() == "default" else [s.strip() for s in stats.split(",") if s.strip()]
+    ref = _model_ref(model, device, dtype, device_map)
     if dataset is not None:
-        _capture_dataset(model, dataset, out, backend, executor, address, workers, shard_size, resume, stat_list)
+        _capture_dataset(ref, dataset, out, backend, executor, address, workers, shard_size, resume, stat_list)
         return
     body = text if text is not None else file.read_text()
-    subject = lens.load(model)
+    subject = _load(ref)
     try:
         cap = lens.capture(subject, body, backend=backend, stats=stat_list)
     except ValueError as err:
@@ -152,6 +192,12 @@ def run_cmd(
                                            "a local one"),
     workers: int = typer.Option(None, min=1, help="Ray actors when the cluster has no GPUs (else one per GPU)"),
     resume: bool = typer.Option(False, help="skip sweep runs already complete in the database"),
+    device: str = typer.Option(None, "--device", help="overrides the spec's [model] device: cpu | cuda | cuda:N | "
+                                                      "mps  [default: the spec's, else the best available]"),
+    dtype: str = typer.Option(None, "--dtype", help="overrides the spec's [model] dtype: auto | bfloat16 | "
+                                                    "float16 | float32"),
+    device_map: str = typer.Option(None, "--device-map", help="overrides the spec's [model] device_map: auto | "
+                                                              "balanced | sequential"),
 ):
     """Run a scripted intervention experiment (every run of its [sweep]) and store its results."""
     from lens.experiments import SpecError, run_command
@@ -161,8 +207,10 @@ def run_cmd(
     if executor != "ray" and (address is not None or workers is not None):
         raise typer.BadParameter("--address and --workers are for --executor ray", param_hint="--executor")
     try:
+        placement = {k: v for k, v in (("device", device), ("dtype", dtype), ("device_map", device_map)) if v}
+        _model_ref("x", **{"device": None, "dtype": "auto", "device_map": None, **placement})  # checks the form
         run_command(spec, db=db, quiet=quiet, echo=typer.echo, executor=executor, address=address,
-                    workers=workers, resume=resume)
+                    workers=workers, resume=resume, placement=placement)
     except SpecError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from err
@@ -204,13 +252,18 @@ def dashboard_cmd(
     host: str = typer.Option("127.0.0.1", help="interface to bind (127.0.0.1 = this machine only)"),
     port: int = typer.Option(8050, help="port to serve on"),
     debug: bool = typer.Option(False, help="Dash debug mode (reloader, error pop-ups)"),
+    device: str = DEVICE,
+    dtype: str = DTYPE,
+    device_map: str = DEVICE_MAP,
 ):
     """Serve the Dash dashboard on a model, on saved captures (--capture), a store (--store) and runs (--runs)."""
     from lens.dashboard import serve
 
+    if model.lower() != "none":
+        _model_ref(model, device, dtype, device_map)  # a bad --dtype or --device fails before anything loads
     try:
         serve(model=model, host=host, port=port, debug=debug, max_tokens=max_tokens, captures=capture or (),
-              store=store, runs=runs)
+              store=store, runs=runs, device=device, dtype=dtype, device_map=device_map)
     except (FileNotFoundError, ValueError) as err:  # a directory that is not a capture or a store
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from err

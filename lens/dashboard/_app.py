@@ -30,6 +30,7 @@ from lens.dashboard import _ui as ui
 from lens.dashboard import ids
 from lens.dashboard._context import SAVED_PREFIX, Context, status_text
 from lens.dashboard._work import analyze_text, check_text
+from lens.kernels import AUTO_CHUNKED_MIN_KEYS, auto_backend
 from lens.dashboard.pages import attention, census, circuits, interventions, overview, probes, reasoning, runs
 
 PAGES = (overview, attention, reasoning, interventions, circuits, probes, runs, census)
@@ -45,7 +46,8 @@ DEFAULT_TEXT = ("When Mary and John went to the store, John gave a drink to Mary
 
 
 def create_app(subject: lens.Subject | str | None = "smollm2", *, captures=(), store=None, runs=None,
-               max_tokens: int | None = None, poll_ms: int = 200) -> dash.Dash:
+               max_tokens: int | None = None, poll_ms: int = 200, device=None, dtype="auto",
+               device_map=None) -> dash.Dash:
     """A Dash app over ``subject`` (a loaded ``lens.Subject``, a model name for ``lens.load``, or
     None / "none" for no model) and the saved work named on the command line.
 
@@ -53,10 +55,12 @@ def create_app(subject: lens.Subject | str | None = "smollm2", *, captures=(), s
     background at once. store: a store directory (``lens capture --dataset --out``) for the
     Census page. runs: the DuckDB file of ``lens run`` for the Runs page (default:
     ``./runs.duckdb`` when it exists). max_tokens: a lower cap on live texts than the
-    model's context.
+    model's context. device, dtype, device_map: where a model named by ``subject`` is loaded
+    (``lens.load``'s placement; the header shows where it runs).
     """
     if isinstance(subject, str):
-        subject = None if subject.lower() == "none" else lens.load(subject)
+        subject = (None if subject.lower() == "none"
+                   else lens.load(subject, device=device, dtype=dtype, device_map=device_map))
     if subject is not None and not isinstance(subject, lens.Subject):
         raise TypeError(f"create_app takes a lens.Subject, a model name or None, got {type(subject).__name__}")
     if max_tokens is not None and int(max_tokens) < 2:
@@ -114,11 +118,9 @@ def _input_card(ctx: Context) -> dmc.Card:
 
 
 def _limit_reason(ctx: Context) -> str:
-    from lens.kernels._api import AUTO_CHUNKED_MIN_KEYS
-
     s = ctx.subject
     why = f"{s.name}'s context" if ctx.limit == s.n_ctx else "this dashboard's --max-tokens"
-    backend = ("the Triton kernels" if s.device.type == "cuda" else
+    backend = ("the Triton kernels" if auto_backend(s.device) == "triton" else
                f"beyond {AUTO_CHUNKED_MIN_KEYS} tokens the chunked backend streams the keys")
     return f"{why}; {backend}"
 
@@ -128,7 +130,9 @@ def _layout(ctx: Context, poll_ms: int) -> dmc.MantineProvider:
            for p in PAGES]
     header = dmc.Group([
         dmc.Group([dmc.Title("attention workbench", order=4),
-                   dmc.Badge(ctx.model, variant="light", size="lg")], gap="sm"),
+                   dmc.Badge(ctx.model, variant="light", size="lg"),
+                   dmc.Badge(ctx.placement, id=ids.PLACEMENT, variant="outline", size="lg", tt="none",
+                             title="device · dtype · attention backend")], gap="sm"),
         dmc.Switch(id=ids.THEME_SWITCH, label="dark", checked=False, persistence=True, persistence_type="local"),
     ], justify="space-between", h="100%", px="md")
     shell = dmc.AppShell([

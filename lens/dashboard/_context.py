@@ -11,6 +11,7 @@ from pathlib import Path
 from dash import dcc, no_update
 
 import lens
+from lens.kernels import auto_backend
 from lens.dashboard import _ui as ui
 from lens.dashboard._jobs import Jobs, make_key
 from lens.dashboard._work import POOL_MAX, Analysis, token_limit
@@ -49,6 +50,16 @@ class Context:
     @property
     def model(self) -> str:
         return self.subject.name if self.subject is not None else "no model"
+
+    @property
+    def placement(self) -> str:
+        """Where the model runs, in which dtype, and the attention backend ``auto`` takes there."""
+        if self.subject is None:
+            return "no forward pass"
+        s = self.subject
+        dtype = str(s.model.dtype).removeprefix("torch.")
+        backend = "triton" if auto_backend(s.device) == "triton" else "chunked / eager"
+        return f"{s.device} · {dtype} · {backend}"
 
     @property
     def limit(self) -> int:

@@ -15,6 +15,7 @@ PAGE_PREFIX = "page-"  # page containers: page-overview, page-attention, ...
 NAV_PREFIX = "nav-"  # navigation links: nav-overview, ...
 THEME = "theme"  # "light" | "dark", kept in the browser's local storage
 THEME_SWITCH = "theme-switch"
+PLACEMENT = "placement-badge"  # device · dtype · attention backend, in the header
 PROVIDER = "mantine-provider"
 NOTIFY = "notifications"
 SOURCE = "source-select"  # what the tab shows: the live text or a saved capture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from lens.experiments._db import DEFAULT_DB, compare_runs, list_runs
@@ -14,16 +15,18 @@ from lens.record import make_executor
 
 def run_command(spec_path: str | Path, *, db: str | Path | None = None, quiet: bool = False, echo=print,
                 executor: str | None = None, address: str | None = None, workers: int | None = None,
-                resume: bool = False) -> str | list[str]:
+                resume: bool = False, placement: dict | None = None) -> str | list[str]:
     """Check the spec and every run of its ``[sweep]`` (before any model loads), run them, print
     the tables; returns the run id (a list of them for a sweep).
 
     executor: None (one process, as always), "local" or "ray" (``lens.record._executor``; ray
     needs the ``ray`` extra and says how to install it). resume: skip runs already complete
-    in the database. Raises ``SpecError`` (a ValueError naming the file, key path and line)
+    in the database. placement: device / dtype / device_map over every spec's own. Raises ``SpecError`` (a ValueError naming the file, key path and line)
     for a bad spec.
     """
     specs = load_specs(spec_path)
+    if placement:  # the command line's --device / --dtype / --device-map over the specs' [model]
+        specs = [replace(s, placement={**s.placement, **placement}) for s in specs]
 
     if executor != "ray" and not resume and len(specs) == 1 and not specs[0].sweep:
         return run_spec(specs[0], db=db, progress=not quiet, echo=echo).run_id

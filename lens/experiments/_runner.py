@@ -29,7 +29,6 @@ from lens.experiments._scorers import ExecutorScorer, LocalScorer
 from lens.experiments._scoring import metric_values, score
 from lens.experiments._spec import Spec, load_spec, spec_error
 from lens.experiments._spec_edits import build_edits, check_targets
-from lens.model import load
 
 
 @dataclass
@@ -88,11 +87,11 @@ def run_spec(spec: Spec | str | Path, *, subject=None, db: str | Path | None | b
     try:
         scorer = None
         if executor is not None:
-            scorer = _scorer_for(executor, spec.model)
+            scorer = _scorer_for(executor, spec.model_ref)
             subject = scorer.facts()
         elif subject is None:
-            say(f"loading {spec.model} ...")
-            subject = load(spec.model)
+            say(f"loading {spec.model_ref} ...")
+            subject = spec.model_ref.load()
         result = _execute(spec, task, subject, run_id, prov, t0, progress, say, scorer)
         if path is not None:
             _db.finish_run(path, run_id, _finish_row(result, subject), result.examples, result.summary,
@@ -112,7 +111,7 @@ def run_spec(spec: Spec | str | Path, *, subject=None, db: str | Path | None | b
 _SCORERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # executor -> {model: ExecutorScorer}
 
 
-def _scorer_for(executor, model: str):
+def _scorer_for(executor, model):
     """One ``ExecutorScorer`` per (executor, model), so the model's facts are asked for once per sweep."""
     cache = _SCORERS.setdefault(executor, {})
     if model not in cache:

@@ -76,7 +76,7 @@ class ExecutorScorer:
     """Scores as jobs on ``executor`` (``lens.record._executor``) for ``model``; results come back in any
     order and are yielded with their index, each exactly once."""
 
-    def __init__(self, executor, model: str):
+    def __init__(self, executor, model):  # a name or a lens.model.ModelRef
         self.executor, self.model = executor, model
         self._facts: ModelFacts | None = None
 

@@ -1,7 +1,9 @@
 """Experiment specs: a TOML file read and checked completely before any model loads.
 
     name = "zerotuning-sentiment"          # optional; default: the file's stem
-    model = "smollm2"                      # built-in name, model directory, .gguf file or hub id
+    model = "smollm2"                      # built-in name, model directory, .gguf file or hub id; or a table:
+                                           # [model] name = "smollm2", device = "cuda", dtype = "bfloat16",
+                                           #         device_map = "auto"   (lens.load's placement)
     seed = 0                               # fixes the task's examples, splits and bootstrap
     metrics = ["accuracy", "logit_diff"]   # summarised with bootstrap CIs (default: accuracy)
 
@@ -52,8 +54,12 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
 from lens.experiments._scoring import OUTPUTS
 from lens.experiments._tasks import TASKS, TaskData, make_task, read_jsonl, task_options
+from lens.model import BUILTIN, ModelRef, resolve_placement
 
 # The calibration vocabulary a spec may name (``_calibrate`` implements each).
 OBJECTIVES = ("accuracy", "entropy", "entropy_vocab")
@@ -128,6 +134,12 @@ class Spec:
     path: str | None = None
     text: str = ""
     sweep: dict = field(default_factory=dict)  # the swept values of this run, {dotted key: value}
+    placement: dict = field(default_factory=dict)  # [model] device / dtype / device_map, as given
+
+    @property
+    def model_ref(self) -> ModelRef:
+        """The model and where it runs (``lens.load``'s placement; unset keys take its defaults)."""
+        return ModelRef(self.model, **self.placement)
 
     def build_task(self) -> TaskData:
         return make_task(self.task, self.n_calibration, self.n_test, self.seed, **self.task_options)
@@ -136,7 +148,8 @@ class Spec:
         return {"name": self.name, "model": self.model, "seed": self.seed, "task": self.task,
                 "task_options": self.task_options, "n_calibration": self.n_calibration, "n_test": self.n_test,
                 "metrics": list(self.metrics), "edits": [dict(e) for e in self.edits],
-                "calibration": self.calibration, "eval": self.eval, "description": self.description}
+                "calibration": self.calibration, "eval": self.eval, "description": self.description,
+                **({"placement": self.placement} if self.placement else {})}
 
     def spec_hash(self) -> str:
         """Identifies the resolved run (its checked config, not the file it came from): ``--resume``
@@ -312,7 +325,7 @@ def _check_spec(raw: dict, c: _Check, source: str, base_dir: Path | None) -> Spe
     c.unknown(raw, TOP_LEVEL, "")
     if "model" not in raw:
         c.fail("model", "missing: name the model (e.g. model = \"smollm2\")")
-    model = c.str_(raw["model"], "model")
+    model, placement = _check_model_entry(c, raw["model"])
     _check_model(c, model, base_dir)
     seed = c.int_(raw.get("seed", 0), "seed", 0)
     name = c.str_(raw.get("name", Path(source).stem if source != "<spec>" else "experiment"), "name")
@@ -407,7 +420,7 @@ def _check_spec(raw: dict, c: _Check, source: str, base_dir: Path | None) -> Spe
             db = c.str_(out["db"], "output.db")
     return Spec(name=name, model=model, seed=seed, task=task_name, task_options=options, n_calibration=n_cal,
                 n_test=n_test, metrics=tuple(metrics), edits=edits, calibration=calibration, eval=ev, db=db,
-                description=description, text=text)
+                description=description, text=text, placement=placement)
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -420,19 +433,41 @@ def load_spec(path: str | Path) -> Spec:
     return spec
 
 
-def _check_model(c: _Check, model: str, base_dir: Path | None) -> None:
-    from lens.model._load import BUILTIN
+MODEL_FIELDS = ("name", "device", "dtype", "device_map")
 
+
+def _check_model_entry(c: _Check, value) -> tuple[str, dict]:
+    """``model = "name"``, or a ``[model]`` table with the name and where it runs."""
+    if not isinstance(value, dict):
+        return c.str_(value, "model"), {}
+    c.unknown(value, MODEL_FIELDS, "model")
+    if "name" not in value:
+        c.fail("model.name", "missing: name the model (e.g. name = \"smollm2\")")
+    name = c.str_(value["name"], "model.name")
+    placement = {key: c.str_(value[key], f"model.{key}") for key in MODEL_FIELDS[1:] if key in value}
+    if "device" in placement and "device_map" in placement:
+        c.fail("model.device_map", "give device or device_map, not both: a device map places every module itself")
+    for key, given in placement.items():
+        try:  # the form only: whether this machine has the device is known when the run starts
+            resolve_placement(**{key: given}, available=lambda: ("cuda", "mps"))
+        except ValueError as err:
+            c.fail(f"model.{key}", str(err))
+    return name, placement
+
+
+def _check_model(c: _Check, model: str, base_dir: Path | None) -> None:
     if model in BUILTIN:
         return
     path = Path(model).expanduser()
     candidates = [path] + ([base_dir / path] if base_dir is not None and not path.is_absolute() else [])
     if any(p.is_dir() or (p.suffix == ".gguf" and p.is_file()) for p in candidates):
         return
-    if model.count("/") == 1 and not model.startswith((".", "/", "~")):
-        return  # a hub id: resolved by transformers when the run starts
-    c.fail("model", f"unknown model {model!r}: not a built-in name ({', '.join(BUILTIN)}), not a model directory, "
-                    "not a .gguf file and not a hub id of the form 'org/name'")
+    try:
+        validate_repo_id(model)
+    except HFValidationError as err:
+        c.fail("model", f"unknown model {model!r}: not a built-in name ({', '.join(BUILTIN)}), not a model "
+                        f"directory, not a .gguf file and not a hub id ({err})")
+    # else a hub id ("gpt2", "org/name"): resolved by transformers when the run starts
 
 
 def _check_fields(c: _Check, table: dict, fields: dict, keypath: str) -> dict:

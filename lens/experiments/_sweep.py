@@ -38,7 +38,7 @@ def run_sweep(specs: Sequence[Spec], *, executor=None, db: str | Path | None = N
     say = echo or (lambda *_: None)
     path = str(db or specs[0].db or _db.DEFAULT_DB)
     done = _db.complete_runs_by_hash(path, [s.spec_hash() for s in specs]) if resume else {}
-    subjects: dict[str, object] = {}
+    subjects: dict = {}  # ModelRef -> Subject
     ids: list[str] = []
     bar = tqdm(total=len(specs), desc="sweep", unit="run", disable=not progress or len(specs) == 1)
     try:
@@ -52,7 +52,7 @@ def run_sweep(specs: Sequence[Spec], *, executor=None, db: str | Path | None = N
                 continue
             say(f"{label}:")
             kw = ({"executor": executor} if executor is not None
-                  else {"subject": cached_subject(subjects, spec.model, echo=say)})
+                  else {"subject": cached_subject(subjects, spec.model_ref, echo=say)})
             result = run_spec(spec, db=path, progress=progress, echo=echo, **kw)
             ids.append(result.run_id)
             done[h] = result.run_id

@@ -28,7 +28,8 @@ Positions: query row i sits at absolute position key_pos - query_pos + i (the
 queries are the last positions, as in KV-cache decoding).
 """
 
-from ._api import AttentionResult, HeadEdits, attention
+from ._api import AUTO_CHUNKED_MIN_KEYS, AttentionResult, HeadEdits, attention, auto_backend
 from ._stats import STAT_NAMES, StatOptions
 
-__all__ = ["STAT_NAMES", "AttentionResult", "HeadEdits", "StatOptions", "attention"]
+__all__ = ["AUTO_CHUNKED_MIN_KEYS", "STAT_NAMES", "AttentionResult", "HeadEdits", "StatOptions", "attention",
+           "auto_backend"]

@@ -98,6 +98,13 @@ def _choose_backend(call: Call, backend: str) -> str:
     return "eager"
 
 
+def auto_backend(device) -> str:
+    """What ``backend="auto"`` computes with on ``device`` (for a status line; each call decides for itself)."""
+    if torch.device(device).type == "cuda" and _triton_available():
+        return "triton"
+    return f"chunked with statistics or edits past {AUTO_CHUNKED_MIN_KEYS} keys, else eager"
+
+
 def _triton_available() -> bool:
     import importlib.util
 

@@ -12,10 +12,12 @@ Imports only ``lens.kernels`` from the rest of the package.
 
 from lens.model import organisms
 from lens.model._inputs import normalise_inputs
-from lens.model._load import BUILTIN, load
+from lens.model._load import BUILTIN, ModelRef, OfflineModelError, load
+from lens.model._placement import DTYPES, Placement, resolve_placement
 from lens.model._routing import UnsupportedAttention, model_lock
 from lens.model._structure import Structure, StructureError, discover
 from lens.model._subject import Subject
 
-__all__ = ["BUILTIN", "Structure", "StructureError", "Subject", "UnsupportedAttention", "discover", "load",
-           "model_lock", "normalise_inputs", "organisms"]
+__all__ = ["BUILTIN", "DTYPES", "ModelRef", "OfflineModelError", "Placement", "Structure", "StructureError",
+           "Subject", "UnsupportedAttention", "discover", "load", "model_lock", "normalise_inputs", "organisms",
+           "resolve_placement"]

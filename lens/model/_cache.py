@@ -48,6 +48,29 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def content_digest(path: Path) -> str:
+    """SHA-256 of a file's content, computed once per (path, size, mtime) and remembered in the cache.
+
+    The GGUF conversion cache is keyed by it: two files with the same name and size (two
+    fine-tunes at one quantization) get different entries, and a file changed in place gets
+    a new one. A stamp that matches is trusted; one that does not is hashed again.
+    """
+    path = Path(path).resolve()
+    st = path.stat()
+    stamp = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    memo_file = cache_root() / "digests.json"
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        memo = {}
+    if stamp not in memo:
+        memo[stamp] = file_sha256(path)
+        tmp = memo_file.with_name(f".{memo_file.name}.{uuid.uuid4().hex[:8]}")
+        tmp.write_text(json.dumps(memo, indent=1, sort_keys=True))
+        os.replace(tmp, memo_file)  # concurrent writers: the last one wins, and each wrote whole stamps
+    return memo[stamp]
+
+
 def _file_records(directory: Path) -> dict[str, dict]:
     return {
         p.relative_to(directory).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)}

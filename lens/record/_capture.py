@@ -54,6 +54,7 @@ class _Session:
         self.layers: dict[int, dict[str, torch.Tensor]] = {}
         self._compiled: dict[int, dict] = {}
         self._nonfinite: list[tuple[int, tuple]] = []  # (layer, _nonfinite_summary), in call order
+        self.ran: set[str] = set()  # the backends that computed (``auto`` resolves per call)
 
     def _edits_for(self, layer: int, n_keys: int):
         if not self.edits:
@@ -83,6 +84,7 @@ class _Session:
     def record(self, layer, module, value, result):
         # Read once the pass is done (check_finite): a check here would wait for the device every layer.
         self._nonfinite.append((layer, _nonfinite_summary(result, self.query_mask)))
+        self.ran.add(result.meta.get("backend", "?"))
         home = self.token_ids.device  # with a device map, layers run on several devices: gather here
         out = {k: _off_device(k, v.detach(), home) for k, v in result.stats.items()}
         if "pooled" in out:
@@ -314,6 +316,7 @@ def capture(
     patterns_out: dict[tuple[int, int], list[torch.Tensor]] = {k: [] for k in patterns}
     resid_out: dict[int, list[torch.Tensor]] = {l: [] for l in resid_layers}
     logits_out: list[torch.Tensor] = []
+    ran: set[str] = set()
     t0 = time.perf_counter()
     device = subject.device
     try:
@@ -334,6 +337,7 @@ def capture(
             logits_out.append(logits[:, -1].float().cpu())
             _host_ready(device)
             session.check_finite()
+            ran |= session.ran
             batch_stats = _assemble_batch(session.layers, store, subject.n_layers)
             if device.type == "cuda":  # the residual-stream statistics join the attention ones on the host
                 batch_stats = {name: t.cpu() for name, t in batch_stats.items()}
@@ -355,7 +359,8 @@ def capture(
     meta = {
         "model": subject.name, "source": subject.source, "n_layers": subject.n_layers, "n_heads": subject.n_heads,
         "n_kv_heads": subject.n_kv_heads, "d_head": subject.d_head, "d_model": subject.d_model,
-        "prepends_bos": subject.prepends_bos, "backend": backend, "stats": stat_list,
+        "prepends_bos": subject.prepends_bos, "backend": backend, "backends_run": sorted(ran),
+        "device": str(subject.device), "dtype": str(subject.model.dtype).removeprefix("torch."), "stats": stat_list,
         "options": _options_dict(options), "edits": [repr(e) for e in edits], "pattern_window": options.pattern_window,
         "seconds": elapsed, "versions": _versions(),
     }

@@ -78,9 +78,17 @@ class Capture:
         stats = ", ".join(sorted(self.stats))
         return (
             f"Capture({self.meta.get('model', '?')}: {self.n_inputs} input(s), lengths {self.lengths.tolist()[:8]}, "
-            f"backend={self.meta.get('backend')}, stats=[{stats}], patterns={len(self.patterns)}, "
+            f"{self._placement()}, stats=[{stats}], patterns={len(self.patterns)}, "
             f"resid layers={sorted(self.resid)})"
         )
+
+    def _placement(self) -> str:
+        backend = self.meta.get("backend")
+        ran = self.meta.get("backends_run")
+        if ran and ran != [backend]:
+            backend = f"{backend} -> {'/'.join(ran)}"
+        where = ", ".join(self.meta[k] for k in ("device", "dtype") if self.meta.get(k))
+        return f"backend={backend}" + (f", {where}" if where else "")
 
     def alpha(self) -> torch.Tensor:
         """Mean attention each key receives from the queries that see it (METHODS sec. 1): [batch, layer, head, key_pos]."""

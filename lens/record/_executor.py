@@ -24,7 +24,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from lens.model import load
+from lens.model import ModelRef
 
 __all__ = ["LocalExecutor", "RayExecutor", "cached_subject", "make_executor", "RAY_INSTALL"]
 
@@ -44,15 +44,16 @@ def make_executor(kind: str = "local", *, address: str | None = None, workers: i
     return RayExecutor(address=address, workers=workers, retries=retries, progress=progress)
 
 
-def cached_subject(cache: dict, model: str, echo=None):
-    """``lens.load(model)``, kept in ``cache``: one model at a time per process (a sweep over
-    models swaps them)."""
-    if model not in cache:
+def cached_subject(cache: dict, model: str | ModelRef, echo=None):
+    """``model`` loaded (a name, or a ``ModelRef`` with its placement), kept in ``cache``: one model at a
+    time per process (a sweep over models swaps them)."""
+    ref = ModelRef.of(model)
+    if ref not in cache:
         cache.clear()
         if echo is not None:
-            echo(f"loading {model} ...")
-        cache[model] = load(model)
-    return cache[model]
+            echo(f"loading {ref} ...")
+        cache[ref] = ref.load()
+    return cache[ref]
 
 
 class LocalExecutor:

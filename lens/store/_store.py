@@ -271,7 +271,7 @@ def _shard_ok(store: Store, shard: int, n_expected: int) -> str | None:
     return None
 
 
-def capture_dataset(model: str, dataset: str | Path, out: str | Path, *, executor=None, shard_size: int = 64,
+def capture_dataset(model, dataset: str | Path, out: str | Path, *, executor=None, shard_size: int = 64,
                     stats: Sequence[str] | str = "default", backend: str = "auto", resume: bool = False,
                     on_shard: Callable[[int, Capture], None] | None = None,
                     echo: Callable[[str], None] = print) -> Store:
@@ -288,7 +288,7 @@ def capture_dataset(model: str, dataset: str | Path, out: str | Path, *, executo
     out = Path(out)
     sha = file_sha256(Path(dataset))
     n_shards = -(-len(prompts) // shard_size)
-    manifest = {"format": FORMAT, "model": model, "shard_size": shard_size, "n_inputs": len(prompts),
+    manifest = {"format": FORMAT, "model": str(model), "shard_size": shard_size, "n_inputs": len(prompts),
                 "n_shards": n_shards, "dataset": {"path": str(dataset), "sha256": sha},
                 "stats": stats if isinstance(stats, str) else list(stats), "backend": backend}
     if (out / MANIFEST).is_file():
