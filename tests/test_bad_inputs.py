@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import lens
+import lens.circuits
 from lens.record._data import SIDECAR, TENSORS, CaptureFileError
 from lens.experiments._model_checks import losses
 from lens.edits import AblateHead, ScaleAttention
@@ -189,10 +190,11 @@ CASES = [
     ("cli-analyze-truncated", lambda s, t, m, d: _cli_analyze(d, t), ValueError,
      rf"Invalid value for CAPTURE_DIR: .*{TENSORS} was truncated after it was saved.*re-capture"),
     # --- saved circuits ---------------------------------------------------------------------------
-    ("circuit-missing", lambda s, t, m, d: __import__("circuits").Circuit.load(t / "c.json"), FileNotFoundError,
+    ("circuit-missing", lambda s, t, m, d: lens.circuits.Circuit.load(t / "c.json"), FileNotFoundError,
      r"c\.json: no saved circuit there; pass a file written by Circuit\.save"),
-    ("circuit-not-a-circuit", lambda s, t, m, d: (t / "c.json").write_text('{"edges": []}') and __import__(
-        "circuits").Circuit.load(t / "c.json"), ValueError,
+    ("circuit-not-a-circuit",
+     lambda s, t, m, d: (t / "c.json").write_text('{"edges": []}') and lens.circuits.Circuit.load(t / "c.json"),
+     ValueError,
      r"c\.json is not a saved circuit \(format None, expected 'lens-circuit/1'\); pass a file written by "
      r"Circuit\.save"),
 ]
