@@ -64,7 +64,11 @@ BAD_SPECS = [
     ('model = "induction"\nseed = "zero"\n[task]\nname = "induction"\ntest = 4\n', "seed", 2),
     ('model = "induction"\n[task]\nname = "induction"\ntest = 4.5\n', "task.test", 4),
     ('model = "induction"\n[task]\nname = "sentimental"\ntest = 4\n', "task.name", 3),
-    ('model = "no-such-model"\n[task]\nname = "induction"\ntest = 4\n', "model", 1),
+    ('model = "no such model"\n[task]\nname = "induction"\ntest = 4\n', "model", 1),
+    ('[model]\nname = "induction"\ndtype = "int4"\n[task]\nname = "induction"\ntest = 4\n', "model.dtype", 3),
+    ('[model]\nname = "induction"\ndevice = "cpu"\ndevice_map = "auto"\n[task]\nname = "induction"\n',
+     "model.device_map", 4),
+    ('[model]\nname = "induction"\ncolour = "red"\n[task]\nname = "induction"\ntest = 4\n', "model.colour", 3),
     ('model = "induction"\n[task]\nname = "induction"\ntest = 4\n\n[[edits]]\ntype = "ablate"\nlayer = 1\n\n'
      '[[edits]]\ntype = "teleport"\nlayer = 0\n', "edits[1].type", 11),
     ('model = "induction"\n[task]\nname = "induction"\ntest = 4\n\n[[edits]]\ntype = "scale_attention"\n'

@@ -54,6 +54,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from huggingface_hub import constants, is_offline_mode, try_to_load_from_cache
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
@@ -467,7 +468,17 @@ def _check_model(c: _Check, model: str, base_dir: Path | None) -> None:
     except HFValidationError as err:
         c.fail("model", f"unknown model {model!r}: not a built-in name ({', '.join(BUILTIN)}), not a model "
                         f"directory, not a .gguf file and not a hub id ({err})")
+    if is_offline_mode() and not isinstance(_cached_config(model), str):
+        c.fail("model", f"{model!r} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}), and the hub "
+                        "is offline (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set)")
     # else a hub id ("gpt2", "org/name"): resolved by transformers when the run starts
+
+
+def _cached_config(repo: str):
+    try:
+        return try_to_load_from_cache(repo, "config.json")
+    except Exception:  # an id the hub would refuse is not cached either
+        return None
 
 
 def _check_fields(c: _Check, table: dict, fields: dict, keypath: str) -> dict:

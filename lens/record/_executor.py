@@ -8,12 +8,18 @@ else ``workers`` actors). Both have one method::
     for index, result in executor.run(model, jobs, fn, desc="shards"):
         ...
 
+``model`` is a name or a ``lens.model.ModelRef``; a Ray actor loads it where Ray placed it
+(``ModelRef.for_ray_actor``: on its GPU, bf16 unless the ref says otherwise; else the CPU).
 ``fn(subject, job)`` must be a module-level function (Ray pickles it by reference) and
 return something picklable. Results arrive as jobs finish, in any order, each exactly
-once. A job whose actor dies (a crash, ``ray.kill``) is retried on a fresh actor up to
-``retries`` times; a job that raises is not retried (it would raise again) and its error
-is raised in the driver. One progress bar counts finished jobs and failures. Nothing
-here writes files: the driver that consumes ``run`` does (results are written once).
+once, with the job's index. Fault tolerance is Ray's own: the actors restart when they die
+(a crash, ``ray.kill(actor, no_restart=False)``) and Ray retries the job that was running
+on the restarted actor, up to ``retries`` times per job; after that the driver raises a
+RuntimeError naming the job. A job that raises is not retried (it would raise again) and
+its own exception is raised in the driver. Ray jobs are spread over the actors by
+``ray.util.ActorPool``; one progress bar counts finished jobs. Worker output (logs,
+warnings) reaches the driver. Nothing here writes files: the driver that consumes ``run``
+does (results are written once).
 """
 
 from __future__ import annotations
@@ -80,20 +86,33 @@ class LocalExecutor:
 
 
 class _Worker:
-    """The body of a Ray actor: keeps its loaded model between jobs."""
+    """The body of a Ray actor: keeps its loaded model between jobs, placed where Ray put the actor."""
 
     def __init__(self):
-        self._models: dict[str, Any] = {}
+        self._models: dict[ModelRef, Any] = {}
 
-    def call(self, model: str, fn: Callable, job) -> Any:
-        return fn(cached_subject(self._models, model), job)
+    @staticmethod
+    def _ref(model: str | ModelRef) -> ModelRef:
+        import ray
+
+        return ModelRef.of(model).for_ray_actor(ray.get_gpu_ids())
+
+    def call(self, model: str | ModelRef, fn: Callable, index: int, job) -> tuple[int, Any]:
+        """``(index, fn(subject, job))``: the index comes back with the result (``ActorPool`` returns results only)."""
+        return index, fn(cached_subject(self._models, self._ref(model)), job)
+
+    def placement(self, model: str | ModelRef) -> tuple[list, ModelRef]:
+        """``(ray.get_gpu_ids(), the ref this actor would load)``, without loading anything (tests ask)."""
+        import ray
+
+        return list(ray.get_gpu_ids()), self._ref(model)
 
     def pid(self) -> int:
         return os.getpid()
 
 
 class RayExecutor:
-    """Jobs on Ray actors that each hold a loaded model; dead actors are replaced and their jobs retried."""
+    """Jobs on Ray actors that each hold a loaded model; Ray restarts a dead actor and retries its job."""
 
     kind = "ray"
 
@@ -103,62 +122,76 @@ class RayExecutor:
             import ray
         except ImportError:
             raise ModuleNotFoundError(f"--executor ray needs Ray, which is not installed: {RAY_INSTALL}") from None
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
         self.ray = ray
         if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+            ray.init(address=address, include_dashboard=False, log_to_driver=True, ignore_reinit_error=True)
         gpus = int(ray.cluster_resources().get("GPU", 0))
         self.gpus_per_actor = 1 if gpus else 0
         self.workers = gpus if gpus else max(1, workers or 1)
         self.retries = retries
         self.progress = progress
-        self._cls = ray.remote(num_gpus=self.gpus_per_actor, num_cpus=1, max_restarts=0)(_Worker)
+        # A dead actor always restarts (max_restarts=-1: the limit is per job, not per actor over a long
+        # sweep); the job it was running is retried on it up to `retries` times. A job that raises is not
+        # retried (actor methods do not retry exceptions unless told to).
+        self._cls = ray.remote(num_gpus=self.gpus_per_actor, num_cpus=1, max_restarts=-1,
+                               max_task_retries=retries)(_Worker)
         self.actors = [self._cls.remote() for _ in range(self.workers)]
 
-    def _replace(self, actor):
-        i = self.actors.index(actor)
-        self.actors[i] = self._cls.remote()
-        return self.actors[i]
-
-    def run(self, model: str, jobs: Sequence, fn: Callable, *, desc: str = "jobs") -> Iterator[tuple[int, Any]]:
+    def run(self, model: str | ModelRef, jobs: Sequence, fn: Callable, *,
+            desc: str = "jobs") -> Iterator[tuple[int, Any]]:
         ray = self.ray
-        pending = list(range(len(jobs)))[::-1]  # a stack: pop() takes job 0 first
-        tries = [0] * len(jobs)
-        running: dict[Any, tuple[int, Any]] = {}  # ref -> (job index, actor)
-        failures = 0
-        bar = tqdm(total=len(jobs), desc=desc, unit="job", disable=not self.progress, leave=False)
+        from ray.util import ActorPool
+
+        pool = ActorPool(self.actors)
         fn_ref = ray.put(fn)
+        sent: dict[int, Any] = {}  # job index -> its ObjectRef, until its result is yielded
+
+        def send(actor, i):
+            sent[i] = actor.call.remote(model, fn_ref, i, jobs[i])
+            return sent[i]
+
+        for i in range(len(jobs)):
+            pool.submit(send, i)  # the pool sends a job when one of its actors is free
+        bar = tqdm(total=len(jobs), desc=desc, unit="job", disable=not self.progress, leave=False)
         try:
-            idle = list(self.actors)
-            while pending or running:
-                while pending and idle:
-                    actor = idle.pop()
-                    i = pending.pop()
-                    running[actor.call.remote(model, fn_ref, jobs[i])] = (i, actor)
-                done, _ = ray.wait(list(running), num_returns=1)
-                ref = done[0]
-                i, actor = running.pop(ref)
+            while pool.has_next():
                 try:
-                    result = ray.get(ref)
-                except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError):
-                    failures += 1
-                    tries[i] += 1
-                    bar.set_postfix(failures=failures)
-                    if tries[i] > self.retries:
-                        raise RuntimeError(f"{desc}: job {i} lost its worker {tries[i]} times; giving up") from None
-                    pending.append(i)  # retried first, on a fresh actor
-                    idle.append(self._replace(actor))
-                    continue
+                    i, result = pool.get_next_unordered()
+                except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as err:
+                    lost = self._lost(sent)
+                    which = f"job {lost[0]}" if len(lost) == 1 else f"jobs {lost}" if lost else "a job"
+                    raise RuntimeError(f"{desc}: {which} lost its worker {self.retries + 1} time(s) (Ray restarted "
+                                       f"the actor and retried it {self.retries} time(s)); giving up: "
+                                       f"{type(err).__name__}") from err
                 except ray.exceptions.RayTaskError as err:  # the job itself raised: re-raise its error here
                     raise err.as_instanceof_cause() from None
-                idle.append(actor)
+                del sent[i]
                 bar.update(1)
                 yield i, result
         finally:
             bar.close()
-            for ref in running:
+            for ref in sent.values():  # stopped early: jobs not started are dropped, queued ones cancelled
                 ray.cancel(ref, force=False)
+
+    def _lost(self, sent: dict[int, Any]) -> list[int]:
+        """The jobs among ``sent`` that finished by losing their actor (for the error message)."""
+        ray = self.ray
+        ready, _ = ray.wait(list(sent.values()), num_returns=len(sent), timeout=0, fetch_local=False)
+        ready = set(ready)
+        lost = []
+        for i, ref in sent.items():
+            if ref in ready:
+                try:
+                    ray.get(ref, timeout=0)
+                except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError):
+                    lost.append(i)
+                except Exception:  # noqa: BLE001 - another outcome: not this job
+                    pass
+        return sorted(lost)
 
     def close(self) -> None:
         for actor in self.actors:
-            self.ray.kill(actor)
+            self.ray.kill(actor)  # no_restart=True: gone for good
         self.actors = []
