@@ -3,17 +3,21 @@
 The Ray tests start a two-CPU cluster in this process (``ray.init(num_cpus=2)``), shut it
 down at the end of the module, and run a 2 x 2 sweep (seed x ZeroTuning gammas) on the
 induction organism: its table on Ray equals the local one row for row, floats exactly;
-an actor killed mid-sweep is replaced and the result is complete, equal and without
-duplicates; a sweep interrupted mid-run resumes with ``resume=True``, recomputing only
-what was not complete. Without Ray installed those tests are skipped (reason below); the
+an actor killed mid-sweep (``ray.kill(actor, no_restart=False)``) is restarted by Ray, which
+retries its in-flight job, and the result is complete, equal and without duplicates; a job
+that raises fails with its own error, unretried, and one that keeps killing its actor fails
+after ``retries`` retries, named; a sweep interrupted mid-run resumes with ``resume=True``,
+recomputing only what was not complete. Without Ray installed those tests are skipped (reason below); the
 spec, local-executor and "Ray is missing" tests run anyway.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
+import time
 
 import pandas as pd
 import pytest
@@ -175,24 +179,21 @@ def test_sweep_on_ray_equals_local(local, spec_path, executor, tmp_path):
 
 
 @needs_ray
-def test_killed_actor_is_replaced_and_nothing_is_lost_or_doubled(local, spec_path, executor, tmp_path):
+def test_killed_actor_restarts_and_nothing_is_lost_or_doubled(local, spec_path, executor, tmp_path):
     db = tmp_path / "kill.duckdb"
-    killed = []
-
-    def kill():
-        killed.append(executor.actors[0])
-        ray.kill(executor.actors[0])
-
+    pids = [ray.get(a.pid.remote()) for a in executor.actors]
     threads = []
 
     def after_first_run(i, run_id):  # from a thread, while the next runs' jobs are being sent
         if i == 0:
-            threads.append(threading.Thread(target=kill))
+            threads.append(threading.Thread(target=lambda: ray.kill(executor.actors[0], no_restart=False)))
             threads[0].start()
 
     run_sweep(load_specs(spec_path), executor=executor, db=db, progress=False, echo=None, on_run=after_first_run)
     threads[0].join()
-    assert killed and killed[0] not in executor.actors  # its job(s) failed, it was replaced and they were retried
+    # the same actor handles; the killed one runs in a new process (Ray restarted it and retried its job)
+    now = [ray.get(a.pid.remote()) for a in executor.actors]
+    assert now[0] != pids[0] and now[1] == pids[1]
     got = snapshot(db)
     assert_same(snapshot(local[0]), got)
     con = _db.connect(db, read_only=True)
@@ -203,6 +204,33 @@ def test_killed_actor_is_replaced_and_nothing_is_lost_or_doubled(local, spec_pat
         assert dupes == 0
     finally:
         con.close()
+
+
+@needs_ray
+def test_a_failing_job_raises_in_the_driver(executor, tmp_path):
+    """A job that raises: its own error, not retried. A job that kills its actor every time: Ray restarts
+    the actor and retries it ``retries`` times, then the driver raises a RuntimeError naming the job."""
+    tries = tmp_path / "tries"
+    tries.mkdir()
+
+    def job(subject, job):  # a closure: Ray pickles it by value (a test module is not importable on workers)
+        (tries / f"{job}-{os.getpid()}-{time.monotonic_ns()}").touch()
+        if job == "raise":
+            raise ValueError("this job is bad")
+        if job == "die":
+            os._exit(1)
+        return job
+
+    pids = [ray.get(a.pid.remote()) for a in executor.actors]
+    with pytest.raises(ValueError, match="this job is bad"):
+        list(executor.run("induction", ["ok", "raise", "ok"], job))
+    assert len(list(tries.glob("raise-*"))) == 1  # not retried
+    assert [ray.get(a.pid.remote()) for a in executor.actors] == pids  # and no actor died of it
+
+    with pytest.raises(RuntimeError, match=r"sweep-test: job 1 lost its worker 4 time\(s\)"):
+        list(executor.run("induction", ["ok", "die", "ok"], job, desc="sweep-test"))
+    assert len(list(tries.glob("die-*"))) == executor.retries + 1 == 4  # tried once, retried 3 times
+    assert list(executor.run("induction", ["ok"], job)) == [(0, "ok")]  # the actors are back
 
 
 @needs_ray
