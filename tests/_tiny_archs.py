@@ -83,6 +83,15 @@ def _archs() -> list[TinyArch]:
                  ("alternating local/global",)),
         TinyArch("olmo3", lambda: _cfg("Olmo3Config", sliding_window=WINDOW, layer_types=layers3),
                  ("qk-norm", "alternating local/global")),
+        TinyArch("deepseek_v3", lambda: _cfg("DeepseekV3Config", num_key_value_heads=4, q_lora_rank=None,
+                                             kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4,
+                                             v_head_dim=6, head_dim=4, n_routed_experts=3, num_experts_per_tok=2,
+                                             n_group=1, topk_group=1, first_k_dense_replace=1,
+                                             moe_intermediate_size=20, n_shared_experts=1),
+                 ("latent attention (d_v 6, d_qk 12)", "MoE")),
+        TinyArch("opt", lambda: _cfg("OPTConfig", ffn_dim=40, word_embed_proj_dim=48, num_key_value_heads=4),
+                 ("MLP projections on the block (fc1, fc2)",)),
+        TinyArch("bitnet", lambda: _cfg("BitNetConfig"), ("a norm between attention and o_proj",)),
     ]
 
 

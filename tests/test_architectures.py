@@ -201,7 +201,7 @@ def test_every_statistic_equals_the_models_own_eager_pattern(arch, backend):
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("arch", ["gemma2", "gpt_oss", "mistral"])
+@pytest.mark.parametrize("arch", ["gemma2", "gpt_oss", "mistral", "deepseek_v3"])
 def test_triton_backend_equals_the_models_own_eager_pattern(arch):
     """Soft-capping, learned sinks and windows through the Triton kernels (interpreted on a CPU)."""
     pytest.importorskip("triton", reason="triton is not installed: pip install 'attention-workbench[triton]'")
@@ -218,15 +218,16 @@ def test_triton_backend_equals_the_models_own_eager_pattern(arch):
 # --- edits and patching against brute-force re-runs of the stock model ------------------------
 @contextlib.contextmanager
 def slice_replaced(s, layer: int, head: int, values: torch.Tensor | None):
-    """Stock model, with head ``head``'s slice of layer ``layer``'s o_proj input set to ``values`` (0 if None)."""
-    d = s.d_head
+    """Stock model, with head ``head``'s slice (d_v wide) of the heads' outputs of layer ``layer`` set to
+    ``values`` (0 if None): the o_proj input, or the input of the norm before it (BitNet)."""
+    d = s.d_v
 
     def pre(module, args):
         z = args[0].clone()
         z[..., head * d:(head + 1) * d] = 0.0 if values is None else values
         return (z, *args[1:])
 
-    handle = s.o_proj(layer).register_forward_pre_hook(pre)
+    handle = s.head_site(layer).register_forward_pre_hook(pre)
     try:
         yield
     finally:
@@ -286,7 +287,7 @@ def test_head_patching_equals_brute_force(arch):
     with noted(arch, "patching"):
         s = subject(arch)
         _, ids, mask = inputs()
-        values = torch.randn(*ids.shape, s.d_head, generator=torch.Generator().manual_seed(1))
+        values = torch.randn(*ids.shape, s.d_v, generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             got = circuits.run_with_head_outputs(s, ids, {(LAYER, HEAD): values}, lengths=mask.sum(1))
         with slice_replaced(s, LAYER, HEAD, values):

@@ -7,8 +7,8 @@ an actor killed mid-sweep (``ray.kill(actor, no_restart=False)``) is restarted b
 retries its in-flight job, and the result is complete, equal and without duplicates; a job
 that raises fails with its own error, unretried, and one that keeps killing its actor fails
 after ``retries`` retries, named; a sweep interrupted mid-run resumes with ``resume=True``,
-recomputing only what was not complete. Without Ray installed those tests are skipped (reason below); the
-spec, local-executor and "Ray is missing" tests run anyway.
+recomputing only what was not complete. Without Ray installed those tests are skipped
+(reason below); the spec, local-executor and "Ray is missing" tests run anyway.
 """
 
 from __future__ import annotations
@@ -213,7 +213,7 @@ def test_a_failing_job_raises_in_the_driver(executor, tmp_path):
     tries = tmp_path / "tries"
     tries.mkdir()
 
-    def job(subject, job):  # a closure: Ray pickles it by value (a test module is not importable on workers)
+    def job_fn(subject, job):  # a closure: Ray pickles it by value (a test module is not importable on workers)
         (tries / f"{job}-{os.getpid()}-{time.monotonic_ns()}").touch()
         if job == "raise":
             raise ValueError("this job is bad")
@@ -223,14 +223,14 @@ def test_a_failing_job_raises_in_the_driver(executor, tmp_path):
 
     pids = [ray.get(a.pid.remote()) for a in executor.actors]
     with pytest.raises(ValueError, match="this job is bad"):
-        list(executor.run("induction", ["ok", "raise", "ok"], job))
+        list(executor.run("induction", ["ok", "raise", "ok"], job_fn))
     assert len(list(tries.glob("raise-*"))) == 1  # not retried
     assert [ray.get(a.pid.remote()) for a in executor.actors] == pids  # and no actor died of it
 
     with pytest.raises(RuntimeError, match=r"sweep-test: job 1 lost its worker 4 time\(s\)"):
-        list(executor.run("induction", ["ok", "die", "ok"], job, desc="sweep-test"))
+        list(executor.run("induction", ["ok", "die", "ok"], job_fn, desc="sweep-test"))
     assert len(list(tries.glob("die-*"))) == executor.retries + 1 == 4  # tried once, retried 3 times
-    assert list(executor.run("induction", ["ok"], job)) == [(0, "ok")]  # the actors are back
+    assert list(executor.run("induction", ["ok"], job_fn)) == [(0, "ok")]  # the actors are back
 
 
 @needs_ray

@@ -41,6 +41,10 @@ def norm_names(subject) -> tuple[str, str | None]:
     patching work on every layout.
     """
     arch = subject.arch
+    if arch.attn_out_norm is not None:
+        raise ValueError(f"{arch.model_type}: circuits need each head's output to reach the residual stream through "
+                         f"the output projection alone (W_O, linear in the heads); this model has the norm "
+                         f"{arch.attn_out_norm!r} between them. Capture and head edits in lens.capture work on it.")
     if arch.residual != "pre-norm" or arch.attn_norm is None or (arch.mlp is not None and arch.mlp_norm is None):
         raise ValueError(f"{arch.model_type}: edge patching (EAP, ACDC, path patching) needs pre-norm blocks, whose "
                          f"residual stream is a plain sum of the senders' outputs; this model's blocks are "
@@ -48,13 +52,9 @@ def norm_names(subject) -> tuple[str, str | None]:
     return arch.attn_norm, arch.mlp_norm
 
 
-def o_proj_of(subject, layer: int) -> torch.nn.Module:
-    return get_path(subject.attn_module(layer), subject.arch.o_proj)
-
-
 def w_o(subject, layer: int) -> torch.Tensor:
-    """The output projection as ``[n_heads * d_head, d_model]`` (x @ W), for nn.Linear and Conv1D."""
-    w = o_proj_of(subject, layer).weight
+    """The output projection as ``[n_heads * d_v, d_model]`` (x @ W), for nn.Linear and Conv1D."""
+    w = subject.o_proj(layer).weight
     return w if subject.arch.o_proj_conv1d else w.T
 
 
@@ -191,7 +191,7 @@ def _with_hidden(args, kwargs, new):
 
 def _install(subject, st: _State, stack: contextlib.ExitStack) -> None:
     graph, spec = st.graph, st.spec
-    n_heads, dh = subject.n_heads, subject.d_head
+    n_heads, dh = subject.n_heads, subject.d_v
     edges = spec.removed is not None or spec.grad_receivers
     # Receivers read through the block's norms only when edges are patched (pre-norm blocks only).
     ln1_name, ln2_name = norm_names(subject) if edges else (None, None)
@@ -204,7 +204,7 @@ def _install(subject, st: _State, stack: contextlib.ExitStack) -> None:
     for layer in range(subject.n_layers):
         block = subject.blocks[layer]
         attn = subject.attn_module(layer)
-        oproj = get_path(attn, subject.arch.o_proj)
+        oproj = subject.head_site(layer)  # its input holds the heads' outputs (the o_proj, or BitNet's norm)
         ln1 = getattr(block, ln1_name) if ln1_name else None
         wo = w_o(subject, layer)
 

@@ -216,7 +216,7 @@ def patch_heads(subject, pairs: PromptPairs, *, metric: str = "logit_diff", mode
     _check_mode(mode)
     heads = [(l, h) for l in range(subject.n_layers) for h in range(subject.n_heads)] if heads is None else list(heads)
     subject.check_heads(heads)
-    dh = subject.d_head
+    dh = subject.d_v
 
     def fn(setup):
         tokens, lengths = _base(setup, mode)
@@ -244,8 +244,8 @@ def run_with_head_outputs(subject, tokens: torch.Tensor, values: dict, *, length
     lengths = torch.full((b,), t, dtype=torch.long) if lengths is None else lengths
     mask = torch.ones(b, t, dtype=torch.bool) if positions is None else positions
     for (l, h), v in values.items():
-        if tuple(v.shape) != (b, t, subject.d_head):
-            raise ValueError(f"head ({l}, {h}): values must be [batch, pos, d_head] = {(b, t, subject.d_head)}, "
+        if tuple(v.shape) != (b, t, subject.d_v):
+            raise ValueError(f"head ({l}, {h}): values must be [batch, pos, d_v] = {(b, t, subject.d_v)}, "
                              f"got {tuple(v.shape)}")
     spec = RunSpec(heads={k: Patch(v, mask) for k, v in values.items()})
     return run(subject, tokens, lengths, spec)[0]

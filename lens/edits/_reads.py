@@ -33,7 +33,7 @@ def _rows(subject, inputs) -> list[list[int]]:
 @torch.no_grad()
 def head_outputs(subject, inputs, layers: Sequence[int] | None = None, *, batch_size: int = 8
                  ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-    """Each head's output before the output projection: ``{layer: [batch, pos, head, d_head]}``, mask.
+    """Each head's output before the output projection: ``{layer: [batch, pos, head, d_v]}``, mask.
 
     This is what ``HeadEdits.head_gate`` multiplies and ``head_add`` adds to. ``inputs``:
     texts, token ids, or a Capture (its inputs are run again). Runs with whatever edits
@@ -49,14 +49,13 @@ def head_outputs(subject, inputs, layers: Sequence[int] | None = None, *, batch_
     def grab(layer):
         def pre(module, args):
             x = args[0].detach().float()
-            store[layer].append(x.reshape(*x.shape[:2], subject.n_heads, subject.d_head))
+            store[layer].append(x.reshape(*x.shape[:2], subject.n_heads, subject.d_v))
         return pre
 
     with _routing.model_lock(subject.model):
         try:
             for l in layers:
-                o_proj = subject.o_proj(l)
-                handles.append(o_proj.register_forward_pre_hook(grab(l)))
+                handles.append(subject.head_site(l).register_forward_pre_hook(grab(l)))
             masks = []
             for i in range(0, len(rows), batch_size):
                 ids, mask = _pad(subject, rows[i:i + batch_size], width)

@@ -41,7 +41,7 @@ def applied_by(edit) -> str:
     return kind
 
 
-def compile_edits(edits: Iterable, *, n_layers: int, n_heads: int, d_head: int, n_keys: int,
+def compile_edits(edits: Iterable, *, n_layers: int, n_heads: int, d_v: int, n_keys: int,
                   hooks: bool = False) -> dict:
     """Turn edits into ``{layer: kernels.HeadEdits}``; biases add up, gates multiply.
 
@@ -69,11 +69,11 @@ def compile_edits(edits: Iterable, *, n_layers: int, n_heads: int, d_head: int, 
                 b[heads] = b[heads] + kb
             if gt is not None:
                 g = gate.setdefault(layer, torch.ones(n_heads))
-                a = add.setdefault(layer, torch.zeros(n_heads, d_head))
+                a = add.setdefault(layer, torch.zeros(n_heads, d_v))
                 factor, vec = gt
-                if vec is not None and vec.shape != (d_head,):
+                if vec is not None and vec.shape != (d_v,):
                     raise ValueError(f"{type(edit).__name__} adds a vector of shape {tuple(vec.shape)} to a head "
-                                     f"output of size d_head={d_head}")
+                                     f"output of size d_v={d_v}")
                 g[heads] = g[heads] * factor
                 a[heads] = a[heads] * factor + (vec if vec is not None else 0.0)
     out = {}
@@ -113,7 +113,7 @@ class EditSession:
         if n_keys not in self._compiled:
             s = self.subject
             self._compiled[n_keys] = compile_edits(self.edits, n_layers=s.n_layers, n_heads=s.n_heads,
-                                                   d_head=s.d_head, n_keys=n_keys, hooks=True)
+                                                   d_v=s.d_v, n_keys=n_keys, hooks=True)
         return self._compiled[n_keys].get(layer)
 
     def _query_mask(self, n_keys: int, n_queries: int | None) -> torch.Tensor | None:

@@ -42,7 +42,9 @@ class Structure:
 
     Paths are dotted attribute paths: ``layers`` from the CausalLM to the ModuleList of
     blocks, ``attn`` and ``mlp`` from a block, ``o_proj`` from the attention module,
-    ``final_norm`` from the CausalLM. ``o_proj_conv1d``: GPT-2's Conv1D (weight [d_in, d_out]).
+    ``final_norm`` from the CausalLM. ``mlp`` is the module whose output is the MLP's output and
+    ``mlp_in`` the one that reads its input: the same child, except where the MLP's
+    projections sit straight on the block (OPT: ``fc1`` reads, ``fc2`` writes). ``o_proj_conv1d``: GPT-2's Conv1D (weight [d_in, d_out]).
     ``attn_norm`` / ``mlp_norm``: the block's norms whose outputs the attention / MLP read
     (None when it reads the residual stream itself). ``residual``: how a block adds up,
     ``"pre-norm"`` (x + attn(norm(x)), then + mlp(norm(.)): the sum of senders' outputs that
@@ -62,6 +64,11 @@ class Structure:
     n_heads: int
     n_kv_heads: int
     d_head: int
+    d_v: int = 0  # a head's value (and output) size: d_head, except in latent attention (DeepSeek MLA)
+    mlp_in: str | None = None  # the module reading the MLP's input: ``mlp`` itself, or OPT's ``fc1``
+    # A norm between the attention output and the output projection (BitNet), or None. Head
+    # outputs are then read before it, and what needs W_O to be linear in them is refused.
+    attn_out_norm: str | None = None
     attn_norm: str | None = None
     mlp_norm: str | None = None
     residual: str = "pre-norm"
@@ -90,6 +97,8 @@ class Structure:
             out.append("learned sinks")
         if self.n_kv_heads != self.n_heads:
             out.append("GQA" if self.n_kv_heads > 1 else "MQA")
+        if self.d_v != self.d_head:
+            out.append(f"value heads of {self.d_v} (queries and keys {self.d_head})")
         return out
 
 
@@ -157,8 +166,17 @@ def discover(model, *, overrides: dict | None = None) -> Structure:
                                      "(get_output_embeddings() is None); the workbench needs a causal LM")
             handles.append(unembed.register_forward_pre_hook(lambda mod, args: head_input.append(args[0].detach())))
             ids = _trace_ids(model)
-            with _routing.routed(model), _routing.traced(tracer):
-                model(input_ids=ids, use_cache=False)
+            try:
+                with _routing.routed(model), _routing.traced(tracer):
+                    model(input_ids=ids, use_cache=False)
+            except (StructureError, _routing.UnsupportedAttention):
+                raise  # a refusal by name, from the attention call itself
+            except Exception as err:  # the model's own code failed with the routing in place
+                how = (f"no attention module called the attention interface before it failed, so its attention "
+                       f"does not go through transformers' AttentionInterface" if not calls else
+                       f"it failed after {len(calls)} attention call(s)")
+                raise StructureError(f"{model_type}: the traced pass raised {type(err).__name__}: {err}; {how}. "
+                                     "The workbench needs a transformers model built on AttentionInterface") from err
         finally:
             for h in handles:
                 h.remove()
@@ -176,25 +194,27 @@ def discover(model, *, overrides: dict | None = None) -> Structure:
         raise StructureError(f"{model_type}: attention shapes differ between layers {sorted(shapes)} "
                              "(heads, kv heads, head size); not supported")
     n_heads, n_kv_heads, d_head, d_v = shapes.pop()
-    if d_v != d_head:
-        raise StructureError(f"{model_type}: value head size {d_v} differs from query head size {d_head}; not supported")
 
     layers_path, attn_path, blocks = _blocks(model, model_type, names, modules)
-    o_proj, conv1d = _output_projection(model_type, names, calls, proj_inputs, n_heads * d_head)
+    o_proj, conv1d, attn_out_norm = _output_projection(model_type, names, calls, proj_inputs, outputs,
+                                                       n_heads * d_v)
     final_norm = _final_norm(model_type, model, names, blocks, outputs, head_input)
-    mlp = _mlp(model_type, blocks[0], attn_path)
+    io = {(kind, name): t for (block, kind, name), t in block_io.items() if block == id(blocks[0])}
+    block_in = io.get(("in", ""))  # the residual stream entering block 0: its width is d_model
+    d_model = block_in.shape[-1] if block_in is not None else model.get_input_embeddings().weight.shape[1]
+    mlp_in, mlp = _mlp(model_type, blocks[0], attn_path, d_model)
     for i, block in enumerate(blocks):  # every block has the same layout
         if get_path(block, attn_path) is not modules[i] or (mlp is not None and not hasattr(block, mlp)):
             raise StructureError(f"{model_type}: block {i} does not have the layout of block 0 "
                                  f"(attention at {attn_path!r}, MLP at {mlp!r})")
-    io = {(kind, name): t for (block, kind, name), t in block_io.items() if block == id(blocks[0])}
-    attn_norm, mlp_norm, residual = _residual_layout(blocks[0], attn_path, mlp, io)
+    attn_norm, mlp_norm, residual = _residual_layout(blocks[0], attn_path, mlp_in, io)
     overrides = dict(overrides or {})
     structure = Structure(
-        model_type=model_type, layers=layers_path, attn=attn_path, mlp=mlp, o_proj=o_proj, o_proj_conv1d=conv1d,
+        model_type=model_type, layers=layers_path, attn=attn_path, mlp=mlp, mlp_in=mlp_in, o_proj=o_proj,
+        attn_out_norm=attn_out_norm, o_proj_conv1d=conv1d,
         final_norm=final_norm, attn_norm=attn_norm, mlp_norm=mlp_norm, residual=residual,
         tl_architecture=type(model).__name__, n_layers=len(blocks), n_heads=n_heads,
-        n_kv_heads=n_kv_heads, d_head=d_head,
+        n_kv_heads=n_kv_heads, d_head=d_head, d_v=d_v,
         sliding_window=tuple(c[2]["sliding_window"] for c in calls),
         softcap=tuple(c[2]["softcap"] for c in calls),
         learned_sinks=tuple(c[2]["sinks"] is not None for c in calls),
@@ -231,8 +251,9 @@ def _blocks(model, model_type, names, modules) -> tuple[str, str, nn.ModuleList]
     return layers_path, attn_path, get_path(model, layers_path)
 
 
-def _output_projection(model_type, names, calls, proj_inputs, width) -> tuple[str, bool]:
-    """The projection inside the attention module that consumes the attention output unchanged."""
+def _output_projection(model_type, names, calls, proj_inputs, outputs, width) -> tuple[str, bool, str | None]:
+    """The projection inside the attention module that consumes the attention output: unchanged,
+    or through one norm (BitNet's ``attn_sub_norm``). Returns (projection, Conv1D?, that norm or None)."""
     from transformers.pytorch_utils import Conv1D
 
     module, _, _, out = calls[0]
@@ -241,11 +262,28 @@ def _output_projection(model_type, names, calls, proj_inputs, width) -> tuple[st
     for rel, proj in candidates:
         x = proj_inputs.get(id(proj))
         if x is not None and x.shape[-1] == width and torch.equal(x.reshape(-1, width), flat):
-            return rel, isinstance(proj, Conv1D)
+            return rel, isinstance(proj, Conv1D), None
+    norms = [(n, m) for n, m in module.named_modules() if n and _is_norm(m)]
+    for norm_rel, norm in norms:
+        normed = outputs.get(id(norm))
+        if normed is None or normed.shape[-1] != width or not _norm_of(norm, flat, normed.reshape(-1, width)):
+            continue
+        for rel, proj in candidates:
+            x = proj_inputs.get(id(proj))
+            if x is not None and x.shape[-1] == width and torch.equal(x.reshape(-1, width), normed.reshape(-1, width)):
+                return rel, isinstance(proj, Conv1D), norm_rel
     raise StructureError(
         f"{model_type}: no nn.Linear or Conv1D inside {names[id(module)]!r} reads the attention output unchanged "
         f"(candidates: {[n for n, _ in candidates]}); a gate or another step between the attention and the "
         "output projection is not supported")
+
+
+def _norm_of(norm: nn.Module, x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Whether ``norm(x)`` is ``y`` (the traced pass recorded only outputs, so the norm is rerun)."""
+    try:
+        return bool(torch.allclose(norm(x), y, atol=1e-6, rtol=1e-5))
+    except Exception:  # a norm that wants another shape is not this one
+        return False
 
 
 def _final_norm(model_type, model, names, blocks, outputs, head_input) -> str:
@@ -267,19 +305,39 @@ def _final_norm(model_type, model, names, blocks, outputs, head_input) -> str:
     return best
 
 
-def _mlp(model_type, block, attn_path) -> str | None:
-    """The block's one child with parameters that is neither the attention nor a norm."""
+def _mlp(model_type, block, attn_path, d_model: int) -> tuple[str | None, str | None]:
+    """The block's MLP as (input end, output end): the paths of the modules that read the MLP's
+    input and write its output.
+
+    Usually one child with parameters that is neither the attention nor a norm (both ends
+    are that child). OPT-style blocks hold the MLP's two projections straight on the block
+    (``fc1``, ``fc2``): then the projection that reads the residual width is the input end
+    and the one that writes it, the output end.
+    """
     attn_child = attn_path.split(".")[0]
     rest = [n for n, m in block.named_children()
             if n != attn_child and not _is_norm(m) and any(True for _ in m.parameters())]
     if not rest:
-        return None
-    if len(rest) > 1:
-        named = [n for n in rest if any(k in n.lower() for k in ("mlp", "feed_forward", "ffn", "moe"))]
-        if len(named) != 1:
-            raise StructureError(f"{model_type}: cannot tell which child of a block is the MLP among {rest}")
-        return named[0]
-    return rest[0]
+        return None, None
+    if len(rest) == 1:
+        return rest[0], rest[0]
+    named = [n for n in rest if any(k in n.lower() for k in ("mlp", "feed_forward", "ffn", "moe"))]
+    if len(named) == 1:
+        return named[0], named[0]
+    projections = {n: getattr(block, n) for n in rest if _is_projection(getattr(block, n))}
+    if len(projections) == 2 == len(rest):
+        widths = {n: _in_out(m) for n, m in projections.items()}
+        first = [n for n, (i, o) in widths.items() if i == d_model and o != d_model]
+        last = [n for n, (i, o) in widths.items() if o == d_model and i != d_model]
+        if len(first) == 1 and len(last) == 1:
+            return first[0], last[0]
+    raise StructureError(f"{model_type}: cannot tell which child of a block is the MLP among {rest}")
+
+
+def _in_out(m: nn.Module) -> tuple[int, int]:
+    """(input width, output width) of an nn.Linear or a GPT-2 Conv1D (weight [d_in, d_out])."""
+    w = m.weight
+    return (w.shape[1], w.shape[0]) if isinstance(m, nn.Linear) else (w.shape[0], w.shape[1])
 
 
 def _keep(store: dict, key, value) -> None:

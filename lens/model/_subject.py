@@ -46,7 +46,8 @@ class Subject:
         self.n_heads: int = self.arch.n_heads
         self.n_kv_heads: int = self.arch.n_kv_heads
         self.d_model: int = self.model.get_input_embeddings().weight.shape[-1]
-        self.d_head: int = self.arch.d_head
+        self.d_head: int = self.arch.d_head  # query and key head size
+        self.d_v: int = self.arch.d_v  # value head size = a head's output, what head edits and patching act on
         n_ctx = next((getattr(cfg, k) for k in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length")
                       if isinstance(getattr(cfg, k, None), int)), None)
         if n_ctx is None:
@@ -58,7 +59,7 @@ class Subject:
     def __repr__(self) -> str:
         return (
             f"Subject({self.name!r}: {self.n_layers} layers x {self.n_heads} heads "
-            f"({self.n_kv_heads} kv), d_model={self.d_model}, d_head={self.d_head}, "
+            f"({self.n_kv_heads} kv), d_model={self.d_model}, d_head={self.d_head}{f', d_v={self.d_v}' if self.d_v != self.d_head else ''}, "
             f"n_ctx={self.n_ctx}, prepends_bos={self.prepends_bos})"
         )
 
@@ -109,6 +110,11 @@ class Subject:
     def o_proj(self, layer: int) -> torch.nn.Module:
         """The output projection that reads layer ``layer``'s attention output (per-head slices)."""
         return get_path(self.attn_module(layer), self.arch.o_proj)
+
+    def head_site(self, layer: int) -> torch.nn.Module:
+        """The module whose input is layer ``layer``'s head outputs side by side, ``[..., n_heads * d_v]``:
+        the output projection, or the norm in front of it (BitNet). Head reads and patches hook its input."""
+        return get_path(self.attn_module(layer), self.arch.attn_out_norm or self.arch.o_proj)
 
     def layer_of(self, module: torch.nn.Module) -> int | None:
         """The layer whose attention module ``module`` is (None for any other module)."""

@@ -86,7 +86,7 @@ def probe_heads(subject, tokens: torch.Tensor, labels, *, lengths: torch.Tensor 
     z = head_outputs(subject, tokens, lengths=lengths)
     seq, pos, y = token_rows(labels, lengths)
     types = tokens[seq, pos].numpy()
-    dh = subject.d_head
+    dh = subject.d_v
     rows = []
     for layer, head in heads:
         x = z[layer][seq, pos][:, head * dh:(head + 1) * dh]

@@ -62,7 +62,7 @@ class _Session:
         if n_keys not in self._compiled:
             s = self.subject
             self._compiled[n_keys] = compile_edits(self.edits, n_layers=s.n_layers, n_heads=s.n_heads,
-                                                   d_head=s.d_head, n_keys=n_keys)
+                                                   d_v=s.d_v, n_keys=n_keys)
         return self._compiled[n_keys].get(layer)
 
     def attention_kwargs(self, layer, module, n_keys):
@@ -170,7 +170,7 @@ def _value_norms(subject: Subject, module, value: torch.Tensor, query_mask) -> t
     """||W_O^h v_j|| per head and position, via the Gram matrix W_O^h^T W_O^h (METHODS sec. 2)."""
     o_proj = subject.o_proj(subject.layer_of(module))
     weight = o_proj.weight.detach().float()
-    h, d = subject.n_heads, subject.d_head
+    h, d = subject.n_heads, subject.d_v
     # W_O^h maps the head's d_head slice to d_model: [d_model, d_head] per head.
     w = weight.T if subject.arch.o_proj_conv1d else weight  # [d_model, h*d]
     w = w.reshape(w.shape[0], h, d).permute(1, 0, 2)  # [h, d_model, d]
@@ -244,7 +244,7 @@ def capture(
     patterns: Sequence[tuple[int, int]] | str | None = None,
     pattern_window: tuple[int, int] | None = None,
     resid_layers: Sequence[int] = (),
-    value_norm: bool = True,
+    value_norm: bool | None = None,
     resid_norm: bool = True,
     massive: bool = True,
     edits: Sequence[Edit] = (),
@@ -261,6 +261,8 @@ def capture(
     edits: ``lens.edits`` objects applied during the pass; the statistics describe the edited model.
     backend: "eager", "chunked", "triton" or "auto" (chunked for long inputs on a CPU).
     options: ``kernels.StatOptions`` (sink_k, window, topk, pool_max).
+    value_norm: record ||W_O^h v_j|| (None: wherever it is defined, i.e. unless a norm sits
+    between the attention and the output projection, as in BitNet).
     """
     from lens.kernels import STAT_NAMES, StatOptions
 
@@ -302,6 +304,12 @@ def capture(
 
         options = replace(options, pattern_window=tuple(pattern_window))
 
+    norm_between = subject.arch.attn_out_norm
+    if value_norm and norm_between:
+        raise ValueError(f"{subject.name}: value_norm (||W_O^h v_j||) needs the heads' outputs to reach the output "
+                         f"projection unchanged, but the norm {norm_between!r} sits between them; capture with "
+                         "value_norm=False (the default leaves it out on this model)")
+    value_norm = not norm_between if value_norm is None else bool(value_norm)
     rows = _normalise_inputs(subject, inputs, allow_beyond_context=allow_beyond_context)
     _check_memory(subject, rows, stat_list, patterns, options, resid_layers, value_norm, resid_norm)
     batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
@@ -358,7 +366,7 @@ def capture(
     tokens = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)
     meta = {
         "model": subject.name, "source": subject.source, "n_layers": subject.n_layers, "n_heads": subject.n_heads,
-        "n_kv_heads": subject.n_kv_heads, "d_head": subject.d_head, "d_model": subject.d_model,
+        "n_kv_heads": subject.n_kv_heads, "d_head": subject.d_head, "d_v": subject.d_v, "d_model": subject.d_model,
         "prepends_bos": subject.prepends_bos, "backend": backend, "backends_run": sorted(ran),
         "device": str(subject.device), "dtype": str(subject.model.dtype).removeprefix("torch."), "stats": stat_list,
         "options": _options_dict(options), "edits": [repr(e) for e in edits], "pattern_window": options.pattern_window,

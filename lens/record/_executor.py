@@ -178,6 +178,8 @@ class RayExecutor:
     def _lost(self, sent: dict[int, Any]) -> list[int]:
         """The jobs among ``sent`` that finished by losing their actor (for the error message)."""
         ray = self.ray
+        if not sent:
+            return []
         ready, _ = ray.wait(list(sent.values()), num_returns=len(sent), timeout=0, fetch_local=False)
         ready = set(ready)
         lost = []
