@@ -487,7 +487,9 @@ for name, f in final.items():
 # The claims of this notebook, checked: CI fails if they stop holding.
 assert int(final["plain"]["collapsed"].sum()) >= 4, "the plain run should collapse"
 assert int(final["sigmaReparam"]["collapsed"].sum()) == 0, "sigmaReparam should prevent the collapse"
-assert final["sigmaReparam"]["entropy_norm"].mean() > 0.5 > 0.1 > final["plain"]["entropy_norm"].mean()
+# After the collapse the plain run is chaotic: its mean normalised entropy at step 300 lands between
+# 0.08 and 0.13 with the BLAS build and thread count; the claim is the gap, not the third decimal.
+assert final["sigmaReparam"]["entropy_norm"].mean() > 0.5 > 0.2 > final["plain"]["entropy_norm"].mean()
 loss = table.set_index(["run", "step"])["held-out loss"]
 assert loss["sigmaReparam", STEPS] < loss["plain", STEPS] - 0.05, "sigmaReparam should keep learning"
 """),

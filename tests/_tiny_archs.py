@@ -92,6 +92,18 @@ def _archs() -> list[TinyArch]:
         TinyArch("opt", lambda: _cfg("OPTConfig", ffn_dim=40, word_embed_proj_dim=48, num_key_value_heads=4),
                  ("MLP projections on the block (fc1, fc2)",)),
         TinyArch("bitnet", lambda: _cfg("BitNetConfig"), ("a norm between attention and o_proj",)),
+        TinyArch("qwen3_next", lambda: _cfg("Qwen3NextConfig", head_dim=12, num_hidden_layers=4,
+                                            layer_types=["linear_attention", "full_attention"] * 2,
+                                            linear_num_value_heads=4, linear_num_key_heads=2,
+                                            linear_key_head_dim=8, linear_value_head_dim=8, num_experts=3,
+                                            num_experts_per_tok=2, moe_intermediate_size=20,
+                                            shared_expert_intermediate_size=20),
+                 ("hybrid: attention in blocks 1 and 3 (linear attention between)", "output gate", "MoE")),
+        TinyArch("jamba", lambda: _cfg("JambaConfig", num_hidden_layers=4, attn_layer_period=2, attn_layer_offset=1,
+                                       num_experts=2, num_experts_per_tok=1, expert_layer_period=2,
+                                       expert_layer_offset=1, mamba_d_state=4, mamba_d_conv=2, mamba_expand=1,
+                                       mamba_dt_rank=4),
+                 ("hybrid: attention in blocks 1 and 3 (Mamba between)", "MoE")),
     ]
 
 

@@ -130,7 +130,8 @@ def test_structure_is_discovered_and_routed_logits_equal_stock(arch):
         s = subject(arch)
         assert arch not in lens.model._arch.OVERRIDES
         assert s.model.config._attn_implementation == "eager"
-        assert (s.n_layers, s.n_heads, s.d_head) == (3, 4, 12)
+        assert (s.n_layers, s.n_heads, s.d_head) == (s.model.config.num_hidden_layers, 4, 12)
+        assert s.arch.hybrid == ("hybrid" in " ".join(ARCHS[arch].features))
         windowed = any("sliding" in f or "local" in f for f in ARCHS[arch].features)
         assert (WINDOW in s.arch.sliding_window) == windowed  # found in the traced pass, per layer
         _, ids, mask = inputs()

@@ -228,7 +228,7 @@ def test_edits_on_heads_that_do_not_exist_fail_before_the_model_runs(tiny_llama)
                        (ScaleAttention(layer=3, factor=2.0), "layer 3 does not exist"),
                        (CalibrateSinks(layer=0, head=[1, 17]), "head 17 does not exist"),
                        (SteerResidual(layer=9, vector=torch.ones(s.d_model)), "layer 9 does not exist"),
-                       (AblateHead(layer=0, head=1, mean=(0.0,) * 5), "d_head=14")):
+                       (AblateHead(layer=0, head=1, mean=(0.0,) * 5), "d_v=14")):
         with pytest.raises(ValueError, match=match):
             with s.edited(bad):
                 pytest.fail("the block must not run")

@@ -37,5 +37,6 @@ def analyze(capture: Capture, *, only: list[str] | None = None, **params: dict) 
             continue
         found[name] = fn(capture, **params.get(name, {}))
     meta = {"model": capture.meta.get("model", "?"), "n_inputs": capture.n_inputs, "T": seq_len_param(capture),
-            "n_layers": capture.n_layers, "n_heads": capture.n_heads, "edits": capture.meta.get("edits", [])}
+            "n_layers": capture.n_layers, "blocks": list(capture.blocks), "n_blocks": capture.n_blocks,
+            "n_heads": capture.n_heads, "edits": capture.meta.get("edits", [])}
     return Atlas(found, skipped, meta)

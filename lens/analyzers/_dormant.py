@@ -17,7 +17,8 @@ import pandas as pd
 import torch
 
 from lens.record._data import Capture
-from lens.analyzers._common import head_frame, later_queries, masked_mean, need, same_shape, seq_len_param
+from lens.analyzers._common import (block_numbers, capture_heads, head_frame, later_queries, masked_mean, need,
+                                    same_shape, seq_len_param)
 from lens.analyzers._findings import Findings
 
 __all__ = ["dormant_heads", "dormant_inputs", "dormant_tokens", "sink_scores"]
@@ -65,14 +66,15 @@ def dormant_inputs(*captures: Capture, tau: float = 0.5, queries: Queries = None
     e.g. the trigger positions of a Bigram-Backcopy input. Rows where no query is selected
     have ``sink_score`` NaN and ``state`` "none".
     """
-    n_layers, n_heads = same_shape(captures, "dormant_inputs")
+    same_shape(captures, "dormant_inputs")
     frames = []
     for c, (cap, q) in enumerate(zip(captures, _per_capture(queries, len(captures)))):
         s = sink_scores(cap, q)  # [b, L, H]
         b, layer, head = torch.meshgrid(*(torch.arange(n) for n in s.shape), indexing="ij")
         flat = s.flatten()
         state = ["none" if v != v else "dormant" if v >= tau else "active" for v in flat.tolist()]
-        frames.append(pd.DataFrame({"capture": c, "input": b.flatten().numpy(), "layer": layer.flatten().numpy(),
+        frames.append(pd.DataFrame({"capture": c, "input": b.flatten().numpy(),
+                                    "layer": block_numbers(cap, layer.flatten()).numpy(),
                                     "head": head.flatten().numpy(), "sink_score": flat.numpy(), "state": state}))
     frame = pd.concat(frames, ignore_index=True)
     frame["dormant"] = frame["state"] == "dormant"
@@ -91,12 +93,12 @@ def dormant_heads(*captures: Capture, tau: float = 0.5, queries: Queries = None)
     (it switches between inputs). Pass several Captures (or one with many inputs): the
     state is over all their inputs.
     """
-    n_layers, n_heads = same_shape(captures, "dormant_heads")
+    layers, n_heads = same_shape(captures, "dormant_heads")
     parts = [dormant_partial(c, tau=tau, queries=q) for c, q in zip(captures, _per_capture(queries, len(captures)))]
     part = {k: sum(p[k] for p in parts) for k in parts[0]}
     params = {"tau": tau, "queries": "all i >= 1" if queries is None else "selected",
               "T": [seq_len_param(c) for c in captures], "loss_check": "not run (lens.experiments._model_checks.confirm_dormant)"}
-    return dormant_finish(part, params=params, n_layers=n_layers, n_heads=n_heads)
+    return dormant_finish(part, params=params, layers=layers, n_heads=n_heads)
 
 
 def dormant_partial(capture: Capture, *, tau: float = 0.5, queries: torch.Tensor | None = None) -> dict:
@@ -107,18 +109,18 @@ def dormant_partial(capture: Capture, *, tau: float = 0.5, queries: torch.Tensor
             "dormant": (valid & (s >= tau)).sum(0)}
 
 
-def dormant_finish(part: dict, *, params: dict, n_layers: int, n_heads: int) -> Findings:
+def dormant_finish(part: dict, *, params: dict, layers: Sequence[int], n_heads: int) -> Findings:
     """The ``dormant_heads`` Findings from (summed) ``dormant_partial`` results."""
     tau = params["tau"]
     count = part["count"].double()
     nan = torch.full_like(count, float("nan"))
-    frame = head_frame(n_layers, n_heads, sink_score=torch.where(count > 0, part["sum"] / count.clamp(min=1), nan),
+    frame = head_frame(layers, n_heads, sink_score=torch.where(count > 0, part["sum"] / count.clamp(min=1), nan),
                        dormant_share=torch.where(count > 0, part["dormant"] / count.clamp(min=1), nan))
     share = frame["dormant_share"]
     frame["state"] = ["none" if v != v else "dormant" if v == 1 else "active" if v == 0 else "active-dormant"
                       for v in share]
     counts = frame["state"].value_counts().to_dict()
-    params = dict(params, n_inputs=int(part["count"].sum()) // max(1, n_layers * n_heads))
+    params = dict(params, n_inputs=int(part["count"].sum()) // max(1, len(frame)))
     summary = {"n_dormant": int(counts.get("dormant", 0)), "n_active": int(counts.get("active", 0)),
                "n_active_dormant": int(counts.get("active-dormant", 0)),
                "active_dormant_heads": [[int(r.layer), int(r.head)] for r in frame.itertuples()
@@ -136,21 +138,18 @@ def dormant_tokens(capture: Capture, *, tau: float = 0.5, heads: Sequence[tuple[
     captured), state. On Bigram-Backcopy the sink head is active exactly at trigger tokens.
     """
     need(capture, "sink_mass", analyzer="dormant_tokens")
-    heads = [(l, h) for l in range(capture.n_layers) for h in range(capture.n_heads)] if heads is None else list(heads)
-    bad = [(l, h) for l, h in heads if not (0 <= l < capture.n_layers and 0 <= h < capture.n_heads)]
-    if bad:
-        raise ValueError(f"dormant_tokens: no head {bad} in this capture "
-                         f"(layers 0..{capture.n_layers - 1}, heads 0..{capture.n_heads - 1})")
+    heads = capture_heads(capture, heads, "dormant_tokens")
     mask = later_queries(capture)
     b_idx, p_idx = torch.nonzero(mask, as_tuple=True)
     frames = []
     for layer, head in heads:
-        sink = capture.stats["sink_mass"][b_idx, layer, head, p_idx]
+        li = capture.layer_index(layer)
+        sink = capture.stats["sink_mass"][b_idx, li, head, p_idx]
         data = {"input": b_idx.numpy(), "layer": layer, "head": head, "pos": p_idx.numpy(),
                 "token": [capture.str_tokens[b][p] for b, p in zip(b_idx.tolist(), p_idx.tolist())],
                 "sink_mass": sink.numpy()}
         if "prev_token" in capture.stats:
-            data["prev_token"] = capture.stats["prev_token"][b_idx, layer, head, p_idx].numpy()
+            data["prev_token"] = capture.stats["prev_token"][b_idx, li, head, p_idx].numpy()
         frames.append(pd.DataFrame(data))
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if len(frame):

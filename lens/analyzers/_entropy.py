@@ -48,20 +48,20 @@ def entropy(capture: Capture, *, collapse_below: float = 0.05) -> Findings:
     paper gives none, METHODS sec 3).
     """
     return entropy_finish(entropy_partial(capture), collapse_below=collapse_below, T=seq_len_param(capture),
-                          n_layers=capture.n_layers, n_heads=capture.n_heads)
+                          layers=capture.blocks, n_heads=capture.n_heads)
 
 
-def entropy_finish(part: dict, *, collapse_below: float, T, n_layers: int, n_heads: int) -> Findings:
+def entropy_finish(part: dict, *, collapse_below: float, T, layers: Sequence[int], n_heads: int) -> Findings:
     """The ``entropy`` Findings from (summed) ``entropy_partial`` results."""
     raw, norm = _entropy_means(part)
     collapsed = norm < collapse_below
-    frame = head_frame(n_layers, n_heads, entropy=raw, entropy_norm=norm, collapsed=collapsed)
+    frame = head_frame(layers, n_heads, entropy=raw, entropy_norm=norm, collapsed=collapsed)
     n = int(collapsed.sum())
     params = {"collapse_below": collapse_below, "T": T, "queries": "real i >= 1"}
     summary = {"n_collapsed": n, "mean_entropy": float(raw.mean()), "mean_entropy_norm": float(norm.mean()),
                "per_layer_norm": norm.mean(1).tolist()}
     text = (f"mean {float(raw.mean()):.2f} nats (normalised {float(norm.mean()):.2f}); {n} collapsed head(s) "
-            f"(normalised < {collapse_below:g}); sharpest: {top_heads(norm, largest=False)}")
+            f"(normalised < {collapse_below:g}); sharpest: {top_heads(norm, largest=False, layers=layers)}")
     return Findings("entropy", frame, params, level="head", summary=summary, text=text)
 
 
@@ -75,7 +75,7 @@ def entropy_series(captures: Sequence[Capture], *, labels: Sequence | None = Non
     labels: one per capture (default 0, 1, 2, ...), e.g. training steps.
     """
     captures = list(captures)
-    n_layers, n_heads = same_shape(captures, "entropy_series")
+    layers, n_heads = same_shape(captures, "entropy_series")
     labels = list(range(len(captures))) if labels is None else list(labels)
     if len(labels) != len(captures):
         raise ValueError(f"got {len(labels)} labels for {len(captures)} captures")
@@ -86,7 +86,7 @@ def entropy_series(captures: Sequence[Capture], *, labels: Sequence | None = Non
     frames = []
     for label, (raw, norm) in zip(labels, per):
         ratio = raw / base
-        f = head_frame(n_layers, n_heads, entropy=raw, entropy_norm=norm, ratio=ratio,
+        f = head_frame(layers, n_heads, entropy=raw, entropy_norm=norm, ratio=ratio,
                        collapsed=(norm < collapse_below) | (ratio < drop_to))
         f.insert(0, "checkpoint", label)
         frames.append(f)

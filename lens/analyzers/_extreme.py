@@ -9,6 +9,7 @@ larger than elsewhere (a peak), carried by a few huge hidden dimensions (massive
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 
 import pandas as pd
 import torch
@@ -43,7 +44,7 @@ def value_drains(capture: Capture, *, drain_below: float = 0.3) -> Findings:
     """
     need(capture, "value_norm", analyzer="value_drains")
     return drains_finish(drains_partial(capture), drain_below=drain_below, T=seq_len_param(capture),
-                         n_layers=capture.n_layers, n_heads=capture.n_heads)
+                         layers=capture.blocks, n_heads=capture.n_heads)
 
 
 def drains_partial(capture: Capture) -> dict:
@@ -53,15 +54,15 @@ def drains_partial(capture: Capture) -> dict:
     return {"n": int(keep.sum()), "sum": ratio.sum(0)}
 
 
-def drains_finish(part: dict, *, drain_below: float, T, n_layers: int, n_heads: int) -> Findings:
-    per_head = part["sum"] / part["n"] if part["n"] else torch.full((n_layers, n_heads), float("nan"),
+def drains_finish(part: dict, *, drain_below: float, T, layers: Sequence[int], n_heads: int) -> Findings:
+    per_head = part["sum"] / part["n"] if part["n"] else torch.full((len(layers), n_heads), float("nan"),
                                                                      dtype=torch.double)
-    frame = head_frame(n_layers, n_heads, value_drain=per_head, drain=per_head < drain_below)
+    frame = head_frame(layers, n_heads, value_drain=per_head, drain=per_head < drain_below)
     n_drain = int((per_head < drain_below).sum())
     params = {"drain_below": drain_below, "T": T, "n_inputs": part["n"]}
     summary = {"n_drain_heads": n_drain, "min_ratio": float(per_head.min()), "median_ratio": float(per_head.median())}
     text = (f"{n_drain} head(s) with value-drain ratio < {drain_below:g}; "
-            f"smallest: {top_heads(per_head, largest=False)}")
+            f"smallest: {top_heads(per_head, largest=False, layers=layers)}")
     return Findings("value_drains", frame, params, level="head", summary=summary, text=text)
 
 
@@ -73,7 +74,7 @@ def residual_peaks(capture: Capture, *, peak_above: float = 2.0) -> Findings:
     """
     need(capture, "resid_norm", analyzer="residual_peaks")
     return peaks_finish(peaks_partial(capture), peak_above=peak_above, T=seq_len_param(capture),
-                        n_layers=capture.n_layers)
+                        n_layers=capture.n_blocks)
 
 
 def peaks_partial(capture: Capture) -> dict:
@@ -126,7 +127,7 @@ def massive_activations(capture: Capture, *, min_abs: float = 100.0, min_ratio: 
         return Findings("massive_activations", frame, params, level="entry",
                         summary={"n_massive": int(massive.sum())})
     part = massive_partial(capture, min_abs=min_abs, min_ratio=min_ratio)
-    return massive_finish(part, params=params, n_layers=capture.n_layers)
+    return massive_finish(part, params=params, n_layers=capture.n_blocks)
 
 
 def massive_partial(capture: Capture, *, min_abs: float = 100.0, min_ratio: float = 1000.0) -> dict:
@@ -140,7 +141,7 @@ def massive_partial(capture: Capture, *, min_abs: float = 100.0, min_ratio: floa
     part = {"top_val": [val[:, :, 0]], "top_dim": [dim[:, :, 0]], "top_pos": [pos[:, :, 0]], "med": [med],
             "hit": massive.any(-1).double().sum(0), "dims": {}, "positions": {}, "tokens": {},
             "all_dims": Counter(dim[massive].tolist()), "all_pos": Counter(pos[massive].tolist())}
-    for layer in range(capture.n_layers):
+    for layer in range(capture.n_blocks):  # residual statistics: one entry per block
         hit_b, hit_r = torch.nonzero(massive[:, layer], as_tuple=True)
         hits = list(zip(hit_b.tolist(), hit_r.tolist()))
         part["dims"][layer] = {int(dim[b, layer, r]) for b, r in hits}

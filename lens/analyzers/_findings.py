@@ -113,8 +113,12 @@ class Atlas:
 
     def __str__(self) -> str:
         m = self.meta
+        blocks, n_blocks = m.get("blocks"), m.get("n_blocks")
+        layers = (f"{n_blocks} layers (attention in blocks {blocks})"
+                  if blocks is not None and n_blocks is not None and len(blocks) != n_blocks
+                  else f"{m.get('n_layers', '?')} layers")
         lines = [f"Atlas of {m.get('model', '?')}: {m.get('n_inputs', '?')} input(s), T = {m.get('T', '?')}, "
-                 f"{m.get('n_layers', '?')} layers x {m.get('n_heads', '?')} heads"]
+                 f"{layers} x {m.get('n_heads', '?')} heads"]
         width = max([len(n) + 2 for n in (*self.findings, *self.skipped)] + [16])  # names line up, then one space
         for f in self.findings.values():
             if f.text:

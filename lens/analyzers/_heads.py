@@ -19,6 +19,8 @@ The retrieval score (needle in a haystack) drives generation and lives in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from lens.record._data import Capture
@@ -82,10 +84,10 @@ def head_types(capture: Capture, *, exclude_bos: bool = False, exclude_diag: boo
     """
     part = head_types_partial(capture, exclude_bos=exclude_bos, exclude_diag=exclude_diag)
     return head_types_finish(part, exclude_bos=exclude_bos, exclude_diag=exclude_diag, T=seq_len_param(capture),
-                             n_layers=capture.n_layers, n_heads=capture.n_heads)
+                             layers=capture.blocks, n_heads=capture.n_heads)
 
 
-def head_types_finish(part: dict, *, exclude_bos: bool, exclude_diag: bool, T, n_layers: int,
+def head_types_finish(part: dict, *, exclude_bos: bool, exclude_diag: bool, T, layers: Sequence[int],
                       n_heads: int) -> Findings:
     """The ``head_types`` Findings from (summed) ``head_types_partial`` results (mean over inputs)."""
     names = list(SCORES)
@@ -93,7 +95,7 @@ def head_types_finish(part: dict, *, exclude_bos: bool, exclude_diag: bool, T, n
     for name in names:
         n = part[f"{name}_n"].double()
         scores[name] = torch.where(n > 0, part[name] / n.clamp(min=1), torch.full_like(n, float("nan")))
-    frame = head_frame(n_layers, n_heads, **scores)
+    frame = head_frame(layers, n_heads, **scores)
     params = {"exclude_bos": exclude_bos, "exclude_diag": exclude_diag, "T": T,
               "score": "mul: sum(A*P)/sum(A) per input, mean over inputs"}
     summary = {}
@@ -101,9 +103,9 @@ def head_types_finish(part: dict, *, exclude_bos: bool, exclude_diag: bool, T, n
     for name in names:
         v = scores[name]
         i = int(torch.nan_to_num(v, nan=-1.0).reshape(-1).argmax())
-        summary[f"top_{name}"] = [i // n_heads, i % n_heads]
+        summary[f"top_{name}"] = [list(layers)[i // n_heads], i % n_heads]
         summary[f"top_{name}_score"] = float(v.reshape(-1)[i])
-        lines.append(f"{name.replace('_token', '')} {top_heads(v, n=2)}")
+        lines.append(f"{name.replace('_token', '')} {top_heads(v, n=2, layers=layers)}")
     return Findings("head_types", frame, params, level="head", summary=summary, text="; ".join(lines))
 
 
@@ -148,9 +150,9 @@ def induction_test(capture: Capture) -> Findings:
     scores = torch.full((capture.n_layers, capture.n_heads), float("nan"), dtype=torch.double)
     source = torch.zeros(capture.n_layers, capture.n_heads, dtype=torch.bool)
     window = capture.meta.get("pattern_window") or (0, capture.tokens.shape[1])
-    for layer in range(capture.n_layers):
+    for layer, block in enumerate(capture.blocks):
         for head in range(capture.n_heads):
-            pat = capture.patterns.get((layer, head))
+            pat = capture.patterns.get((block, head))
             if pat is not None and window[0] <= int(q.min()) and int(q.max()) < window[1]:
                 vals = pat[bi, q - window[0], k].double()
                 source[layer, head] = True
@@ -161,12 +163,12 @@ def induction_test(capture: Capture) -> Findings:
             per_input = torch.zeros(capture.n_inputs, dtype=torch.double).index_add_(0, bi, vals)
             counts = torch.zeros(capture.n_inputs, dtype=torch.double).index_add_(0, bi, torch.ones_like(vals))
             scores[layer, head] = (per_input / counts).mean()
-    frame = head_frame(capture.n_layers, capture.n_heads, induction_test=scores)
+    frame = head_frame(capture.blocks, capture.n_heads, induction_test=scores)
     frame["from_pattern"] = source.reshape(-1).numpy()
     periods = sorted({p for _, p in layouts})
     params = {"periods": periods, "exact": exact or bool(source.all()), "T": seq_len_param(capture)}
     i = int(torch.nan_to_num(scores, nan=-1.0).reshape(-1).argmax())
     summary = {"top_head": [i // capture.n_heads, i % capture.n_heads], "top_score": float(scores.reshape(-1)[i]),
                "per_layer_max": scores.amax(1).tolist()}
-    text = f"induction test (period {periods}): {top_heads(scores, n=3)}"
+    text = f"induction test (period {periods}): {top_heads(scores, n=3, layers=capture.blocks)}"
     return Findings("induction_test", frame, params, level="head", summary=summary, text=text)

@@ -33,6 +33,7 @@ import torch
 
 from lens.record._data import Capture
 from lens.analyzers._common import (
+    capture_heads,
     head_frame,
     later_queries,
     need,
@@ -63,14 +64,17 @@ def distance_mean(part: dict) -> torch.Tensor:
     return torch.where(c > 0, part["sum"] / c.clamp(min=1), torch.full_like(c, float("nan")))
 
 
-def _head_sets(d: torch.Tensor, local_frac: float, global_frac: float) -> tuple[list[Head], list[Head]]:
+def _head_sets(d: torch.Tensor, local_frac: float, global_frac: float,
+               layers: Sequence[int] | None = None) -> tuple[list[Head], list[Head]]:
+    """The local and global heads as (block, head) pairs; ``layers``: the block of each row of ``d``."""
     n_heads = d.shape[1]
+    blocks = list(range(d.shape[0])) if layers is None else list(layers)
     flat = d.reshape(-1)
     n = flat.numel()
     k_local, k_global = (max(1, min(n, round(f * n))) for f in (local_frac, global_frac))
     asc = flat.argsort(stable=True)
     desc = (-flat).argsort(stable=True)
-    as_heads = lambda idx: [(int(i) // n_heads, int(i) % n_heads) for i in idx]  # noqa: E731
+    as_heads = lambda idx: [(blocks[int(i) // n_heads], int(i) % n_heads) for i in idx]  # noqa: E731
     return as_heads(asc[:k_local]), as_heads(desc[:k_global])
 
 
@@ -80,32 +84,34 @@ def head_distance(capture: Capture, *, local_frac: float = 0.1, global_frac: flo
     D^h averages the ``distance`` statistic over real queries t >= 1 of every input.
     """
     return distance_finish(distance_partial(capture), local_frac=local_frac, global_frac=global_frac,
-                           T=seq_len_param(capture), n_layers=capture.n_layers, n_heads=capture.n_heads)
+                           T=seq_len_param(capture), layers=capture.blocks, n_heads=capture.n_heads)
 
 
-def distance_finish(part: dict, *, local_frac: float, global_frac: float, T, n_layers: int,
+def distance_finish(part: dict, *, local_frac: float, global_frac: float, T, layers: Sequence[int],
                     n_heads: int) -> Findings:
     """The ``head_distance`` Findings from (summed) ``distance_partial`` results."""
     d = distance_mean(part)
-    local, glob = _head_sets(d, local_frac, global_frac)
-    role = [[""] * n_heads for _ in range(n_layers)]
+    layers = list(layers)
+    local, glob = _head_sets(d, local_frac, global_frac, layers)
+    role = {(l, h): "" for l in layers for h in range(n_heads)}
     for l, h in glob:
-        role[l][h] = "global"
+        role[l, h] = "global"
     for l, h in local:
-        role[l][h] = "local"
-    frame = head_frame(n_layers, n_heads, distance=d)
-    frame["role"] = [r for row in role for r in row]
+        role[l, h] = "local"
+    frame = head_frame(layers, n_heads, distance=d)
+    frame["role"] = list(role.values())
     params = {"local_frac": local_frac, "global_frac": global_frac, "T": T}
     summary = {"local_heads": [list(h) for h in local], "global_heads": [list(h) for h in glob],
                "mean_distance": float(d.mean())}
     text = (f"D^h from {float(d.min()):.1f} to {float(d.max()):.1f}; local {len(local)} head(s) "
-            f"(D <= {float(d[local[-1]]):.1f}), global {len(glob)} (D >= {float(d[glob[-1]]):.1f})")
+            f"(D <= {float(d[layers.index(local[-1][0]), local[-1][1]]):.1f}), global {len(glob)} "
+            f"(D >= {float(d[layers.index(glob[-1][0]), glob[-1][1]]):.1f})")
     return Findings("head_distance", frame, params, level="head", summary=summary, text=text)
 
 
-def _mean_over_heads(x: torch.Tensor, heads: Sequence[Head]) -> torch.Tensor:
-    """[b, L, H, pos] -> [b, pos]: mean over the given heads."""
-    idx_l = torch.tensor([l for l, _ in heads])
+def _mean_over_heads(x: torch.Tensor, heads: Sequence[Head], capture: Capture) -> torch.Tensor:
+    """[b, L, H, pos] -> [b, pos]: mean over the given (block, head) pairs."""
+    idx_l = torch.tensor([capture.layer_index(l) for l, _ in heads])
     idx_h = torch.tensor([h for _, h in heads])
     return x[:, idx_l, idx_h, :].double().mean(1)
 
@@ -114,11 +120,7 @@ def _check_heads(heads: Sequence[Head], capture: Capture, what: str) -> list[Hea
     out = [(int(l), int(h)) for l, h in heads]
     if not out:
         raise ValueError(f"{what} is empty")
-    for l, h in out:
-        if not (0 <= l < capture.n_layers and 0 <= h < capture.n_heads):
-            raise ValueError(f"{what}: head ({l}, {h}) does not exist "
-                             f"({capture.n_layers} layers x {capture.n_heads} heads)")
-    return out
+    return capture_heads(capture, out, what)
 
 
 def preplan_anchor(capture: Capture, *, local_frac: float = 0.1, global_frac: float = 0.1,
@@ -133,7 +135,7 @@ def preplan_anchor(capture: Capture, *, local_frac: float = 0.1, global_frac: fl
     """
     need(capture, "waad", "received", "diag_mass", analyzer="preplan_anchor")
     if local_heads is None or global_heads is None:
-        found_local, found_global = _head_sets(_distance(capture), local_frac, global_frac)
+        found_local, found_global = _head_sets(_distance(capture), local_frac, global_frac, capture.blocks)
         local_heads = found_local if local_heads is None else local_heads
         global_heads = found_global if global_heads is None else global_heads
     local_heads = _check_heads(local_heads, capture, "local_heads")
@@ -151,8 +153,8 @@ def preplan_rows(capture: Capture, local_heads: Sequence[Head], global_heads: Se
                  anchor_frac: float, peak_std: float, skip_first: bool, offset: int = 0) -> dict:
     """The per-token rows of ``preplan_anchor`` for given head sets (inputs numbered from ``offset``),
     with the anchor, coupled and chance counts; results for several shards add up (rows concatenate)."""
-    waad = _mean_over_heads(capture.stats["waad"], local_heads)  # [b, pos]
-    col = _mean_over_heads(capture.stats["received"] - capture.stats["diag_mass"], global_heads)
+    waad = _mean_over_heads(capture.stats["waad"], local_heads, capture)  # [b, pos]
+    col = _mean_over_heads(capture.stats["received"] - capture.stats["diag_mass"], global_heads, capture)
     n_pos = capture.tokens.shape[1]
     later = (capture.lengths[:, None] - 1 - torch.arange(n_pos)[None]).double()  # T - 1 - s
     fai = torch.where(later > 0, col / later.clamp(min=1), torch.full_like(col, float("nan")))

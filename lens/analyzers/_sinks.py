@@ -10,12 +10,13 @@ that really see the key, which is what "mean over the queries that can see it" m
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 
 import pandas as pd
 import torch
 
 from lens.record._data import Capture
-from lens.analyzers._common import head_frame, need, real, seq_len_param, top_heads
+from lens.analyzers._common import block_numbers, head_frame, need, real, seq_len_param, top_heads
 from lens.analyzers._findings import Findings
 
 __all__ = ["hidden_sinks", "sink_rate"]
@@ -42,7 +43,7 @@ def sink_rate(capture: Capture, *, k: int = 1, eps: float = 0.3) -> Findings:
     """
     need(capture, "received", "visible", analyzer="sink_rate")
     part = sink_partial(capture, k=k, eps=eps)
-    return sink_finish(part, k=k, eps=eps, T=seq_len_param(capture), n_layers=capture.n_layers,
+    return sink_finish(part, k=k, eps=eps, T=seq_len_param(capture), layers=capture.blocks,
                        n_heads=capture.n_heads)
 
 
@@ -61,15 +62,15 @@ def sink_partial(capture: Capture, *, k: int = 1, eps: float = 0.3) -> dict:
     return part
 
 
-def sink_finish(part: dict, *, k: int, eps: float, T, n_layers: int, n_heads: int) -> Findings:
+def sink_finish(part: dict, *, k: int, eps: float, T, layers: Sequence[int], n_heads: int) -> Findings:
     """The ``sinks`` Findings from (summed) ``sink_partial`` results."""
     j, n = k - 1, part["n"]
     if n == 0:
         raise ValueError(f"no input has {k} tokens: Sink_{k} is undefined")
     per_head_alpha = part["alpha"] / n
     per_head_rate = 100 * part["over"] / n
-    overall = float(100 * part["over"].sum() / (n * n_layers * n_heads))
-    mean_alpha = float(part["alpha"].sum() / (n * n_layers * n_heads))
+    overall = float(100 * part["over"].sum() / (n * len(layers) * n_heads))
+    mean_alpha = float(part["alpha"].sum() / (n * len(layers) * n_heads))
     params = {"k": k, "eps": eps, "T": T, "n_inputs": n, "reference_T": 64}
     columns = {"sink_alpha": per_head_alpha, "sink_rate": per_head_rate}
     sink_head = per_head_alpha > eps
@@ -80,17 +81,17 @@ def sink_finish(part: dict, *, k: int, eps: float, T, n_layers: int, n_heads: in
         columns["learned_sink_mass"] = learned
         sink_head = sink_head | (learned > eps)
     columns["sink_head"] = sink_head
-    frame = head_frame(n_layers, n_heads, **columns)
+    frame = head_frame(layers, n_heads, **columns)
     per_layer = (100 * part["over"].sum(1) / (n * n_heads)).tolist()
     summary = {"sink_rate": overall, "mean_alpha": mean_alpha, "per_layer_rate": per_layer,
                "sink_heads": int(sink_head.sum())}
     text = (f"Sink_{k}^{eps:g} = {overall:.1f}% (mean alpha_{j} = {mean_alpha:.3f}; "
             f"T = {T}, METHODS uses T = 64)\n"
-            f"strongest: {top_heads(per_head_alpha)}")
+            f"strongest: {top_heads(per_head_alpha, layers=layers)}")
     if learned is not None:
         summary["mean_learned_sink_mass"] = float(learned.mean())
         text += (f"\nlearned sinks: mean mass {float(learned.mean()):.3f}; "
-                 f"{int((learned > eps).sum())} head(s) over {eps:g}; strongest: {top_heads(learned)}")
+                 f"{int((learned > eps).sum())} head(s) over {eps:g}; strongest: {top_heads(learned, layers=layers)}")
     return Findings("sinks", frame, params, level="head", summary=summary, text=text)
 
 
@@ -124,8 +125,9 @@ def hidden_sinks(capture: Capture, *, theta: float = 0.1, scale: float | None = 
     kind = ["first" if f else "hidden" for f in (pos == first[b, layer, head]).tolist()]
     tokens = [capture.str_tokens[i][p] if p < len(capture.str_tokens[i]) else ""
               for i, p in zip(b.tolist(), pos.tolist())]
-    frame = pd.DataFrame({"input": b.numpy(), "layer": layer.numpy(), "head": head.numpy(), "pos": pos.numpy(),
-                          "token": tokens, "score": c[b, layer, head, pos].double().numpy(), "kind": kind})
+    frame = pd.DataFrame({"input": b.numpy(), "layer": block_numbers(capture, layer).numpy(), "head": head.numpy(),
+                          "pos": pos.numpy(), "token": tokens, "score": c[b, layer, head, pos].double().numpy(),
+                          "kind": kind})
     n_pairs = capture.n_inputs * capture.n_layers * capture.n_heads
     params = {"theta": theta, "scale": scale, "min_queries": min_queries, "T": seq_len_param(capture)}
     return hidden_finish(frame, n_pairs=n_pairs, params=params)

@@ -131,9 +131,10 @@ def _partial(name: str, cap: Capture, offset: int, p: dict):
     raise AssertionError(name)
 
 
-def _finish(name: str, part, p: dict, T, L: int, H: int) -> Findings:
+def _finish(name: str, part, p: dict, T, L: tuple[int, ...], H: int, n_blocks: int) -> Findings:
+    """One analyzer's Findings from its merged partials; ``L``: the blocks with attention, ``n_blocks``: all."""
     if name == "sinks":
-        return sink_finish(part, k=p["k"], eps=p["eps"], T=T, n_layers=L, n_heads=H)
+        return sink_finish(part, k=p["k"], eps=p["eps"], T=T, layers=L, n_heads=H)
     if name == "hidden_sinks":
         frame = pd.concat(part["frames"], ignore_index=True)
         params = {"theta": p["theta"], "scale": p["scale"], "min_queries": p["min_queries"], "T": T}
@@ -141,24 +142,24 @@ def _finish(name: str, part, p: dict, T, L: int, H: int) -> Findings:
     if name == "dormant_heads":
         params = {"tau": p["tau"], "queries": "all i >= 1", "T": [T],
                   "loss_check": "not run (lens.experiments._model_checks.confirm_dormant)"}
-        return dormant_finish(part, params=params, n_layers=L, n_heads=H)
+        return dormant_finish(part, params=params, layers=L, n_heads=H)
     if name == "value_drains":
-        return drains_finish(part, drain_below=p["drain_below"], T=T, n_layers=L, n_heads=H)
+        return drains_finish(part, drain_below=p["drain_below"], T=T, layers=L, n_heads=H)
     if name == "residual_peaks":
-        return peaks_finish(part, peak_above=p["peak_above"], T=T, n_layers=L)
+        return peaks_finish(part, peak_above=p["peak_above"], T=T, n_layers=n_blocks)
     if name == "massive_activations":
         params = {"min_abs": p["min_abs"], "min_ratio": p["min_ratio"], "T": T}
         if p["per_input"]:
             return Findings("massive_activations", pd.concat(part["frames"], ignore_index=True), params,
                             level="entry", summary={"n_massive": part["n_massive"]})
-        return massive_finish(part, params=params, n_layers=L)
+        return massive_finish(part, params=params, n_layers=n_blocks)
     if name == "entropy":
-        return entropy_finish(part, collapse_below=p["collapse_below"], T=T, n_layers=L, n_heads=H)
+        return entropy_finish(part, collapse_below=p["collapse_below"], T=T, layers=L, n_heads=H)
     if name == "head_types":
         return head_types_finish(part, exclude_bos=p["exclude_bos"], exclude_diag=p["exclude_diag"], T=T,
-                                 n_layers=L, n_heads=H)
+                                 layers=L, n_heads=H)
     if name == "head_distance":
-        return distance_finish(part, local_frac=p["local_frac"], global_frac=p["global_frac"], T=T, n_layers=L,
+        return distance_finish(part, local_frac=p["local_frac"], global_frac=p["global_frac"], T=T, layers=L,
                                n_heads=H)
     raise AssertionError(name)
 
@@ -181,7 +182,8 @@ def analyze_shards(shards: Shards, *, only: list[str] | None = None, **params: d
     it: Iterator = iter(shards())
     for offset, cap in it:
         if not meta:
-            meta = {"model": cap.meta.get("model", "?"), "n_layers": cap.n_layers, "n_heads": cap.n_heads,
+            meta = {"model": cap.meta.get("model", "?"), "blocks": cap.blocks, "n_blocks": cap.n_blocks,
+                    "n_layers": cap.n_layers, "n_heads": cap.n_heads,
                     "edits": cap.meta.get("edits", []), "window": window_param(cap)}
             for name in names:
                 lacking = missing(cap, *ANALYZERS[name][1])
@@ -201,21 +203,22 @@ def analyze_shards(shards: Shards, *, only: list[str] | None = None, **params: d
     if not meta:
         raise ValueError("nothing to analyze: the store has no shards")
     T = lo if lo == hi else [lo, hi]
-    L, H = meta["n_layers"], meta["n_heads"]
-    found = {name: _finish(name, parts[name], p[name], T, L, H) for name in run if name != "preplan_anchor"}
+    L, H = meta["blocks"], meta["n_heads"]
+    found = {name: _finish(name, parts[name], p[name], T, L, H, meta["n_blocks"])
+             for name in run if name != "preplan_anchor"}
     if "preplan_anchor" in run:
         found["preplan_anchor"] = _preplan(shards, parts["preplan_anchor"], p["preplan_anchor"], T, L, H,
                                            meta["window"])
     found = {name: found[name] for name in run}  # the order of ANALYZERS, as in one process
-    atlas_meta = {"model": meta["model"], "n_inputs": n_inputs, "T": T, "n_layers": L, "n_heads": H,
-                  "edits": meta["edits"]}
+    atlas_meta = {"model": meta["model"], "n_inputs": n_inputs, "T": T, "n_layers": len(L), "blocks": list(L),
+                  "n_blocks": meta["n_blocks"], "n_heads": H, "edits": meta["edits"]}
     return Atlas(found, skipped, atlas_meta)
 
 
-def _preplan(shards: Shards, dist: dict, p: dict, T, L: int, H: int, window: int) -> Findings:
+def _preplan(shards: Shards, dist: dict, p: dict, T, L: tuple[int, ...], H: int, window: int) -> Findings:
     local, glob = p["local_heads"], p["global_heads"]
     if local is None or glob is None:
-        found_local, found_global = _head_sets(distance_mean(dist), p["local_frac"], p["global_frac"])
+        found_local, found_global = _head_sets(distance_mean(dist), p["local_frac"], p["global_frac"], L)
         local = found_local if local is None else local
         glob = found_global if glob is None else glob
     counts = None

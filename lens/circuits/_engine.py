@@ -41,6 +41,10 @@ def norm_names(subject) -> tuple[str, str | None]:
     patching work on every layout.
     """
     arch = subject.arch
+    if arch.hybrid:
+        raise ValueError(f"{arch.model_type}: edge patching (EAP, ACDC, path patching) needs every block's token "
+                         f"mixing to be attention heads; only blocks {list(arch.attn_layers)} of {arch.n_layers} "
+                         "have attention here. Head, attention/MLP and residual patching work on it.")
     if arch.attn_out_norm is not None:
         raise ValueError(f"{arch.model_type}: circuits need each head's output to reach the residual stream through "
                          f"the output projection alone (W_O, linear in the heads); this model has the norm "
@@ -201,12 +205,14 @@ def _install(subject, st: _State, stack: contextlib.ExitStack) -> None:
              else module.register_forward_hook(fn, with_kwargs=kw))
         stack.callback(h.remove)
 
+    attn_layers = set(subject.attn_layers)  # hybrid models: blocks without attention get no attention hooks
     for layer in range(subject.n_layers):
         block = subject.blocks[layer]
-        attn = subject.attn_module(layer)
-        oproj = subject.head_site(layer)  # its input holds the heads' outputs (the o_proj, or BitNet's norm)
+        has_attn = layer in attn_layers
+        attn = subject.attn_module(layer) if has_attn else None
+        oproj = subject.head_site(layer) if has_attn else None  # its input: the heads' outputs (o_proj, or a norm)
         ln1 = getattr(block, ln1_name) if ln1_name else None
-        wo = w_o(subject, layer)
+        wo = w_o(subject, layer) if has_attn else None
 
         def block_pre(module, args, kwargs, layer=layer):
             if st.rerun:
@@ -295,10 +301,11 @@ def _install(subject, st: _State, stack: contextlib.ExitStack) -> None:
             return None
 
         hook(block, block_pre, pre=True)
-        if ln1 is not None:
-            hook(attn, attn_pre, pre=True)
-        hook(oproj, oproj_pre, pre=True)
-        hook(attn, attn_post)
+        if has_attn:
+            if ln1 is not None:
+                hook(attn, attn_pre, pre=True)
+            hook(oproj, oproj_pre, pre=True)
+            hook(attn, attn_post)
 
         if subject.arch.mlp is not None:
             mlp = get_path(block, subject.arch.mlp)

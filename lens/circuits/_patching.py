@@ -194,9 +194,11 @@ def patch_components(subject, pairs: PromptPairs, *, component: str = "attn", me
     if component == "mlp" and subject.arch.mlp is None:
         raise ValueError(f"{subject.name} has no MLPs")
 
+    layers = subject.attn_layers if component == "attn" else range(subject.n_layers)
+
     def fn(setup):
         tokens, lengths = _base(setup, mode)
-        for layer in range(subject.n_layers):
+        for layer in layers:
             vals, vmask = _source(setup, mode, component, layer)
             pm = position_mask(lengths, tokens.shape[1], positions) & vmask
             logits, _ = run(subject, tokens, lengths, RunSpec(**{component: {layer: Patch(vals, pm)}}))
@@ -214,7 +216,7 @@ def patch_heads(subject, pairs: PromptPairs, *, metric: str = "logit_diff", mode
     Returns one row per head: ``layer, head, metric, score``.
     """
     _check_mode(mode)
-    heads = [(l, h) for l in range(subject.n_layers) for h in range(subject.n_heads)] if heads is None else list(heads)
+    heads = [(l, h) for l in subject.attn_layers for h in range(subject.n_heads)] if heads is None else list(heads)
     subject.check_heads(heads)
     dh = subject.d_v
 

@@ -131,8 +131,8 @@ def _layout(ctx: Context, poll_ms: int) -> dmc.MantineProvider:
     header = dmc.Group([
         dmc.Group([dmc.Title("attention workbench", order=4),
                    dmc.Badge(ctx.model, variant="light", size="lg"),
-                   dmc.Badge(ctx.placement, id=ids.PLACEMENT, variant="outline", size="lg", tt="none",
-                             title="device · dtype · attention backend")], gap="sm"),
+                   dmc.Tooltip(dmc.Badge(ctx.placement, id=ids.PLACEMENT, variant="outline", size="lg", tt="none"),
+                               label="device · dtype · attention backend")], gap="sm"),
         dmc.Switch(id=ids.THEME_SWITCH, label="dark", checked=False, persistence=True, persistence_type="local"),
     ], justify="space-between", h="100%", px="md")
     shell = dmc.AppShell([
@@ -272,6 +272,6 @@ def ui_error(title: str, message: str) -> tuple:
 
 def _describe(a) -> str:
     cap = a.capture
-    return (f"{cap.meta.get('model', '?')}, {int(cap.lengths[0]):,} tokens, {cap.n_layers} layers x {cap.n_heads} "
-            f"heads, backend {cap.meta.get('backend', '?')} ({a.source})")
+    return (f"{cap.meta.get('model', '?')}, {int(cap.lengths[0]):,} tokens, {overview.layers_text(cap)} layers x "
+            f"{cap.n_heads} heads, backend {cap.meta.get('backend', '?')} ({a.source})")
 

@@ -304,13 +304,14 @@ class Census:
         return stat  # one of a fixed list of column names: safe to put in SQL
 
     def info(self) -> dict:
-        """n_layers, n_heads, n_inputs (with index rows), columns, model."""
+        """layers (the block numbers with attention), n_layers (how many), n_heads, n_inputs (with index
+        rows), columns, model."""
         def make():
             cols = self.store.query("SELECT * FROM heads LIMIT 0").columns.tolist()
-            shape = self.store.query("SELECT max(layer) + 1 AS l, max(head) + 1 AS h, count(DISTINCT input) AS n "
-                                     "FROM heads").iloc[0]
-            return {"n_layers": int(shape["l"]), "n_heads": int(shape["h"]), "n_inputs": int(shape["n"]),
-                    "columns": cols, "model": self.store.manifest.get("model", "?")}
+            shape = self.store.query("SELECT max(head) + 1 AS h, count(DISTINCT input) AS n FROM heads").iloc[0]
+            layers = [int(x) for x in self.store.query("SELECT DISTINCT layer FROM heads ORDER BY layer")["layer"]]
+            return {"layers": layers, "n_layers": len(layers), "n_heads": int(shape["h"]),
+                    "n_inputs": int(shape["n"]), "columns": cols, "model": self.store.manifest.get("model", "?")}
         return self._cached("info", make)
 
     def statistics(self) -> list[str]:
@@ -387,6 +388,7 @@ class Census:
         cap = self.shard(shard)
         n = int(cap.lengths[row])
         st = cap.stats
+        layer = cap.layer_index(int(layer))  # the index rows name blocks; the tensors count attention layers
 
         def per_query(name):
             v = st[name][row, layer, head, :n].double().numpy().copy()

@@ -103,9 +103,13 @@ def select(select_id: str, options, value=None, label: str | None = None, width:
                       w=width, allowDeselect=False, checkIconPosition="right", **kw)
 
 
-def index_select(select_id: str, n: int, label: str, value: int = 0, prefix: str = "", width: int = 120) -> dmc.Select:
-    """Pick one of ``0..n-1`` (a layer or a head), searchable by typing its number."""
-    return dmc.Select(id=select_id, label=label, data=[{"value": str(i), "label": f"{prefix}{i}"} for i in range(n)],
+def index_select(select_id: str, n, label: str, value: int | None = None, prefix: str = "",
+                 width: int = 120) -> dmc.Select:
+    """Pick one of ``0..n-1``, or of the numbers in ``n`` (a hybrid model's blocks with attention),
+    searchable by typing the number; ``value`` defaults to the first."""
+    choices = list(range(n)) if isinstance(n, int) else list(n)
+    value = choices[0] if value is None and choices else value
+    return dmc.Select(id=select_id, label=label, data=[{"value": str(i), "label": f"{prefix}{i}"} for i in choices],
                       value=str(value), w=width, searchable=True, allowDeselect=False, maxDropdownHeight=280)
 
 

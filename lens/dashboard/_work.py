@@ -265,7 +265,7 @@ def run_edits(subject: lens.Subject, text: str, edit_list: list[dict], progress=
         raise ValueError("No edit to apply: add at least one edit.")
     edits = [build_edit(f) for f in edit_list]
     for e in edits:
-        e.targets(subject.n_layers, subject.n_heads)  # a head that does not exist fails here, clearly
+        e.targets(subject.attn_layers, subject.n_heads)  # a head that does not exist fails here, clearly
     ctx = layer_progress(subject, progress, "edited pass") if progress is not None else contextlib.nullcontext()
     with ctx:
         return lens.capture(subject, text, edits=edits, options=stat_options())

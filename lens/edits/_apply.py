@@ -47,10 +47,11 @@ def act_from_capture(capture, heads: Sequence[tuple[int, int]], *, beta: float =
     for name in ("received", "visible"):
         if name not in capture.stats:
             raise ValueError(f"act_from_capture needs the {name!r} statistic in the capture")
-    n_layers, n_heads = capture.n_layers, capture.n_heads
+    n_heads = capture.n_heads
     for l, h in heads:
-        if not (0 <= l < n_layers and 0 <= h < n_heads):
-            raise ValueError(f"head ({l}, {h}) does not exist in the capture ({n_layers} layers x {n_heads} heads)")
+        if l not in capture.blocks or not 0 <= h < n_heads:
+            raise ValueError(f"head ({l}, {h}) does not exist in the capture (blocks with attention "
+                             f"{list(capture.blocks)} x {n_heads} heads)")
     score = capture.alpha()  # [batch, layer, head, key_pos]
     lengths = capture.lengths.tolist()
     edits = []
@@ -58,7 +59,7 @@ def act_from_capture(capture, heads: Sequence[tuple[int, int]], *, beta: float =
         per_input = []
         for b, n in enumerate(lengths):
             thr = theta if alpha is None else alpha / n
-            keys = [j for j in range(n) if score[b, l, h, j].item() > thr]
+            keys = [j for j in range(n) if score[b, capture.layer_index(l), h, j].item() > thr]
             per_input.append(tuple(keys[1:]))
         edits.append(CalibrateSinks(layer=l, head=h, beta=beta, theta=theta, alpha=alpha,
                                     sinks=tuple(per_input), renormalise=renormalise))

@@ -44,18 +44,22 @@ from lens.edits._rows import act_rows, act_sinks, var_rows
 Heads = int | Sequence[int] | None  # None = every layer / every head
 
 
-def _indices(sel: Heads, n: int, what: str, owner=None) -> list[int]:
+def _indices(sel: Heads, valid: int | Sequence[int], what: str, owner=None) -> list[int]:
+    """The indices ``sel`` names (None: all of ``valid``), each checked. ``valid``: a count, or the
+    indices there are (a hybrid model's blocks with attention)."""
+    choices = list(range(valid)) if isinstance(valid, int) else list(valid)
     if sel is None:
-        return list(range(n))
+        return choices
     items = [sel] if isinstance(sel, int) else list(sel)
     if not items:
         raise ValueError(f"empty {what} selection: give an index, a list of indices, or None for all")
     for i in items:
-        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n:
+        if isinstance(i, bool) or not isinstance(i, int) or i not in choices:
             where = f"{type(owner).__name__}(layer={owner.layer!r}, head={owner.head!r}): " if owner is not None else ""
-            raise ValueError(f"{where}{what} {i!r} does not exist: "
-                             f"valid {what}s are 0..{n - 1}; "
-                             f"give indices in that range, or None for every {what}")
+            listed = (f"0..{len(choices) - 1}" if choices == list(range(len(choices)))
+                      else f"the blocks with attention, {choices}")
+            raise ValueError(f"{where}{what} {i!r} does not exist{' or has no attention' if what == 'layer' else ''}: "
+                             f"valid {what}s are {listed}; give indices in that range, or None for every {what}")
     return items
 
 
@@ -88,8 +92,9 @@ class Edit:
         for name in ("layer", "head"):
             object.__setattr__(self, name, _freeze(getattr(self, name)))
 
-    def targets(self, n_layers: int, n_heads: int) -> tuple[list[int], list[int]]:
-        return _indices(self.layer, n_layers, "layer", self), _indices(self.head, n_heads, "head", self)
+    def targets(self, layers: int | Sequence[int], n_heads: int) -> tuple[list[int], list[int]]:
+        """The (layers, heads) this edit acts on; ``layers``: a count, or the valid layer (block) numbers."""
+        return _indices(self.layer, layers, "layer", self), _indices(self.head, n_heads, "head", self)
 
     def key_bias(self, n_keys: int) -> torch.Tensor | None:
         """Additive bias over the keys ``[key_pos]`` for each targeted head, or None."""
@@ -327,10 +332,10 @@ class ResidualEdit(Edit):
         if self.head is not None:
             raise ValueError(f"{type(self).__name__} edits the residual stream of a layer: it takes no head")
 
-    def targets(self, n_layers, n_heads):
+    def targets(self, layers, n_heads):
         if self.layer is None or not isinstance(self.layer, int):
             raise ValueError(f"{type(self).__name__} needs one layer (an int), got {self.layer!r}")
-        return _indices(self.layer, n_layers, "layer", self), []
+        return _indices(self.layer, layers, "layer", self), []
 
     def position_index(self, n_pos: int) -> torch.Tensor:
         if self.positions is None:

@@ -41,7 +41,7 @@ def applied_by(edit) -> str:
     return kind
 
 
-def compile_edits(edits: Iterable, *, n_layers: int, n_heads: int, d_v: int, n_keys: int,
+def compile_edits(edits: Iterable, *, layers: int | Sequence[int], n_heads: int, d_v: int, n_keys: int,
                   hooks: bool = False) -> dict:
     """Turn edits into ``{layer: kernels.HeadEdits}``; biases add up, gates multiply.
 
@@ -60,10 +60,10 @@ def compile_edits(edits: Iterable, *, n_layers: int, n_heads: int, d_v: int, n_k
                 f"{type(edit).__name__} is applied by hooks, not by the attention function: run it with "
                 "`with subject.edited(...)` (or lens.experiments). lens.capture(..., edits=...) applies "
                 "ScaleAttention, KeyBias, MoveToBOS, AblateHead and GateHead only.")
-        layers, heads = edit.targets(n_layers, n_heads)
+        targets, heads = edit.targets(layers, n_heads)
         kb = edit.key_bias(n_keys)
         gt = edit.gate()
-        for layer in layers:
+        for layer in targets:
             if kb is not None:
                 b = bias.setdefault(layer, torch.zeros(n_heads, n_keys))
                 b[heads] = b[heads] + kb
@@ -98,7 +98,8 @@ class EditSession:
         self.residual: list = []
         for e in self.edits:
             kind = applied_by(e)
-            layers, heads = e.targets(s.n_layers, s.n_heads)  # fails clearly on heads that do not exist
+            # fails clearly on heads that do not exist, and on blocks without attention
+            layers, heads = e.targets(s.n_layers if kind == "residual" else s.attn_layers, s.n_heads)
             if kind == "rows":
                 for layer in layers:
                     self.row_edits.setdefault(layer, []).append((e, heads))
@@ -112,7 +113,7 @@ class EditSession:
     def head_edits(self, layer: int, n_keys: int):
         if n_keys not in self._compiled:
             s = self.subject
-            self._compiled[n_keys] = compile_edits(self.edits, n_layers=s.n_layers, n_heads=s.n_heads,
+            self._compiled[n_keys] = compile_edits(self.edits, layers=s.attn_layers, n_heads=s.n_heads,
                                                    d_v=s.d_v, n_keys=n_keys, hooks=True)
         return self._compiled[n_keys].get(layer)
 

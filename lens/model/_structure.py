@@ -60,7 +60,7 @@ class Structure:
     o_proj_conv1d: bool
     final_norm: str
     tl_architecture: str
-    n_layers: int
+    n_layers: int  # decoder blocks
     n_heads: int
     n_kv_heads: int
     d_head: int
@@ -69,6 +69,13 @@ class Structure:
     # A norm between the attention output and the output projection (BitNet), or None. Head
     # outputs are then read before it, and what needs W_O to be linear in them is refused.
     attn_out_norm: str | None = None
+    # An elementwise gate in [0, 1] on the attention output before the output projection (the
+    # Qwen3-Next output gate): per head, so head reads, patches and ablation at the o_proj input
+    # still act on one head each, but ||W_O v|| no longer says what a head writes.
+    attn_out_gated: bool = False
+    # The blocks that have attention, in order: every block, except in hybrid models. The
+    # per-layer tuples below (sliding_window, ...) follow this order.
+    attn_layers: tuple[int, ...] = ()
     attn_norm: str | None = None
     mlp_norm: str | None = None
     residual: str = "pre-norm"
@@ -77,6 +84,11 @@ class Structure:
     learned_sinks: tuple[bool, ...] = ()
     scale: tuple[float | None, ...] = ()
     overrides: dict = field(default_factory=dict)
+
+    @property
+    def hybrid(self) -> bool:
+        """Attention in some blocks only (the others mix tokens another way)."""
+        return len(self.attn_layers) != self.n_layers
 
     @property
     def has_learned_sinks(self) -> bool:
@@ -88,7 +100,8 @@ class Structure:
         windows = {w for w in self.sliding_window if w is not None}
         if windows:
             local = sum(w is not None for w in self.sliding_window)
-            kind = "sliding window" if local == self.n_layers else f"local/global ({local} of {self.n_layers} local)"
+            n_attn = len(self.attn_layers)
+            kind = "sliding window" if local == n_attn else f"local/global ({local} of {n_attn} local)"
             out.append(f"{kind} {'/'.join(map(str, sorted(windows)))}")
         caps = {c for c in self.softcap if c is not None}
         if caps:
@@ -97,6 +110,8 @@ class Structure:
             out.append("learned sinks")
         if self.n_kv_heads != self.n_heads:
             out.append("GQA" if self.n_kv_heads > 1 else "MQA")
+        if self.hybrid:
+            out.append(f"attention in {len(self.attn_layers)} of {self.n_layers} blocks")
         if self.d_v != self.d_head:
             out.append(f"value heads of {self.d_v} (queries and keys {self.d_head})")
         return out
@@ -139,8 +154,8 @@ def discover(model, *, overrides: dict | None = None) -> Structure:
     proj_inputs: dict[int, torch.Tensor] = {}
     outputs: dict[int, torch.Tensor] = {}
     head_input: list[torch.Tensor] = []
-    # (id of a candidate block 0, "in"|"out", child name) -> tensor: every ModuleList's first entry
-    # is watched, since which list holds the blocks is known only after the pass.
+    # (id of a candidate block, "in"|"out", child name) -> tensor: every ModuleList's entries are
+    # watched, since which list holds the blocks is known only after the pass.
     block_io: dict[tuple[int, str, str], torch.Tensor | None] = {}
     with _routing.model_lock(model):  # every hook below is on the shared model: one thread at a time
         handles = []
@@ -152,7 +167,7 @@ def discover(model, *, overrides: dict | None = None) -> Structure:
                 handles.append(m.register_forward_hook(
                     lambda mod, args, out: outputs.__setitem__(id(mod), out.detach())
                     if isinstance(out, torch.Tensor) else None))
-            for first in _candidate_first_blocks(model):
+            for first in _candidate_blocks(model):
                 for child_name, child in [("", first), *first.named_children()]:
                     key = (id(first), child_name)
                     handles.append(child.register_forward_pre_hook(
@@ -195,25 +210,26 @@ def discover(model, *, overrides: dict | None = None) -> Structure:
                              "(heads, kv heads, head size); not supported")
     n_heads, n_kv_heads, d_head, d_v = shapes.pop()
 
-    layers_path, attn_path, blocks = _blocks(model, model_type, names, modules)
-    o_proj, conv1d, attn_out_norm = _output_projection(model_type, names, calls, proj_inputs, outputs,
-                                                       n_heads * d_v)
+    layers_path, attn_path, blocks, attn_layers = _blocks(model, model_type, names, modules)
+    first = blocks[attn_layers[0]]  # the layout is read off the first block with attention
+    o_proj, conv1d, attn_out_norm, gated = _output_projection(model_type, names, calls, proj_inputs, outputs,
+                                                              n_heads * d_v)
     final_norm = _final_norm(model_type, model, names, blocks, outputs, head_input)
-    io = {(kind, name): t for (block, kind, name), t in block_io.items() if block == id(blocks[0])}
-    block_in = io.get(("in", ""))  # the residual stream entering block 0: its width is d_model
+    io = {(kind, name): t for (block, kind, name), t in block_io.items() if block == id(first)}
+    block_in = io.get(("in", ""))  # the residual stream entering the block: its width is d_model
     d_model = block_in.shape[-1] if block_in is not None else model.get_input_embeddings().weight.shape[1]
-    mlp_in, mlp = _mlp(model_type, blocks[0], attn_path, d_model)
-    for i, block in enumerate(blocks):  # every block has the same layout
-        if get_path(block, attn_path) is not modules[i] or (mlp is not None and not hasattr(block, mlp)):
-            raise StructureError(f"{model_type}: block {i} does not have the layout of block 0 "
-                                 f"(attention at {attn_path!r}, MLP at {mlp!r})")
-    attn_norm, mlp_norm, residual = _residual_layout(blocks[0], attn_path, mlp_in, io)
+    mlp_in, mlp = _mlp(model_type, first, attn_path, d_model)
+    for i, block in enumerate(blocks):  # every block has the MLP where the first attention block has it
+        if mlp is not None and not hasattr(block, mlp):
+            raise StructureError(f"{model_type}: block {i} has no MLP at {mlp!r}, where block {attn_layers[0]} "
+                                 "has it; not supported")
+    attn_norm, mlp_norm, residual = _residual_layout(first, attn_path, mlp_in, io)
     overrides = dict(overrides or {})
     structure = Structure(
         model_type=model_type, layers=layers_path, attn=attn_path, mlp=mlp, mlp_in=mlp_in, o_proj=o_proj,
-        attn_out_norm=attn_out_norm, o_proj_conv1d=conv1d,
+        attn_out_norm=attn_out_norm, attn_out_gated=gated, o_proj_conv1d=conv1d,
         final_norm=final_norm, attn_norm=attn_norm, mlp_norm=mlp_norm, residual=residual,
-        tl_architecture=type(model).__name__, n_layers=len(blocks), n_heads=n_heads,
+        tl_architecture=type(model).__name__, n_layers=len(blocks), attn_layers=attn_layers, n_heads=n_heads,
         n_kv_heads=n_kv_heads, d_head=d_head, d_v=d_v,
         sliding_window=tuple(c[2]["sliding_window"] for c in calls),
         softcap=tuple(c[2]["softcap"] for c in calls),
@@ -233,8 +249,14 @@ def _trace_ids(model) -> torch.Tensor:
     return (torch.arange(1, TRACE_TOKENS + 1, device=device) % vocab)[None]
 
 
-def _blocks(model, model_type, names, modules) -> tuple[str, str, nn.ModuleList]:
-    """The ModuleList whose entries hold the attention modules, one each, in order."""
+def _blocks(model, model_type, names, modules) -> tuple[str, str, nn.ModuleList, tuple[int, ...]]:
+    """The ModuleList of decoder blocks, where the attention sits in a block, and which blocks have it.
+
+    Every block has one attention module in most models; hybrid models (Qwen3-Next, Jamba,
+    LFM2, ...) have it in some blocks only, the others mixing tokens another way (linear
+    attention, state-space, convolution). The attention blocks are those whose attention
+    module the traced pass called, in block order, each once.
+    """
     first = names[id(modules[0])]
     parts = first.split(".")
     for cut in range(len(parts) - 1, 0, -1):
@@ -243,17 +265,20 @@ def _blocks(model, model_type, names, modules) -> tuple[str, str, nn.ModuleList]
             break
     else:
         raise StructureError(f"{model_type}: the attention module {first!r} does not sit in a list of blocks")
-    expected = [f"{layers_path}.{i}.{attn_path}" for i in range(len(modules))]
+    blocks = get_path(model, layers_path)
+    where = {f"{layers_path}.{i}.{attn_path}": i for i in range(len(blocks))}
     found = [names[id(m)] for m in modules]
-    if found != expected:
-        raise StructureError(f"{model_type}: attention modules {found[:4]}... are not one per block of "
-                             f"{layers_path!r} in order")
-    return layers_path, attn_path, get_path(model, layers_path)
+    attn_layers = tuple(where.get(name, -1) for name in found)
+    if -1 in attn_layers or list(attn_layers) != sorted(set(attn_layers)):
+        raise StructureError(f"{model_type}: attention modules {found[:4]}... are not at {attn_path!r} of blocks of "
+                             f"{layers_path!r}, one per block, in order")
+    return layers_path, attn_path, blocks, attn_layers
 
 
-def _output_projection(model_type, names, calls, proj_inputs, outputs, width) -> tuple[str, bool, str | None]:
+def _output_projection(model_type, names, calls, proj_inputs, outputs, width) -> tuple[str, bool, str | None, bool]:
     """The projection inside the attention module that consumes the attention output: unchanged,
-    or through one norm (BitNet's ``attn_sub_norm``). Returns (projection, Conv1D?, that norm or None)."""
+    through one norm (BitNet's ``attn_sub_norm``), or through an elementwise gate in [0, 1]
+    (Qwen3-Next's sigmoid output gate). Returns (projection, Conv1D?, that norm or None, gated?)."""
     from transformers.pytorch_utils import Conv1D
 
     module, _, _, out = calls[0]
@@ -262,7 +287,7 @@ def _output_projection(model_type, names, calls, proj_inputs, outputs, width) ->
     for rel, proj in candidates:
         x = proj_inputs.get(id(proj))
         if x is not None and x.shape[-1] == width and torch.equal(x.reshape(-1, width), flat):
-            return rel, isinstance(proj, Conv1D), None
+            return rel, isinstance(proj, Conv1D), None, False
     norms = [(n, m) for n, m in module.named_modules() if n and _is_norm(m)]
     for norm_rel, norm in norms:
         normed = outputs.get(id(norm))
@@ -271,11 +296,24 @@ def _output_projection(model_type, names, calls, proj_inputs, outputs, width) ->
         for rel, proj in candidates:
             x = proj_inputs.get(id(proj))
             if x is not None and x.shape[-1] == width and torch.equal(x.reshape(-1, width), normed.reshape(-1, width)):
-                return rel, isinstance(proj, Conv1D), norm_rel
+                return rel, isinstance(proj, Conv1D), norm_rel, False
+    for rel, proj in candidates:
+        x = proj_inputs.get(id(proj))
+        if x is not None and x.shape[-1] == width and x.numel() == flat.numel() and _gated(flat, x.reshape(-1, width)):
+            return rel, isinstance(proj, Conv1D), None, True
     raise StructureError(
         f"{model_type}: no nn.Linear or Conv1D inside {names[id(module)]!r} reads the attention output unchanged "
         f"(candidates: {[n for n, _ in candidates]}); a gate or another step between the attention and the "
         "output projection is not supported")
+
+
+def _gated(out: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether ``x = out * g`` elementwise with every g in [0, 1] (and some g below 1): a sigmoid output gate."""
+    live = out.abs() > 1e-6
+    if not live.any() or not torch.all(x[~live].abs() <= 1e-6):
+        return False
+    g = x[live] / out[live]
+    return bool(((g >= -1e-6) & (g <= 1 + 1e-6)).all() and (g < 1 - 1e-4).any())
 
 
 def _norm_of(norm: nn.Module, x: torch.Tensor, y: torch.Tensor) -> bool:
@@ -355,10 +393,11 @@ def _hidden(args, kwargs):
     return x.detach() if isinstance(x, torch.Tensor) else None
 
 
-def _candidate_first_blocks(model) -> list[nn.Module]:
-    """Entry 0 of every ModuleList whose entries have children: one of them is block 0."""
-    return [m[0] for m in model.modules()
-            if isinstance(m, nn.ModuleList) and len(m) and any(True for _ in m[0].children())]
+def _candidate_blocks(model) -> list[nn.Module]:
+    """Every entry of every ModuleList whose entries have children: the decoder blocks are among them
+    (all are watched: in a hybrid model the first block with attention is known only after the pass)."""
+    return [block for m in model.modules()
+            if isinstance(m, nn.ModuleList) and len(m) and any(True for _ in m[0].children()) for block in m]
 
 
 def _same(a, b) -> bool:

@@ -41,8 +41,10 @@ class Subject:
         # Found from the module tree and one traced pass (lens.model._structure), not from a table;
         # a model whose structure or attention the workbench cannot handle fails here.
         self.arch: Structure = discover(self.model, overrides=overrides_for(cfg.model_type))
-        self._layer_of = {id(self.attn_module(i)): i for i in range(self.arch.n_layers)}
-        self.n_layers: int = self.arch.n_layers
+        self.n_layers: int = self.arch.n_layers  # decoder blocks; layer numbers are block numbers
+        # The blocks with attention: all of them, except in hybrid models (Qwen3-Next, Jamba, ...).
+        self.attn_layers: tuple[int, ...] = self.arch.attn_layers
+        self._layer_of = {id(self.attn_module(i)): i for i in self.attn_layers}
         self.n_heads: int = self.arch.n_heads
         self.n_kv_heads: int = self.arch.n_kv_heads
         self.d_model: int = self.model.get_input_embeddings().weight.shape[-1]
@@ -58,7 +60,8 @@ class Subject:
 
     def __repr__(self) -> str:
         return (
-            f"Subject({self.name!r}: {self.n_layers} layers x {self.n_heads} heads "
+            f"Subject({self.name!r}: {self.n_layers} layers"
+            f"{f' ({len(self.attn_layers)} with attention)' if self.arch.hybrid else ''} x {self.n_heads} heads "
             f"({self.n_kv_heads} kv), d_model={self.d_model}, d_head={self.d_head}{f', d_v={self.d_v}' if self.d_v != self.d_head else ''}, "
             f"n_ctx={self.n_ctx}, prepends_bos={self.prepends_bos})"
         )
@@ -105,7 +108,14 @@ class Subject:
         return get_path(self.model, self.arch.layers)
 
     def attn_module(self, layer: int) -> torch.nn.Module:
+        """The attention module of block ``layer``; a block without attention is refused by name."""
+        if layer not in self._attn_set:
+            self.check_heads([(layer, 0)])
         return get_path(self.blocks[layer], self.arch.attn)
+
+    @cached_property
+    def _attn_set(self) -> frozenset[int]:
+        return frozenset(self.arch.attn_layers)
 
     def o_proj(self, layer: int) -> torch.nn.Module:
         """The output projection that reads layer ``layer``'s attention output (per-head slices)."""
@@ -121,8 +131,12 @@ class Subject:
         return self._layer_of.get(id(module))
 
     def check_heads(self, heads: Sequence[tuple[int, int]]) -> None:
-        """Raise a clear error for any (layer, head) that does not exist in this model."""
+        """Raise a clear error for any (layer, head) that does not exist in this model (layer = block number)."""
         for layer, head in heads:
+            if 0 <= layer < self.n_layers and 0 <= head < self.n_heads and layer not in self._attn_set:
+                block = type(self.blocks[layer]).__name__
+                raise ValueError(f"block {layer} of {self.name} has no attention (it is a {block}); the blocks with "
+                                 f"attention are {list(self.attn_layers)}")
             if not (0 <= layer < self.n_layers and 0 <= head < self.n_heads):
                 raise ValueError(
                     f"head ({layer}, {head}) does not exist in {self.name}: "

@@ -81,7 +81,7 @@ def probe_heads(subject, tokens: torch.Tensor, labels, *, lengths: torch.Tensor 
     tokens = torch.as_tensor(tokens)
     b, t = tokens.shape
     lengths = torch.full((b,), t, dtype=torch.long) if lengths is None else torch.as_tensor(lengths)
-    heads = [(l, h) for l in range(subject.n_layers) for h in range(subject.n_heads)] if heads is None else list(heads)
+    heads = [(l, h) for l in subject.attn_layers for h in range(subject.n_heads)] if heads is None else list(heads)
     subject.check_heads(heads)
     z = head_outputs(subject, tokens, lengths=lengths)
     seq, pos, y = token_rows(labels, lengths)

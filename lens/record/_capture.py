@@ -61,7 +61,7 @@ class _Session:
             return None
         if n_keys not in self._compiled:
             s = self.subject
-            self._compiled[n_keys] = compile_edits(self.edits, n_layers=s.n_layers, n_heads=s.n_heads,
+            self._compiled[n_keys] = compile_edits(self.edits, layers=s.attn_layers, n_heads=s.n_heads,
                                                    d_v=s.d_v, n_keys=n_keys)
         return self._compiled[n_keys].get(layer)
 
@@ -276,7 +276,7 @@ def capture(
                          "(stats='default' asks for all of them; full patterns are asked for with "
                          "patterns=[(layer, head), ...])")
     if patterns == "all":
-        patterns = [(l, h) for l in range(subject.n_layers) for h in range(subject.n_heads)]
+        patterns = [(l, h) for l in subject.attn_layers for h in range(subject.n_heads)]
     patterns = list(patterns or [])
     for p in patterns:
         if not (isinstance(p, (tuple, list)) and len(p) == 2 and all(_is_index(i) for i in p)):
@@ -292,7 +292,7 @@ def capture(
         if not isinstance(e, Edit):
             raise TypeError(f"not an edit: {e!r}; pass lens.edits objects, e.g. lens.edits.AblateHead(layer=0, head=1)")
         try:
-            e.targets(subject.n_layers, subject.n_heads)  # fails clearly on heads that do not exist
+            e.targets(subject.attn_layers, subject.n_heads)  # fails clearly on heads that do not exist
         except ValueError as err:
             raise ValueError(f"{subject.name} ({subject.n_layers} layers x {subject.n_heads} heads): {err}") from None
     resid_layers = [int(l) for l in resid_layers]
@@ -304,10 +304,12 @@ def capture(
 
         options = replace(options, pattern_window=tuple(pattern_window))
 
-    norm_between = subject.arch.attn_out_norm
+    arch = subject.arch
+    norm_between = (f"the norm {arch.attn_out_norm!r}" if arch.attn_out_norm else
+                    "an output gate" if arch.attn_out_gated else None)
     if value_norm and norm_between:
         raise ValueError(f"{subject.name}: value_norm (||W_O^h v_j||) needs the heads' outputs to reach the output "
-                         f"projection unchanged, but the norm {norm_between!r} sits between them; capture with "
+                         f"projection unchanged, but {norm_between} sits between them; capture with "
                          "value_norm=False (the default leaves it out on this model)")
     value_norm = not norm_between if value_norm is None else bool(value_norm)
     rows = _normalise_inputs(subject, inputs, allow_beyond_context=allow_beyond_context)
@@ -316,7 +318,7 @@ def capture(
     longest = max(len(r) for r in rows)
     if progress is None:
         progress = len(batches) > 1 or longest >= 2048
-    bar = tqdm(total=len(batches) * subject.n_layers, desc=f"capture {subject.name}", unit="layer",
+    bar = tqdm(total=len(batches) * len(subject.attn_layers), desc=f"capture {subject.name}", unit="layer",
                disable=not progress, leave=False)
 
     pad = subject.pad_token_id
@@ -346,7 +348,7 @@ def capture(
             _host_ready(device)
             session.check_finite()
             ran |= session.ran
-            batch_stats = _assemble_batch(session.layers, store, subject.n_layers)
+            batch_stats = _assemble_batch(session.layers, store, subject.attn_layers, subject.n_layers)
             if device.type == "cuda":  # the residual-stream statistics join the attention ones on the host
                 batch_stats = {name: t.cpu() for name, t in batch_stats.items()}
             per_batch.append(batch_stats)
@@ -365,7 +367,8 @@ def capture(
     width = longest
     tokens = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)
     meta = {
-        "model": subject.name, "source": subject.source, "n_layers": subject.n_layers, "n_heads": subject.n_heads,
+        "model": subject.name, "source": subject.source, "n_layers": len(subject.attn_layers),
+        "blocks": list(subject.attn_layers), "n_blocks": subject.n_layers, "n_heads": subject.n_heads,
         "n_kv_heads": subject.n_kv_heads, "d_head": subject.d_head, "d_v": subject.d_v, "d_model": subject.d_model,
         "prepends_bos": subject.prepends_bos, "backend": backend, "backends_run": sorted(ran),
         "device": str(subject.device), "dtype": str(subject.model.dtype).removeprefix("torch."), "stats": stat_list,
@@ -405,7 +408,7 @@ def estimate_bytes(subject: Subject, rows, stat_list, patterns, options, resid_l
     """
     from lens.kernels._stats import pattern_rows, pool_factor
 
-    b, n, L, H = len(rows), max(len(r) for r in rows), subject.n_layers, subject.n_heads
+    b, n, L, H = len(rows), max(len(r) for r in rows), len(subject.attn_layers), subject.n_heads
     per_query = b * L * H * n * 4
     out = {"statistics": 0, "patterns": 0, "resid": 0}
     for name in stat_list:
@@ -445,21 +448,24 @@ def _size(n: int) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"  # decimal units
 
 
-def _assemble_batch(layers: dict[int, dict], store: dict, n_layers: int) -> dict[str, torch.Tensor]:
-    """Stack per-layer results into [batch, layer, ...] tensors."""
+def _assemble_batch(layers: dict[int, dict], store: dict, attn_layers: Sequence[int],
+                    n_blocks: int) -> dict[str, torch.Tensor]:
+    """Stack per-layer results into [batch, layer, ...] tensors: attention statistics over the blocks
+    with attention (``attn_layers``, block numbers), residual ones over every block."""
     out: dict[str, torch.Tensor] = {}
-    names = [k for k in layers[0] if k != "pattern"]
+    first = layers[attn_layers[0]]
+    names = [k for k in first if k != "pattern"]
     for name in names:
-        per_layer = [layers[l][name] for l in range(n_layers)]
+        per_layer = [layers[l][name] for l in attn_layers]
         if name == "pool_factor":
-            b = layers[0]["sink_mass"].shape[0] if "sink_mass" in layers[0] else 1
+            b = first["sink_mass"].shape[0] if "sink_mass" in first else 1
             out[name] = torch.stack(per_layer)[None].expand(b, -1).clone()
             continue
         out[name] = _stack_padded(per_layer, dim=1, fill=-1 if name == "topk_idx" else 0)
     if "resid_norm" in store:
-        out["resid_norm"] = torch.stack([store["resid_norm"][l] for l in range(n_layers)], dim=1)
+        out["resid_norm"] = torch.stack([store["resid_norm"][l] for l in range(n_blocks)], dim=1)
     if "massive" in store:
-        vals = [store["massive"][l] for l in range(n_layers)]
+        vals = [store["massive"][l] for l in range(n_blocks)]
         out["massive_val"] = torch.stack([v[0] for v in vals], dim=1)
         out["massive_pos"] = torch.stack([v[1] for v in vals], dim=1)
         out["massive_dim"] = torch.stack([v[2] for v in vals], dim=1)

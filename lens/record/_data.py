@@ -68,7 +68,32 @@ class Capture:
 
     @property
     def n_layers(self) -> int:
+        """Size of the attention statistics' layer axis: the captured attention layers."""
         return self.meta["n_layers"]
+
+    @property
+    def blocks(self) -> tuple[int, ...]:
+        """The block number of each entry of the attention statistics' layer axis.
+
+        Every block in most models; in a hybrid model (attention in some blocks only) the
+        blocks that have attention, e.g. (3, 7, 11). Findings, figures and the dashboard
+        name layers by these numbers. Residual statistics (``resid_norm``, ``massive_*``)
+        have one entry per block instead (``n_blocks``).
+        """
+        return tuple(self.meta.get("blocks", range(self.n_layers)))
+
+    @property
+    def n_blocks(self) -> int:
+        """The model's decoder blocks: the layer axis of the residual statistics."""
+        return self.meta.get("n_blocks", self.n_layers)
+
+    def layer_index(self, block: int) -> int:
+        """Where block ``block`` sits on the attention statistics' layer axis; a block without attention raises."""
+        try:
+            return self.blocks.index(block)
+        except ValueError:
+            raise ValueError(f"block {block} has no attention in this capture of {self.meta.get('model', '?')}: "
+                             f"the blocks with attention are {list(self.blocks)}") from None
 
     @property
     def n_heads(self) -> int:
@@ -170,6 +195,8 @@ class CaptureFileError(ValueError):
 
 
 # Statistics without a head axis: [batch, layer, ...]; every other one is [batch, layer, head, ...].
+# Residual-stream statistics: one entry per decoder block (the attention ones: per attention layer).
+_PER_BLOCK = {"resid_norm", "massive_val", "massive_pos", "massive_dim", "massive_median"}
 _NO_HEAD_AXIS = {"visible", "resid_norm", "massive_val", "massive_pos", "massive_dim", "massive_median", "pool_factor"}
 
 
@@ -204,16 +231,19 @@ def _check_consistent(cap: Capture, directory: Path) -> None:
             fail(f"input {i}: {SIDECAR} has {len(toks)} str_tokens, lengths says {n} "
                  f"(tokens width {cap.tokens.shape[1]})")
     n_layers, n_heads = cap.meta.get("n_layers"), cap.meta.get("n_heads")
+    if n_layers is not None and len(cap.blocks) != n_layers:
+        fail(f"meta names {len(cap.blocks)} attention blocks {list(cap.blocks)} for n_layers = {n_layers}")
     for name, t in cap.stats.items():
         if t.shape[0] != b:
             fail(f"stats.{name} has batch {t.shape[0]}, tokens has {b}")
-        if n_layers is not None and t.ndim > 1 and t.shape[1] != n_layers:
-            fail(f"stats.{name} has {t.shape[1]} layers, meta says n_layers = {n_layers}")
+        layers = cap.n_blocks if name in _PER_BLOCK else n_layers
+        if layers is not None and t.ndim > 1 and t.shape[1] != layers:
+            fail(f"stats.{name} has {t.shape[1]} layers, meta says {layers}")
         if n_heads is not None and name not in _NO_HEAD_AXIS and t.ndim > 2 and t.shape[2] != n_heads:
             fail(f"stats.{name} has {t.shape[2]} heads, meta says n_heads = {n_heads}")
     for l, h in cap.patterns:
-        if (n_layers is not None and not 0 <= l < n_layers) or (n_heads is not None and not 0 <= h < n_heads):
-            fail(f"pattern.{l}.{h} names a head outside meta's {n_layers} layers x {n_heads} heads")
+        if (n_layers is not None and l not in cap.blocks) or (n_heads is not None and not 0 <= h < n_heads):
+            fail(f"pattern.{l}.{h} names a head outside meta's blocks {list(cap.blocks)} x {n_heads} heads")
     for key, t in [*((f"pattern.{l}.{h}", v) for (l, h), v in cap.patterns.items()),
                    *((f"resid.{l}", v) for l, v in cap.resid.items()),
                    *([("logits", cap.logits)] if cap.logits is not None else [])]:

@@ -202,7 +202,8 @@ def index_frame(cap: Capture, offset: int) -> pd.DataFrame:
     if "learned_sink_mass" in cap.stats:
         cols["learned_sink_mass"] = per_input("learned_sink_mass")
     i, layer, head = torch.meshgrid(torch.arange(b), torch.arange(L), torch.arange(H), indexing="ij")
-    data = {"input": (i.flatten() + offset).numpy().astype("int64"), "layer": layer.flatten().numpy().astype("int16"),
+    blocks = torch.tensor(cap.blocks)[layer.flatten()]  # layer = the block's number (hybrid models: not 0..L-1)
+    data = {"input": (i.flatten() + offset).numpy().astype("int64"), "layer": blocks.numpy().astype("int16"),
             "head": head.flatten().numpy().astype("int16"),
             "tokens": cap.lengths[:, None, None].expand(b, L, H).flatten().numpy().astype("int32")}
     for name, v in cols.items():

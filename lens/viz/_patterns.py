@@ -41,9 +41,9 @@ def pattern_view(capture, layer: int, head: int, *, input: int = 0,
     ``stats["pool_factor"]``). window: (start, stop) query positions, None = all real ones.
     Keys are cut to the real tokens (and, causally, to ``stop``).
     """
-    n_layers, n_heads = capture.n_layers, capture.n_heads
-    if not (0 <= layer < n_layers and 0 <= head < n_heads):
-        raise ValueError(f"head ({layer}, {head}) does not exist: {n_layers} layers x {n_heads} heads")
+    li = capture.layer_index(layer)  # layer is a block number; a block without attention raises
+    if not 0 <= head < capture.n_heads:
+        raise ValueError(f"head ({layer}, {head}) does not exist: {capture.n_heads} heads")
     if not 0 <= input < capture.n_inputs:
         raise ValueError(f"input {input} does not exist: the capture holds {capture.n_inputs}")
     n = int(capture.lengths[input])
@@ -64,8 +64,8 @@ def pattern_view(capture, layer: int, head: int, *, input: int = 0,
     if "pooled" not in capture.stats:
         raise KeyError("the capture holds neither this head's pattern nor the pooled statistic: capture with "
                        f"patterns=[({layer}, {head})] or stats including 'pooled'")
-    pooled = capture.stats["pooled"][input, layer, head].detach().cpu().double().numpy()
-    f = int(capture.stats["pool_factor"][input, layer]) if "pool_factor" in capture.stats else 1
+    pooled = capture.stats["pooled"][input, li, head].detach().cpu().double().numpy()
+    f = int(capture.stats["pool_factor"][input, li]) if "pool_factor" in capture.stats else 1
     n_blocks = -(-n // f)
     r0, r1 = start // f, -(-stop // f)
     mat = pooled[r0:r1, :min(r1, n_blocks)]

@@ -37,7 +37,7 @@ POSITION_VALUES = ("sink_mass", "entropy_norm", "received", "distance", "prev_to
 
 
 def layout(ctx: Context) -> html.Div:
-    # layer/head pickers are sized by the model, or by the largest saved capture when there is none
+    # layer/head pickers list the model's attention blocks, or the largest saved capture's when there is none
     n_layers, n_heads = _shape(ctx)
     window = dict(min=0, step=1, w=130, allowDecimal=False, allowNegative=False)
     return html.Div([
@@ -62,11 +62,18 @@ def layout(ctx: Context) -> html.Div:
     ])
 
 
-def _shape(ctx: Context) -> tuple[int, int]:
+def _shape(ctx: Context) -> tuple[list[int], int]:
+    """(the layer numbers to offer: the blocks with attention, the number of heads)."""
     if ctx.subject is not None:
-        return ctx.subject.n_layers, ctx.subject.n_heads
-    shapes = [(int(s["n_layers"]), int(s["n_heads"])) for s in (_peek(i.path) for i in ctx.saved.values()) if s]
-    return (max(s[0] for s in shapes), max(s[1] for s in shapes)) if shapes else (1, 1)
+        return list(ctx.subject.attn_layers), ctx.subject.n_heads
+    shapes = [(list(s.get("blocks", range(int(s["n_layers"])))), int(s["n_heads"]))
+              for s in (_peek(i.path) for i in ctx.saved.values()) if s]
+    return (max((s[0] for s in shapes), key=len), max(s[1] for s in shapes)) if shapes else ([0], 1)
+
+
+def _listed(blocks) -> str:
+    blocks = list(blocks)
+    return f"0-{len(blocks) - 1}" if blocks == list(range(len(blocks))) else ", ".join(map(str, blocks))
 
 
 def _peek(path) -> dict | None:
@@ -89,23 +96,25 @@ def strip_values(analysis, layer: int, head: int, which: str):
         f = analysis.atlas["preplan_anchor"].frame
         f = f[f["input"] == 0].sort_values("pos")
         return f[which].to_numpy()[:n], which.upper() + " (all local/global heads)"
+    li = cap.layer_index(layer)  # layer is a block number
     if which == "received":
-        return cap.alpha()[0, layer, head, :n], f"L{layer}H{head} attention received"
+        return cap.alpha()[0, li, head, :n], f"L{layer}H{head} attention received"
     if which not in cap.stats:
         raise KeyError(f"the capture has no {which}")
-    return cap.stats[which][0, layer, head, :n], f"L{layer}H{head} {which}"
+    return cap.stats[which][0, li, head, :n], f"L{layer}H{head} {which}"
 
 
 def position_series(analysis, layer: int, head: int, names) -> dict:
     """{label: per-position values} of one head for the positions plot (statistics the capture holds)."""
     cap = analysis.capture
     n = int(cap.lengths[0])
+    li = cap.layer_index(layer)  # layer is a block number
     out = {}
     for name in names or ():
         if name == "received" and "received" in cap.stats and "visible" in cap.stats:
-            out["received (mean per query)"] = cap.alpha()[0, layer, head, :n]
+            out["received (mean per query)"] = cap.alpha()[0, li, head, :n]
         elif name in cap.stats and cap.stats[name].ndim == 4:
-            out[name] = cap.stats[name][0, layer, head, :n]
+            out[name] = cap.stats[name][0, li, head, :n]
     return out
 
 
@@ -153,9 +162,9 @@ def render(ctx: Context, key, layer, head, start, stop, which, theme=None):
     layer, head = _int(layer), _int(head)
     if layer is None or head is None:
         return no_update, no_update, no_update, no_update, "Choose a layer and a head.", True
-    if not (0 <= layer < cap.n_layers and 0 <= head < cap.n_heads):
+    if layer not in cap.blocks or not 0 <= head < cap.n_heads:
         return (no_update, no_update, no_update, no_update,
-                f"No head L{layer}H{head}: layers 0-{cap.n_layers - 1}, heads 0-{cap.n_heads - 1}.", True)
+                f"No head L{layer}H{head}: layers {_listed(cap.blocks)}, heads 0-{cap.n_heads - 1}.", True)
     n = int(cap.lengths[0])
     window = None
     if start is not None or stop is not None:
@@ -203,7 +212,7 @@ def positions(ctx: Context, key, layer, head, names, x_range=None, theme=None):
     if analysis is None or layer is None or head is None:
         return ui.shown(None, theme)
     cap = analysis.capture
-    if not (0 <= layer < cap.n_layers and 0 <= head < cap.n_heads):
+    if layer not in cap.blocks or not 0 <= head < cap.n_heads:
         return ui.shown(None, theme)
     series = position_series(analysis, layer, head, names)
     if not series:

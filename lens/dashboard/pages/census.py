@@ -72,7 +72,7 @@ def setup(census: Census) -> dict:
     st = census.store
     L, H = info["n_layers"], info["n_heads"]
     layers = [(ALL, "all heads")] if L * H <= ALL_HEADS_MAX else []
-    layers += [(str(i), f"layer {i}") for i in range(L)]
+    layers += [(str(i), f"layer {i}") for i in info["layers"]]
     stats = census.statistics()
     first = "dormancy" if "dormancy" in stats else stats[0]
     note = (f"{st.path}: {info['model']}, {info['n_inputs']:,} inputs in {st.n_shards} shard(s) of {st.shard_size}, "
@@ -81,7 +81,7 @@ def setup(census: Census) -> dict:
     if missing:
         note += f"; {len(missing)} shard(s) missing (finish it with lens capture ... --resume)"
     return {"note": note, "stats": stats, "stat": first, "layers": layers, "layer": layers[0][0],
-            "out_layers": [(str(i), f"L{i}") for i in range(L)], "heads": [(str(h), f"H{h}") for h in range(H)]}
+            "out_layers": [(str(i), f"L{i}") for i in info["layers"]], "heads": [(str(h), f"H{h}") for h in range(H)]}
 
 
 def distributions(census: Census, stat: str, layer: str | None):

@@ -38,15 +38,16 @@ class _Decoder:
 def layout(ctx: Context) -> html.Div:
     s = ctx.subject
     live = s is not None
-    n_layers, n_heads = (s.n_layers, s.n_heads) if live else (1, 1)
+    layers, n_heads = (list(s.attn_layers), s.n_heads) if live else ([0], 1)  # block numbers with attention
+    listed = f"0-{len(layers) - 1}" if layers == list(range(len(layers))) else ",".join(map(str, layers))
     tasks = task_names()
     build = ui.card(
         "Edits",
         dmc.Group([
             ui.select(ids.IV_TYPE, [(k, f"{k}: {v[0]}") for k, v in EDIT_TYPES.items()], value="scale_attention",
                       label="edit", description="applied inside the edited pass (lens.edits)", width=430),
-            dmc.TextInput(id=ids.IV_LAYER, value="0", label="layer(s)", w=110,
-                          description=f"0-{n_layers - 1}, 0,1 or all"),
+            dmc.TextInput(id=ids.IV_LAYER, value=str(layers[0]), label="layer(s)", w=110,
+                          description=f"{listed}, a list or all"),
             dmc.TextInput(id=ids.IV_HEAD, value="0", label="head(s)", w=110,
                           description=f"0-{n_heads - 1}, 0,1 or all"),
             dmc.TextInput(id=ids.IV_KEYS, value="0", label="keys", w=110, description="positions, e.g. 0"),
@@ -63,7 +64,7 @@ def layout(ctx: Context) -> html.Div:
         "Run on the text",
         dmc.Group([
             dmc.Button("Run edits on the text", id=ids.IV_RUN, n_clicks=0),
-            ui.index_select(ids.IV_SHOW_LAYER, n_layers, "show layer", prefix="L"),
+            ui.index_select(ids.IV_SHOW_LAYER, layers, "show layer", prefix="L"),
             ui.index_select(ids.IV_SHOW_HEAD, n_heads, "show head", prefix="H"),
         ], align="flex-end", gap="md", wrap="wrap"),
         *job_slots(ids.IV_STATUS, ids.IV_POLL, ids.IV_PENDING, ids.IV_KEY, interval_ms=250),
@@ -135,7 +136,7 @@ def add_edit(ctx: Context, kind, layer, head, keys, value, current):
         return no_update, "Cannot add this edit: no model is loaded (--model none)."
     try:
         fields = edit_fields(kind, layer, head, keys, value)
-        build_edit(fields).targets(ctx.subject.n_layers, ctx.subject.n_heads)
+        build_edit(fields).targets(ctx.subject.attn_layers, ctx.subject.n_heads)
     except ValueError as err:
         return no_update, f"Cannot add this edit: {err}"
     return [*(current or []), fields], f"added {describe(fields)}"

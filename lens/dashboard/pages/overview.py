@@ -49,7 +49,7 @@ def stat_cards(ctx: Context, analysis) -> dmc.SimpleGrid:
             return "-"
         return str(int((atlas[name].frame[column] == value).sum()))
 
-    items = [("tokens", f"{n:,}"), ("layers x heads", f"{cap.n_layers} x {cap.n_heads}"),
+    items = [("tokens", f"{n:,}"), ("layers x heads", f"{layers_text(cap)} x {cap.n_heads}"),
              ("dormant heads", count("dormant_heads", "state", "dormant")),
              ("collapsed heads", count("entropy", "collapsed")),
              ("source", f"{cap.meta.get('model', '?')}, {cap.meta.get('backend', '?')}")]
@@ -57,11 +57,18 @@ def stat_cards(ctx: Context, analysis) -> dmc.SimpleGrid:
                            for k, v in items], cols={"base": 2, "sm": 3, "lg": 5}, spacing="sm", mb="md")
 
 
+def layers_text(cap) -> str:
+    """'30', or for a hybrid model '48 (attention in blocks 3, 7, ...)': layers are named by block."""
+    if cap.n_blocks == cap.n_layers:
+        return str(cap.n_layers)
+    return f"{cap.n_blocks} (attention in blocks {', '.join(map(str, cap.blocks))})"
+
+
 def summary(ctx: Context, analysis) -> dmc.Card:
     """The atlas headline, one line per analyzer (the analyzers' own text), plus the heads named."""
     atlas, cap = analysis.atlas, analysis.capture
     where = "captured and analyzed" if analysis.text is not None else f"opened from {analysis.source}; analyzed"
-    meta = dmc.Text(f"{cap.meta.get('model', ctx.model)}: {int(cap.lengths[0])} tokens, {cap.n_layers} layers x "
+    meta = dmc.Text(f"{cap.meta.get('model', ctx.model)}: {int(cap.lengths[0])} tokens, {layers_text(cap)} layers x "
                     f"{cap.n_heads} heads; {where} in {analysis.seconds:.2f} s", id="overview-meta", size="sm", mb=6)
     items = []
     for name in HEADLINES:
