@@ -75,6 +75,9 @@ def info(model: str = typer.Option("smollm2", help=MODEL_HELP), device: str = DE
                f"{' (Conv1D)' if arch.o_proj_conv1d else ''}, MLP .{arch.mlp}, final norm {arch.final_norm}, "
                f"{arch.residual} blocks")
     typer.echo(f"attention: {', '.join(arch.features()) or 'plain causal'}")
+    if arch.hybrid:
+        typer.echo(f"blocks with attention: {', '.join(map(str, arch.attn_layers))} (of 0..{arch.n_layers - 1}); "
+                   "layers are named by block number")
 
 
 @app.command("capture")

@@ -222,7 +222,7 @@ def test_memory_estimate_smollm2_patterns_all_at_8k():
     from lens.kernels import StatOptions
     from lens.record._capture import estimate_bytes
 
-    smol = SimpleNamespace(n_layers=30, n_heads=9, d_model=576)
+    smol = SimpleNamespace(n_layers=30, attn_layers=tuple(range(30)), n_heads=9, d_model=576)
     heads = [(l, h) for l in range(30) for h in range(9)]
     parts = estimate_bytes(smol, [[0] * 8192], ["pooled"], heads, StatOptions(), [], False, False)
     assert parts["patterns"] == 30 * 9 * 8192 ** 2 * 4 == 72_477_573_120

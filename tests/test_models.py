@@ -84,9 +84,14 @@ def test_cache_detects_partial_and_corrupt_entries(tmp_path, monkeypatch):
     assert not list(_cache.entry_path("things", "b").parent.glob(".b.*"))
 
 
-def test_unknown_model_name_lists_builtins():
-    with pytest.raises(ValueError, match="smollm2.*bigram_backcopy.*induction"):
-        lens.load("gpt-17")
+def test_unknown_model_name_is_tried_as_a_hub_id_and_the_error_lists_builtins(monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no machine here reaches the hub
+    with pytest.raises(OSError) as err:  # transformers' own error, as it is, with a note added
+        lens.load("smolm2")
+    notes = "\n".join(getattr(err.value, "__notes__", []))
+    assert "'smolm2' is not a built-in name (smollm2, gemma3-270m, bigram_backcopy, induction)" in notes
 
 
 def test_missing_smollm2_wheel_names_the_install_command(monkeypatch):

@@ -56,9 +56,9 @@ def _indices(sel: Heads, valid: int | Sequence[int], what: str, owner=None) -> l
     for i in items:
         if isinstance(i, bool) or not isinstance(i, int) or i not in choices:
             where = f"{type(owner).__name__}(layer={owner.layer!r}, head={owner.head!r}): " if owner is not None else ""
-            listed = (f"0..{len(choices) - 1}" if choices == list(range(len(choices)))
-                      else f"the blocks with attention, {choices}")
-            raise ValueError(f"{where}{what} {i!r} does not exist{' or has no attention' if what == 'layer' else ''}: "
+            contiguous = choices == list(range(len(choices)))
+            listed = f"0..{len(choices) - 1}" if contiguous else f"the blocks with attention, {choices}"
+            raise ValueError(f"{where}{what} {i!r} does not exist{'' if contiguous else ' or has no attention'}: "
                              f"valid {what}s are {listed}; give indices in that range, or None for every {what}")
     return items
 

@@ -91,9 +91,15 @@ def load(name_or_path: str | os.PathLike = "smollm2", *, device: str | torch.dev
         if not path.is_file():
             raise FileNotFoundError(f"no GGUF file at {path}")
         return _load_gguf(path, name=path.stem, placement=placement, kwargs=kwargs)
-    return _load_pretrained(str(path) if path.is_dir() else name, name=path.name if path.is_dir() else name,
-                            placement=placement, revision=revision, trust_remote_code=trust_remote_code,
-                            kwargs=kwargs)
+    try:
+        return _load_pretrained(str(path) if path.is_dir() else name, name=path.name if path.is_dir() else name,
+                                placement=placement, revision=revision, trust_remote_code=trust_remote_code,
+                                kwargs=kwargs)
+    except OSError as err:
+        if not path.exists():  # say what else the name could have been, without rewording transformers' error
+            err.add_note(f"lens: {name!r} is not a built-in name ({', '.join(BUILTIN)}), a model directory or "
+                         "a .gguf file, so it was tried as a hub id")
+        raise
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,8 @@ def parse_dtype(dtype) -> torch.dtype | str:
     """A floating ``torch.dtype``, a name from ``DTYPES``, or ``"auto"``; anything else raises, naming the choices."""
     if isinstance(dtype, torch.dtype):
         if not dtype.is_floating_point:
-            raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+            raise ValueError(f"dtype must be a floating torch.dtype such as torch.float32 or torch.bfloat16, "
+                             f"got {dtype}")
         return dtype
     if isinstance(dtype, str):
         name = dtype.strip().lower().removeprefix("torch.")

@@ -92,7 +92,11 @@ class Capture:
         try:
             return self.blocks.index(block)
         except ValueError:
-            raise ValueError(f"block {block} has no attention in this capture of {self.meta.get('model', '?')}: "
+            model = self.meta.get("model", "?")
+            if not isinstance(block, int) or not 0 <= block < self.n_blocks:
+                raise ValueError(f"layer {block!r} does not exist in this capture of {model}: layers are "
+                                 f"0..{self.n_blocks - 1}") from None
+            raise ValueError(f"block {block} has no attention in this capture of {model}: "
                              f"the blocks with attention are {list(self.blocks)}") from None
 
     @property
@@ -103,7 +107,9 @@ class Capture:
         stats = ", ".join(sorted(self.stats))
         return (
             f"Capture({self.meta.get('model', '?')}: {self.n_inputs} input(s), lengths {self.lengths.tolist()[:8]}, "
-            f"{self._placement()}, stats=[{stats}], patterns={len(self.patterns)}, "
+            f"{self._placement()}, "
+            f"{f'attention in blocks {list(self.blocks)} of {self.n_blocks}, ' if self.n_blocks != self.n_layers else ''}"
+            f"stats=[{stats}], patterns={len(self.patterns)}, "
             f"resid layers={sorted(self.resid)})"
         )
 
@@ -231,16 +237,17 @@ def _check_consistent(cap: Capture, directory: Path) -> None:
             fail(f"input {i}: {SIDECAR} has {len(toks)} str_tokens, lengths says {n} "
                  f"(tokens width {cap.tokens.shape[1]})")
     n_layers, n_heads = cap.meta.get("n_layers"), cap.meta.get("n_heads")
-    if n_layers is not None and len(cap.blocks) != n_layers:
-        fail(f"meta names {len(cap.blocks)} attention blocks {list(cap.blocks)} for n_layers = {n_layers}")
     for name, t in cap.stats.items():
         if t.shape[0] != b:
             fail(f"stats.{name} has batch {t.shape[0]}, tokens has {b}")
-        layers = cap.n_blocks if name in _PER_BLOCK else n_layers
+        per_block = name in _PER_BLOCK and cap.n_blocks != n_layers  # residual statistics of a hybrid model
+        layers, key = (cap.n_blocks, "n_blocks") if per_block else (n_layers, "n_layers")
         if layers is not None and t.ndim > 1 and t.shape[1] != layers:
-            fail(f"stats.{name} has {t.shape[1]} layers, meta says {layers}")
+            fail(f"stats.{name} has {t.shape[1]} layers, meta says {key} = {layers}")
         if n_heads is not None and name not in _NO_HEAD_AXIS and t.ndim > 2 and t.shape[2] != n_heads:
             fail(f"stats.{name} has {t.shape[2]} heads, meta says n_heads = {n_heads}")
+    if n_layers is not None and len(cap.blocks) != n_layers:
+        fail(f"meta names {len(cap.blocks)} attention blocks {list(cap.blocks)} for n_layers = {n_layers}")
     for l, h in cap.patterns:
         if (n_layers is not None and l not in cap.blocks) or (n_heads is not None and not 0 <= h < n_heads):
             fail(f"pattern.{l}.{h} names a head outside meta's blocks {list(cap.blocks)} x {n_heads} heads")

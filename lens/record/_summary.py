@@ -28,15 +28,21 @@ def summarize(cap: Capture, top: int = 5) -> str:
         sink = per_head_mean(cap, "sink_mass")
         lines.append(f"mean attention on position 0 (queries i>=1, all heads): {sink.mean():.3f}")
         flat = sink.flatten().topk(min(top, sink.numel()))
-        heads = ", ".join(f"L{i // cap.n_heads}H{i % cap.n_heads}={v:.2f}" for v, i in zip(flat.values.tolist(), flat.indices.tolist()))
+        heads = ", ".join(f"L{cap.blocks[i // cap.n_heads]}H{i % cap.n_heads}={v:.2f}"
+                          for v, i in zip(flat.values.tolist(), flat.indices.tolist()))
         lines.append(f"strongest sink heads: {heads}")
     header = f"{'layer':>5} {'sink':>6} {'ent_norm':>8} {'dist':>7} {'massive |x|':>11} {'(pos, dim)':>12} {'median':>7}"
     lines.append(header)
-    for layer in range(cap.n_layers):
+    attn = {block: i for i, block in enumerate(cap.blocks)}  # block number -> attention layer axis
+    for layer in range(cap.n_blocks):  # one row a block; a hybrid model's blocks without attention show '-'
+        i = attn.get(layer)
         cols = [f"{layer:>5}"]
-        cols.append(f"{per_head_mean(cap, 'sink_mass')[layer].mean():6.3f}" if "sink_mass" in have else f"{'-':>6}")
-        cols.append(f"{per_head_mean(cap, 'entropy_norm')[layer].mean():8.3f}" if "entropy_norm" in have else f"{'-':>8}")
-        cols.append(f"{per_head_mean(cap, 'distance')[layer].mean():7.1f}" if "distance" in have else f"{'-':>7}")
+        cols.append(f"{per_head_mean(cap, 'sink_mass')[i].mean():6.3f}"
+                    if "sink_mass" in have and i is not None else f"{'-':>6}")
+        cols.append(f"{per_head_mean(cap, 'entropy_norm')[i].mean():8.3f}"
+                    if "entropy_norm" in have and i is not None else f"{'-':>8}")
+        cols.append(f"{per_head_mean(cap, 'distance')[i].mean():7.1f}"
+                    if "distance" in have and i is not None else f"{'-':>7}")
         if "massive_val" in have:
             v = have["massive_val"][0, layer, 0].item()
             p, d = have["massive_pos"][0, layer, 0].item(), have["massive_dim"][0, layer, 0].item()
