@@ -553,10 +553,9 @@ def first_sentence(message: str, limit: int = 220) -> str:
 
 
 def _raised_in_lens(err: BaseException) -> bool:
-    tb = traceback.extract_tb(err.__traceback__)
-    lens_dir = str(ROOT / "lens")
     import lens
 
+    tb = traceback.extract_tb(err.__traceback__)
     lens_dir = os.path.dirname(os.path.abspath(lens.__file__))
     return bool(tb) and os.path.abspath(tb[-1].filename).startswith(lens_dir)
 
@@ -904,7 +903,7 @@ def main(argv=None) -> int:
     if args.json:
         args.json.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     if args.write_readme:
-        if args.only:
+        if args.only and not args.source:
             raise SystemExit("--write-readme needs the full census (no --only)")
         write_readme(report)
     return 0

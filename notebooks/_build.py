@@ -894,7 +894,7 @@ DuckDB database. `run_spec` is the same from Python; here with the CI-sized spec
 `docs/experiments/`, the already loaded model, and no database.
 """),
     code("""
-spec = X.load_spec("../experiments/smollm2_sentiment_small.toml")
+spec = X.load_spec("../docs/experiments/smollm2_sentiment_small.toml")
 result = X.run_spec(spec, subject=subject, db=False, progress=False, echo=None)
 print(result.table())
 """),

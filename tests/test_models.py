@@ -14,7 +14,6 @@ import torch
 
 import lens
 from lens.model import _cache
-from lens.model import _load
 
 PROMPT = "The capital of France is Paris. The capital of Germany is"
 

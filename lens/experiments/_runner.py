@@ -27,8 +27,8 @@ from lens.experiments._bootstrap import bootstrap_ci, paired_bootstrap_ci
 from lens.experiments._calibrate import Calibration, act_search, zerotuning, zerotuning_profiled
 from lens.experiments._scorers import ExecutorScorer, LocalScorer
 from lens.experiments._scoring import metric_values, score
-from lens.experiments._spec import Spec, load_spec, spec_error
-from lens.experiments._spec_edits import build_edits, check_targets
+from lens.experiments._spec import Spec, load_spec
+from lens.experiments._spec_edits import check_targets
 
 
 @dataclass

@@ -187,8 +187,8 @@ def discover(model, *, overrides: dict | None = None) -> Structure:
             except (StructureError, _routing.UnsupportedAttention):
                 raise  # a refusal by name, from the attention call itself
             except Exception as err:  # the model's own code failed with the routing in place
-                how = (f"no attention module called the attention interface before it failed, so its attention "
-                       f"does not go through transformers' AttentionInterface" if not calls else
+                how = ("no attention module called the attention interface before it failed, so its attention "
+                       "does not go through transformers' AttentionInterface" if not calls else
                        f"it failed after {len(calls)} attention call(s)")
                 raise StructureError(f"{model_type}: the traced pass raised {type(err).__name__}: {err}; {how}. "
                                      "The workbench needs a transformers model built on AttentionInterface") from err
