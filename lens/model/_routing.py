@@ -67,12 +67,16 @@ def register() -> None:
 HONOURED = ("scaling", "dropout", "sliding_window", "softcap", "s_aux", "is_causal")
 #: Keywords accepted only with the values that leave attention as computed here: no head
 #: mask, and no request for the [b, h, q, k] pattern (ask ``lens.capture`` for patterns).
-HONOURED_IF_OFF = ("head_mask", "output_attentions")
+HONOURED_IF_OFF = ("head_mask", "output_attentions",
+                   # cross-attention inputs and loss targets that some decoders pass on to every
+                   # attention call: None is plain causal self-attention
+                   "encoder_hidden_states", "encoder_attention_mask", "cross_attention_mask", "labels")
 #: Keywords that reach the attention function from the model's forward but do not change
 #: what it computes: positions were already applied to q and k (RoPE) and packing or
 #: padding arrive through ``attention_mask``; the rest are caching and MoE bookkeeping.
 IGNORED = frozenset({"position_ids", "cache_position", "use_cache", "output_router_logits",
-                     "output_hidden_states", "return_dict", "past_key_values", "token_type_ids"})
+                     "output_hidden_states", "return_dict", "past_key_values", "token_type_ids",
+                     "logits_to_keep"})
 
 
 class UnsupportedAttention(ValueError):
