@@ -60,13 +60,10 @@ def main() -> None:
         args.source = Path(tempfile.mkdtemp()) / "arch-report.json"
         run_tests(args.source)
     report = json.loads(args.source.read_text())
+    from census import replace_section  # beside this file: python docs/arch_table.py puts docs/ on sys.path
+
     readme = ROOT / "README.md"
-    text = readme.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"README.md has no {START} ... {END} markers")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{START}\n{table(report)}\n{END}{tail}")
+    replace_section(readme, START, END, table(report))
     print(f"wrote {len(report['results'])} architectures into {readme}")
 
 

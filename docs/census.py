@@ -506,7 +506,6 @@ def reference_stats(patterns, ids, mask, seen=None) -> dict:
     valid = mask.bool()
     per_layer = []
     for p, p_seen in zip(patterns, seen or patterns):
-        h = p.shape[1]
         sees = p_seen > 0
         p = p.float() * valid[:, None, :, None]
         n_vis = sees.sum(-1).float()
@@ -872,13 +871,18 @@ def readme_section(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_readme(report: dict, readme: Path = ROOT / "README.md") -> None:
+def replace_section(readme: Path, start: str, end: str, body: str) -> None:
+    """Put ``body`` between the ``start`` and ``end`` markers of ``readme`` (generated tables, never hand-edited)."""
     text = readme.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"{readme} has no {START} ... {END} markers")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{START}\n{readme_section(report)}\n{END}{tail}")
+    if start not in text or end not in text:
+        raise SystemExit(f"{readme} has no {start} ... {end} markers")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{body}\n{end}{tail}")
+
+
+def write_readme(report: dict, readme: Path = ROOT / "README.md") -> None:
+    replace_section(readme, START, END, readme_section(report))
     print(f"wrote {len(report['results'])} model types into {readme}")
 
 

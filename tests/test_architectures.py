@@ -33,6 +33,7 @@ import torch
 if not torch.cuda.is_available():  # the Triton backend runs under its interpreter on a CPU
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from _docs import census_module  # noqa: E402
 from _tiny_archs import ARCHS, WINDOW, build  # noqa: E402
 
 import lens  # noqa: E402
@@ -101,16 +102,9 @@ def subject(arch: str):
 
 
 def inputs() -> tuple[list[list[int]], torch.Tensor, torch.Tensor]:
-    """Rows with repeats (so token-pattern statistics are not all 0), ids padded, the padding mask."""
-    g = torch.Generator().manual_seed(7)
-    rows = []
-    for n in LENGTHS:
-        half = torch.randint(0, 12, (n // 2 + 1,), generator=g).tolist()
-        rows.append((half + half)[:n])
-    width = max(LENGTHS)
-    ids = torch.tensor([r + [65] * (width - len(r)) for r in rows])
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-    return rows, ids, mask
+    """Rows with repeats (so token-pattern statistics are not all 0), ids padded with 65, the padding mask:
+    the census' own inputs (``docs/census.py``), so the two check the same thing."""
+    return census_module().inputs(65)
 
 
 def stock_logits(s, ids, mask) -> torch.Tensor:
@@ -144,39 +138,20 @@ def test_structure_is_discovered_and_routed_logits_equal_stock(arch):
 
 # --- statistics against the model's own eager pattern ----------------------------------------
 def reference_stats(s, rows, ids, mask) -> dict[str, torch.Tensor]:
-    """Every statistic, [b, layer, head, ...], from the model's own ``output_attentions``."""
+    """Every statistic, [b, layer, head, ...], from the model's own ``output_attentions``, by its
+    definition (``docs/census.py``'s ``reference_stats``). Which keys a query sees comes from the
+    causal window the structure reports, not from the pattern, so a wrong window shows."""
     with torch.no_grad():
         out = s.model(input_ids=ids, attention_mask=mask, output_attentions=True)
-    b, n = ids.shape
+    n = ids.shape[1]
     qpos = torch.arange(n)[:, None]
     kpos = torch.arange(n)[None, :]
-    valid = mask.bool()  # right padding: a row is valid when it is a real token
-    per_layer = []
+    seen = []
     for layer, p in enumerate(out.attentions):
-        p = p.float() * valid[:, None, :, None]  # [b, h, q, k]; invalid rows enter nothing
         window = s.arch.sliding_window[layer]
         sees = (kpos <= qpos) & (qpos - kpos < window if window else True)
-        n_vis = sees.sum(-1).float()  # real rows see only real keys (right padding)
-        ent = -torch.where(p > 0, p * torch.log(p), 0.0).sum(-1)
-        same = ids[:, :, None] == ids[:, None, :]  # tok_i == tok_j
-        prev_same = torch.zeros_like(same)
-        prev_same[..., 1:] = same[..., :-1]  # tok_i == tok_{j-1}
-        top = torch.topk(p, 8, dim=-1).values
-        per_layer.append({
-            "sink_mass": p[..., 0], "sink_mass_k": p[..., :4].sum(-1), "entropy": ent,
-            "entropy_norm": torch.where(n_vis > 1, ent / torch.log(n_vis.clamp_min(2)), 0.0),
-            "received": p.sum(-2),
-            "visible": (sees[None] & valid[:, :, None]).sum(-2).float()[:, None].expand(b, s.n_heads, n),
-            "distance": (p * (qpos - kpos)).sum(-1), "waad": (p * (qpos - kpos).clamp_max(10)).sum(-1),
-            "topk_val": torch.where(top > 0, top, 0.0),
-            "prev_token": torch.nn.functional.pad(torch.diagonal(p, offset=-1, dim1=-2, dim2=-1), (1, 0)),
-            "diag_mass": torch.diagonal(p, dim1=-2, dim2=-1),
-            "dup_token": (p * (same & (kpos < qpos))[:, None]).sum(-1),
-            "induction": (p * (prev_same & (kpos >= 1) & (kpos <= qpos))[:, None]).sum(-1),
-            "pooled": p,  # pool factor 1 at these lengths
-            "learned_sink_mass": (1 - p.sum(-1)) * valid[:, None, :],
-        })
-    return {k: torch.stack([d[k] for d in per_layer], dim=1) for k in per_layer[0]}
+        seen.append(sees.expand_as(p).float())
+    return census_module().reference_stats(out.attentions, ids, mask, seen=seen)
 
 
 @pytest.mark.parametrize("backend", ["eager", "chunked"])

@@ -15,24 +15,17 @@ same table; ``--write-readme`` puts it into the README.
 from __future__ import annotations
 
 import functools
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+from _docs import census_module
 
 pytestmark = pytest.mark.census
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@functools.cache
-def census():
-    spec = importlib.util.spec_from_file_location("lens_census", ROOT / "docs" / "census.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+census = census_module
 
 
 @functools.cache
@@ -70,7 +63,6 @@ def test_every_refusal_and_every_failed_build_names_its_reason():
 def test_the_architectures_tested_in_depth_are_exact_in_the_census():
     """The census is not vacuous: the architectures of ``tests/test_architectures.py`` are found
     exact from their defaults too."""
-    sys.path.insert(0, str(Path(__file__).parent))
     from _tiny_archs import ARCHS
 
     results = report()["results"]
