@@ -202,7 +202,7 @@ def run_cmd(
     device_map: str = typer.Option(None, "--device-map", help="overrides the spec's [model] device_map: auto | "
                                                               "balanced | sequential"),
 ):
-    """Run a scripted intervention experiment (every run of its [sweep]) and store its results."""
+    """Run a scripted intervention experiment (every run of its \\[sweep] table) and store its results."""
     from lens.experiments import SpecError, run_command
 
     if executor is not None and executor not in ("local", "ray"):
