@@ -54,7 +54,7 @@ def test_placement_table(device, dtype, device_map, present, expected):
     ({"device": "mps"}, CUDA, "sees no MPS device"),
     ({"device": "gpu"}, CUDA, r"unknown device 'gpu': give 'cpu', 'cuda', 'cuda:N' or 'mps'"),
     ({"dtype": "int8"}, CPU, r"unknown dtype 'int8': give 'auto'"),
-    ({"dtype": torch.int8}, CPU, "floating dtype"),
+    ({"dtype": torch.int8}, CPU, "floating torch.dtype"),
     ({"device": "cpu", "device_map": "auto"}, CPU, "not both"),
 ])
 def test_placement_errors_name_the_input(kwargs, present, message):
