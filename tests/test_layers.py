@@ -1,6 +1,6 @@
 """The package's layering (docs/DESIGN.md) is checked, not hoped for: import-linter's contracts in
-``.importlinter`` (kernels <- model <- edits <- record <- analyzers <- store <- experiments <-
-circuits <- probes <- viz <- dashboard <- cli, and no import circle inside any package)."""
+pyproject.toml's ``[tool.importlinter]`` (kernels <- model <- edits <- record <- analyzers <- store <-
+experiments <- circuits <- probes <- viz <- dashboard <- cli, and no import circle inside any package)."""
 
 from __future__ import annotations
 
