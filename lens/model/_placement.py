@@ -43,11 +43,6 @@ class Placement:
             return self.device.type != "cpu"
         return _map_uses_accelerator(self.device_map)
 
-    def describe(self) -> str:
-        where = str(self.device) if self.device is not None else f"device_map={self.device_map!r}"
-        dtype = self.dtype if isinstance(self.dtype, str) else str(self.dtype).removeprefix("torch.")
-        return f"{where}, {dtype}"
-
 
 def _accelerators() -> tuple[str, ...]:
     found = []
