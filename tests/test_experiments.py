@@ -22,14 +22,12 @@ from lens.experiments import (
     SpecError,
     TaskFileError,
     act_search,
-    bootstrap_ci,
     compare_runs,
     last_logits,
     list_runs,
     load_run,
     load_spec,
     make_task,
-    paired_bootstrap_ci,
     parse_spec,
     read_jsonl,
     run_spec,
@@ -257,22 +255,6 @@ def test_unknown_task_and_options_fail_clearly():
         make_task("ioi", 1, 1, shots=2)
     with pytest.raises(ValueError, match="distinct examples"):
         make_task("sentiment", 100, 200)
-
-
-# --- bootstrap ---------------------------------------------------------------------------------
-def test_bootstrap_ci_hand_cases():
-    assert bootstrap_ci([0.7] * 9) == (0.7, 0.7, 0.7)
-    # two values 0 and 1: resampled means are 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4
-    mean, lo, hi = bootstrap_ci([0.0, 1.0], n_boot=20000, confidence=0.95)
-    assert (mean, lo, hi) == (0.5, 0.0, 1.0)
-    # a 40% interval lies inside the middle atom
-    assert bootstrap_ci([0.0, 1.0], n_boot=20000, confidence=0.4) == (0.5, 0.5, 0.5)
-    # paired: the difference after - before per example is resampled
-    mean, lo, hi = paired_bootstrap_ci([1, 1, 0, 0], [1, 1, 1, 1], n_boot=20000)
-    assert mean == 0.5 and lo == 0.0 and hi == 1.0
-    assert bootstrap_ci([1, 2, 3], seed=5) == bootstrap_ci([1, 2, 3], seed=5)
-    with pytest.raises(ValueError, match="equally many"):
-        paired_bootstrap_ci([1, 2], [1])
 
 
 # --- scoring ------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """``lens run SPEC.toml``: check the spec, load the model, calibrate or build the edits, score the
-held-out test set with and without them, bootstrap the differences, record everything.
+held-out test set with and without them, bootstrap the differences (BCa), record everything.
 
 Order matters for honesty: the spec (and any task file) is checked before the model loads;
 calibration sees only the calibration split; the test split is scored once for the
@@ -166,7 +166,7 @@ def _tag(df: pd.DataFrame, examples, condition: str) -> pd.DataFrame:
 
 
 def summarize(spec: Spec, base: pd.DataFrame, edited: pd.DataFrame | None) -> pd.DataFrame:
-    """Mean and bootstrap CI of each metric for baseline and edited, and the paired difference."""
+    """Mean and BCa bootstrap CI of each metric for baseline and edited, and the paired difference."""
     kw = {"n_boot": spec.eval["bootstrap"], "confidence": spec.eval["confidence"], "seed": spec.seed}
     rows = []
     for metric in spec.metrics:
@@ -292,7 +292,7 @@ def format_result(result: RunResult) -> str:
             sign = "+" if cond == "delta" else ""
             cells.append(f"{v:{sign}.3f} [{lo:{sign}.3f}, {hi:{sign}.3f}]")
         lines.append(f"{metric:<16}{cells[0]:>26}{cells[1]:>26}{cells[2]:>28}")
-    lines.append(f"({conf}% bootstrap intervals over test examples, {spec.eval['bootstrap']} resamples"
+    lines.append(f"({conf}% BCa bootstrap intervals over test examples, {spec.eval['bootstrap']} resamples"
                  + (f"; saved to {result.db})" if result.db else ")"))
     return "\n".join(lines)
 
