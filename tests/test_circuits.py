@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from lens import circuits as C
+from lens.edits import head_outputs
 from lens.circuits._patching import _Setup, align, reference_outputs, run_removed, valid_edges
 
 
@@ -101,9 +102,9 @@ def _check_head_patch_brute_force(subject, layer, head, t, tokens=None):
     if tokens is None:
         tokens = torch.randint(4, 90, (2, t), generator=torch.Generator().manual_seed(3))
     donor = tokens.flip(0)
-    z_donor = C.head_outputs(subject, donor)[layer]
+    z_donor, _ = head_outputs(subject, donor, [layer])  # {layer: [b, pos, head, d_v]}
     dh = subject.d_head
-    new = z_donor[..., head * dh:(head + 1) * dh]
+    new = z_donor[layer][:, :, head].to(subject.model.dtype)
     patched = C.run_with_head_outputs(subject, tokens, {(layer, head): new})
 
     oproj = getattr(subject.attn_module(layer), subject.arch.o_proj)

@@ -65,7 +65,7 @@ def _tensors(result) -> dict[str, torch.Tensor]:
 
 def _jobs(s) -> dict[str, callable]:
     """Eight calls of every kind that touches the model's shared state."""
-    from lens.circuits._engine import RunSpec, run
+    from lens.circuits._runs import RunSpec, run
 
     steer = SteerResidual(layer=1, vector=torch.linspace(-1, 1, s.d_model), scale=2.0)
     scale = ScaleAttention(layer=1, keys=0, factor=0.25)

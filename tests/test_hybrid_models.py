@@ -83,7 +83,7 @@ def test_edits_address_blocks_and_refuse_one_without_attention(jamba, cap):
     # block 3: p0' = c p0 / (1 + (c - 1) p0) with c = 0.25
     torch.testing.assert_close(m1[1], 0.25 * m0[1] / (1 - 0.75 * m0[1]), atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match=r"edge patching .* only blocks \[1, 3\] of 4"):
-        from lens.circuits._engine import norm_names
+        from lens.circuits._runs import norm_names
 
         norm_names(jamba)
 

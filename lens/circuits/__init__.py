@@ -13,7 +13,6 @@ Public API (names are stable)::
     edge_patching_scores(subject, pairs)                                  # sender, receiver, score, normalized
     eap_scores(subject, pairs)                                            # sender, receiver, score, normalized
     run_with_head_outputs(subject, tokens, {(layer, head): [b, pos, d_head]}) -> logits   # GQA-exact
-    head_outputs(subject, tokens) -> {layer: [b, pos, n_heads * d_head]}                    # o_proj inputs
 
     # discovery -> Circuit
     discover(subject, pairs, method="eap"|"acdc", ...)
@@ -29,8 +28,10 @@ Nodes: "input", "a{layer}.h{head}", "m{layer}", "logits" (``Graph``). Modes: "de
 (corrupted run, clean value), "resample" (clean run, corrupted value), "mean", "zero".
 Metrics: "logit_diff", "prob", "kl" at each prompt's last token.
 
-Hooks go on the stock transformers model (``lens.circuits._engine``): a head's output is its
-``d_head`` slice of the output projection's input, so grouped-query attention is exact.
+Every pass hooks the stock transformers model at its named sites (``Subject.hooks``; a
+``RunSpec`` becomes site hooks in ``lens.circuits._runs``): a head's output is its ``d_head``
+slice of the output projection's input (the ``attn_z`` site), so grouped-query attention is
+exact. Per-head outputs as tensors: ``lens.edits.head_outputs``.
 """
 
 from lens.circuits._circuit import Circuit, overlap
@@ -49,7 +50,6 @@ from lens.circuits._pairs import (
 from lens.circuits._patching import (
     MODES,
     edge_patching_scores,
-    head_outputs,
     patch_components,
     patch_heads,
     patch_residual,
@@ -60,7 +60,7 @@ from lens.circuits._patching import (
 __all__ = [
     "INPUT", "LOGITS", "METRICS", "MODES", "Circuit", "Graph", "PromptPairs", "acdc", "answer_prob",
     "colored_objects_pairs", "discover", "eap_circuit", "eap_scores", "edge_patching_scores", "evaluate_circuit",
-    "head_node", "head_outputs", "induction_pairs", "ioi_pairs", "kl_div", "logit_diff", "make_pairs", "mlp_node",
+    "head_node", "induction_pairs", "ioi_pairs", "kl_div", "logit_diff", "make_pairs", "mlp_node",
     "overlap", "pairs_from_ids", "pairs_from_texts", "parse_node", "patch_components", "patch_heads",
     "patch_residual", "path_patch", "run_with_head_outputs",
 ]

@@ -17,12 +17,11 @@ import pandas as pd
 import torch
 
 from lens.circuits._circuit import Circuit
-from lens.circuits._engine import RunSpec, last_logits, run
 from lens.circuits._graph import INPUT, LOGITS, Graph
 from lens.circuits._metrics import get_metric
 from lens.circuits._pairs import PromptPairs
 from lens.circuits._patching import _Setup, reference_outputs, removed_matrix, run_removed, valid_edges
-from lens.model._routing import model_lock
+from lens.circuits._runs import RunSpec, last_logits, run
 
 
 class _Batches:
@@ -98,19 +97,10 @@ def _embeddings_mixed(subject, corrupted: torch.Tensor, alpha: float | None):
     if alpha is None:
         yield
         return
-    emb = subject.model.get_input_embeddings()
-    with model_lock(subject.model):  # the hook is the model's for the block: other threads wait
-        with torch.no_grad():
-            other = emb(corrupted.to(subject.device))
-
-        def mix(module, args, out):
-            return other + alpha * (out - other)
-
-        handle = emb.register_forward_hook(mix)
-        try:
-            yield
-        finally:
-            handle.remove()
+    with torch.no_grad():
+        other = subject.model.get_input_embeddings()(corrupted.to(subject.device))
+    with subject.hooks({"embed_out": lambda out, call: other + alpha * (out - other)}):
+        yield
 
 
 def _connected(graph: Graph, edges: set[tuple[str, str]]) -> set[tuple[str, str]]:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
-from lens.circuits._engine import Patch, RunSpec, last_logits, run
+from lens.circuits._runs import Patch, RunSpec, last_logits, run
 from lens.circuits._graph import Graph
 from lens.circuits._metrics import get_metric
 from lens.circuits._pairs import PromptPairs
@@ -251,14 +251,6 @@ def run_with_head_outputs(subject, tokens: torch.Tensor, values: dict, *, length
                              f"got {tuple(v.shape)}")
     spec = RunSpec(heads={k: Patch(v, mask) for k, v in values.items()})
     return run(subject, tokens, lengths, spec)[0]
-
-
-@torch.no_grad()
-def head_outputs(subject, tokens: torch.Tensor, *, lengths: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
-    """Each layer's o_proj input ``[batch, pos, n_heads * d_head]`` (head ``h`` = slice ``h*d_head:(h+1)*d_head``)."""
-    b, t = tokens.shape
-    lengths = torch.full((b,), t, dtype=torch.long) if lengths is None else lengths
-    return run(subject, tokens, lengths, RunSpec(record=frozenset({"z"})))[1].records["z"]
 
 
 # --- edges ----------------------------------------------------------------------------------

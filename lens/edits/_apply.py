@@ -93,6 +93,9 @@ def nnsight_logits(subject, prompt: str, edits: Sequence[ResidualEdit]) -> torch
 
     The same edits as the forward hooks of ``Subject.edited``, expressed as nnsight
     interventions (``block.output[:, positions] ...``); tests hold the two routes together.
+    nnsight registers hooks of its own, which act for every forward of the model while the
+    trace runs (the one documented exception to ``Subject.hooks``): the model's lock keeps
+    the workbench's other passes out meanwhile.
     """
     ids = subject.to_tokens(prompt).to(subject.device)
     n = ids.shape[1]

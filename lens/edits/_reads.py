@@ -1,20 +1,19 @@
 """Reading from a running model what edits are built from: head outputs and residual streams.
 
 ``head_outputs`` takes each head's output before the output projection (what
-``AblateHead``'s mean replaces); ``residual_from_prompt`` takes a block's output through
-``subject.nnsight`` (what ``PatchResidual.from_prompt`` patches in). Both hold the model's
-lock while they run.
+``AblateHead``'s mean replaces, the ``attn_z`` sites); ``residual_from_prompt`` takes a
+block's output (what ``PatchResidual.from_prompt`` patches in, the ``resid_post`` site).
+Both read through ``Subject.hooks``.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
 
 from lens.model import normalise_inputs
-from lens.model import _routing
-from lens.model._structure import get_path
 
 __all__ = ["head_outputs", "nn_block", "residual_from_prompt"]
 
@@ -44,26 +43,19 @@ def head_outputs(subject, inputs, layers: Sequence[int] | None = None, *, batch_
     subject.check_heads([(l, 0) for l in layers])
     store: dict[int, list] = {l: [] for l in layers}
     width = max(len(r) for r in rows)
-    handles = []
 
     def grab(layer):
-        def pre(module, args):
-            x = args[0].detach().float()
-            store[layer].append(x.reshape(*x.shape[:2], subject.n_heads, subject.d_v))
-        return pre
+        def read(z, call):
+            z = z.detach().float()
+            store[layer].append(z.reshape(*z.shape[:2], subject.n_heads, subject.d_v))
+        return read
 
-    with _routing.model_lock(subject.model):
-        try:
-            for l in layers:
-                handles.append(subject.head_site(l).register_forward_pre_hook(grab(l)))
-            masks = []
-            for i in range(0, len(rows), batch_size):
-                ids, mask = _pad(subject, rows[i:i + batch_size], width)
-                subject.model(input_ids=ids, attention_mask=mask.long(), use_cache=False)
-                masks.append(mask)
-        finally:
-            for h in handles:
-                h.remove()
+    masks = []
+    with subject.hooks({("attn_z", l): grab(l) for l in layers}):
+        for i in range(0, len(rows), batch_size):
+            ids, mask = _pad(subject, rows[i:i + batch_size], width)
+            subject.model(input_ids=ids, attention_mask=mask.long(), use_cache=False)
+            masks.append(mask)
     return {l: torch.cat(v) for l, v in store.items()}, torch.cat(masks).cpu()
 
 
@@ -75,19 +67,18 @@ def _pad(subject, rows, width):
 
 
 
-# --- the nnsight route for residual edits --------------------------------------------------------
+# --- residual streams ------------------------------------------------------------------------------
 def nn_block(subject, layer: int):
-    return get_path(subject.nnsight, subject.arch.layers)[layer]
+    """Block ``layer`` of the nnsight view (``subject.nnsight``), for edits written as nnsight code."""
+    return operator.attrgetter(subject.arch.layers)(subject.nnsight)[layer]
 
 
 @torch.no_grad()
 def residual_from_prompt(subject, prompt: str, layer: int) -> torch.Tensor:
-    """The residual stream after block ``layer`` for ``prompt``, ``[pos, d_model]``, via ``subject.nnsight``."""
+    """The residual stream after block ``layer`` for ``prompt``, ``[pos, d_model]`` (the ``resid_post`` site)."""
     subject.check_heads([(layer, 0)])
     ids = subject.to_tokens(prompt)
-    with _routing.model_lock(subject.model), subject.nnsight.trace(ids.to(subject.device)):
-        out = nn_block(subject, layer).output
-        saved = (out[0] if isinstance(out, tuple) else out).save()
-    return torch.as_tensor(saved)[0].detach().float().cpu().clone()
-
-
+    saved = []
+    with subject.hooks({("resid_post", layer): lambda x, call: saved.append(x.detach())}):
+        subject.model(input_ids=ids.to(subject.device), use_cache=False)
+    return saved[0][0].float().cpu().clone()

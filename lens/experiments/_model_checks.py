@@ -36,8 +36,7 @@ def _batch_logits(subject: Subject, ids: torch.Tensor, mask: torch.Tensor, edits
     """Logits ``[batch, pos, vocab]`` (fp32) with ``edits`` applied through ``subject.edited``."""
     att = None if bool(mask.all()) else mask.long()
     if not edits:
-        with subject.lock:  # a plain forward must not see another thread's routing or hooks
-            return subject.model(input_ids=ids, attention_mask=att, use_cache=False).logits.float()
+        return subject.model(input_ids=ids, attention_mask=att, use_cache=False).logits.float()
     with subject.edited(*edits):
         return subject.model(input_ids=ids, attention_mask=att, use_cache=False).logits.float()
 
@@ -173,10 +172,9 @@ def retrieval_scores(subject: Subject, *, n_samples: int = 16, haystack_len: int
     ids = torch.tensor(prompts, device=subject.device)
     # Only the last position's logits are needed (saves the unembedding of every other position).
     last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(subject.model.forward).parameters else {}
-    with subject.lock:  # plain forwards: not while another thread routes or hooks the model
-        for _ in range(n_new):  # greedy, whole prefix each step: short contexts, no cache to manage
-            nxt = subject.model(input_ids=ids, use_cache=False, **last).logits[:, -1].argmax(-1, keepdim=True)
-            ids = torch.cat([ids, nxt], dim=1)
+    for _ in range(n_new):  # greedy, whole prefix each step: short contexts, no cache to manage
+        nxt = subject.model(input_ids=ids, use_cache=False, **last).logits[:, -1].argmax(-1, keepdim=True)
+        ids = torch.cat([ids, nxt], dim=1)
     generated = ids[:, -n_new:].cpu()
     # The query that produced generated token k is the position just before it.
     cap = lens_capture(subject, ids[:, :-1].cpu(), stats=["topk_idx"], options=StatOptions(topk=1),

@@ -9,10 +9,11 @@ only through the small protocol they share (``applied_by``, ``targets``, ``key_b
 and asks for no statistic, except on layers with a row edit (ACT, VAR): there it asks the
 eager backend for the targeted heads' post-softmax pattern, rewrites the rows, and
 recomputes those heads' outputs as p' @ v (then gate and add), in place, before the output
-projection sees them. Residual edits are forward hooks on the blocks. Everything
-registered is removed when the block exits, also when it raises. The block holds the
-model's lock (``_routing.model_lock``) throughout: other threads' workbench calls on the
-same model wait until it exits.
+projection sees them. Residual edits are hooks at the ``resid_post`` sites (``_sites``).
+Everything registered is removed when the block exits, also when it raises, and acts only
+for forwards run in the context that entered the block. The block holds the model's lock
+(``_routing.model_lock``) throughout: other threads' workbench calls on the same model
+wait until it exits; their plain forwards pass through untouched.
 
 Sessions nest: an inner ``edited`` block applies the outer edits plus its own.
 ``lens.capture`` activates a session of its own, so it sees only the edits passed to it.
@@ -26,7 +27,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import torch
 
 from lens.kernels import HeadEdits, StatOptions
-from lens.model import _routing
+from lens.model import _routing, _sites
 
 __all__ = ["EditSession", "applied_by", "compile_edits", "edited"]
 
@@ -166,37 +167,29 @@ def edited(subject, edits: Sequence, *, backend: str = "auto") -> Iterator[EditS
     outer = _routing._active.get()
     inherited = outer.edits if isinstance(outer, EditSession) and outer.subject is subject else ()
     session = EditSession(subject, (*inherited, *edits), backend=backend)
-    handles = []
+    fns = {"model_in": _padding_recorder(session)}
+    by_layer: dict[int, list] = {}
+    for e in edits:  # the outer block's residual hooks still act: its scope is still entered
+        if applied_by(e) == "residual":
+            by_layer.setdefault(e.layer, []).append(e)
+    fns.update({_sites.Site("resid_post", layer): _residual_hook(es) for layer, es in by_layer.items()})
     # The model's lock is held from the first hook to the last removal (routed takes it again, re-entrantly).
-    with _routing.model_lock(subject.model):
-        try:
-            handles.append(subject.model.register_forward_pre_hook(_padding_recorder(session), with_kwargs=True))
-            for e in edits:  # the outer session's residual hooks are still registered
-                if applied_by(e) == "residual":
-                    handles.append(subject.blocks[e.layer].register_forward_hook(_residual_hook(e)))
-            with _routing.routed(subject.model), _routing.active(session):
-                yield session
-        finally:
-            for h in handles:
-                h.remove()
+    with _routing.model_lock(subject.model), _sites.hooks(subject, fns), _routing.routed(subject.model), \
+            _routing.active(session):
+        yield session
 
 
 def _padding_recorder(session: EditSession):
-    def hook(module, args, kwargs):
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        embeds = kwargs.get("inputs_embeds")
-        new = ids if ids is not None else embeds
-        session.n_new = int(new.shape[1]) if new is not None else None
-        mask = kwargs.get("attention_mask")
+    def hook(x, call):
+        session.n_new = int(x.shape[1]) if x is not None else None
+        mask = call.kwargs.get("attention_mask")
         session.padding = mask.detach() if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
     return hook
 
 
-def _residual_hook(edit):
-    def hook(module, args, output):
-        if isinstance(output, tuple):
-            return (edit.apply(output[0]), *output[1:])
-        return edit.apply(output)
+def _residual_hook(edits: list):
+    def hook(x, call):
+        for e in edits:  # in the order given
+            x = e.apply(x)
+        return x
     return hook
-
-

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lens.model._routing import model_lock
 from lens.model._organisms_data import trigger_mask
+from lens.model._sites import module_hooks
 
 
 @torch.no_grad()
@@ -28,13 +28,8 @@ def attention_patterns(model, tokens: torch.Tensor) -> tuple[torch.Tensor, torch
     def grab(_module, args, kwargs):
         inputs.append(args[0] if args else kwargs["hidden_states"])
 
-    with model_lock(model):  # hooks on a model other threads may share
-        handles = [b.attn.register_forward_pre_hook(grab, with_kwargs=True) for b in blocks]
-        try:
-            model(input_ids=tokens.to(next(model.parameters()).device))
-        finally:
-            for h in handles:
-                h.remove()
+    with module_hooks([(b.attn, "pre", grab) for b in blocks]):  # only this thread's forward is read
+        model(input_ids=tokens.to(next(model.parameters()).device))
     patterns, values = [], []
     n = tokens.shape[1]
     causal = torch.ones(n, n, dtype=torch.bool, device=inputs[0].device).tril()
@@ -67,8 +62,7 @@ def value_drain_ratio(model, values: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def copy_accuracy(model, tokens: torch.Tensor, triggers) -> float:
     """Bigram-Backcopy: fraction of trigger positions whose argmax prediction is the back-copied token."""
-    with model_lock(model):
-        logits = model(input_ids=tokens).logits[:, :-1]
+    logits = model(input_ids=tokens).logits[:, :-1]
     mask = trigger_mask(tokens[:, :-1], triggers)
     mask[:, 0] = False
     return float((logits.argmax(-1) == tokens[:, 1:])[mask].float().mean())
@@ -115,8 +109,7 @@ def induction_scores(patterns: torch.Tensor, period: int, layer: int = 1) -> tor
 @torch.no_grad()
 def masked_loss(model, tokens: torch.Tensor, target_mask: torch.Tensor | None = None) -> float:
     """Mean next-token cross-entropy (nats) over target positions where ``target_mask`` is True."""
-    with model_lock(model):
-        logits = model(input_ids=tokens).logits[:, :-1]
+    logits = model(input_ids=tokens).logits[:, :-1]
     losses = F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none")
     if target_mask is None:
         return float(losses.mean())
@@ -126,7 +119,6 @@ def masked_loss(model, tokens: torch.Tensor, target_mask: torch.Tensor | None = 
 @torch.no_grad()
 def masked_accuracy(model, tokens: torch.Tensor, target_mask: torch.Tensor) -> float:
     """Argmax next-token accuracy over target positions where ``target_mask`` is True."""
-    with model_lock(model):
-        pred = model(input_ids=tokens).logits[:, :-1].argmax(-1)
+    pred = model(input_ids=tokens).logits[:, :-1].argmax(-1)
     return float((pred == tokens[:, 1:])[target_mask[:, 1:]].float().mean())
 

@@ -1,19 +1,23 @@
 """Routing a transformers model's attention through the workbench's attention function.
 
 ``register()`` adds an attention implementation named ``"lens"`` to transformers'
-``AttentionInterface`` (and a matching mask builder). A model switched to it (see
-``routed``) calls ``kernels.attention`` in every layer. What that call should record
-and which edits it should apply come from the *active session* (a context variable set
-by ``lens.capture`` or ``Subject.edited``); with no session it is plain attention.
+``AttentionInterface`` (and a matching mask builder). Inside ``routed(model)`` the model's
+config names it, and every attention call of a forward *run in the context that entered
+the block* goes to ``kernels.attention``; what that call should record and which edits it
+should apply come from the *active session* (a context variable set by ``lens.capture`` or
+``Subject.edited``). A forward from any other thread or context during the block passes
+through to the implementation the model had before (``sdpa`` or ``eager``, with the mask
+that implementation would have built), so it is untouched.
 
-Switching the config and registering hooks change state shared by every thread that
-uses the model, so each such block holds the model's re-entrant lock (``model_lock``):
-calls on one model from many threads run one at a time, each as it would alone.
+Switching the config is a change to state shared by every thread, so ``routed`` holds the
+model's re-entrant lock (``model_lock``): the workbench's own passes on one model run one
+at a time; plain forwards from other threads need no lock.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import weakref
 from collections.abc import Iterator
@@ -21,11 +25,18 @@ from contextvars import ContextVar
 from typing import Protocol
 
 import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from lens.kernels import attention
 
 IMPLEMENTATION = "lens"
 _active: ContextVar[Session | None] = ContextVar("lens_attention_session", default=None)
 # Called with (module, query, key, value, call, result) by every routed attention call; see ``traced``.
 _tracer: ContextVar = ContextVar("lens_attention_tracer", default=None)
+# ids of the configs (the model's and its sub-configs) routed by a block entered in this context
+_routed: ContextVar[frozenset[int]] = ContextVar("lens_routed_configs", default=frozenset())
+# id(config) -> the attention implementation it had before routing, while a routed block is open
+_original: dict[int, str | None] = {}
 _registered = False
 _locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its RLock
 _locks_guard = threading.Lock()
@@ -55,6 +66,7 @@ def register() -> None:
     global _registered
     if _registered:
         return
+    # import-time cost: transformers.modeling_utils takes ~1 s to import, and `import lens` does not need it
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -90,8 +102,8 @@ def lens_attention_forward(module, query, key, value, attention_mask, scaling=No
     (``IGNORED``), or refused with an error naming it, the model type and the layer: an
     attention the workbench cannot reproduce exactly is never computed approximately.
     """
-    from lens.kernels import attention
-
+    if not _routed_here(module):
+        return _passthrough(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
     session = _active.get()
     layer = session.subject.layer_of(module) if session is not None else None
     call = attention_call(module, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
@@ -164,22 +176,74 @@ def model_lock(model: torch.nn.Module) -> threading.RLock:
         return lock
 
 
+def _configs(config) -> list:
+    """``config`` and its sub-configs, recursively (each may name its own attention implementation)."""
+    out = [config]
+    for key in getattr(config, "sub_configs", {}) or {}:
+        sub = getattr(config, key, None)
+        if sub is not None and hasattr(sub, "_attn_implementation_internal"):
+            out.extend(_configs(sub))
+    return out
+
+
 @contextlib.contextmanager
 def routed(model) -> Iterator[None]:
-    """Within the block, ``model`` runs its attention through ``lens_attention_forward``.
+    """Within the block, ``model``'s forwards run in this context use ``lens_attention_forward``.
 
     Holds ``model_lock(model)`` for the whole block: the implementation is a field of the
-    shared config, so no other thread may run or switch the model until it is restored.
+    shared config. Forwards from other threads or contexts pass through (module docstring).
     """
     register()
     with model_lock(model):
-        config = model.config
-        before = config._attn_implementation
-        config._attn_implementation = IMPLEMENTATION
+        configs = _configs(model.config)
+        before = {id(c): c._attn_implementation_internal for c in configs}
+        outer = _routed.get()
+        token = _routed.set(outer | before.keys())
+        _original.update({k: v for k, v in before.items() if k not in outer})
         try:
+            for c in configs:
+                c._attn_implementation_internal = IMPLEMENTATION
             yield
         finally:
-            config._attn_implementation = before
+            for c in configs:  # each config gets its own value back (the setter would copy one to all)
+                c._attn_implementation_internal = before[id(c)]
+            if not outer:
+                for k in before:
+                    _original.pop(k, None)
+            _routed.reset(token)
+
+
+def _routed_here(module) -> bool:
+    config = getattr(module, "config", None)
+    here = _routed.get()
+    return id(config) in here if config is not None else bool(here)
+
+
+def _passthrough(module, query, key, value, attention_mask, *, scaling=None, dropout=0.0, **kwargs):
+    """The attention the model would have run without routing, for a forward from another context.
+
+    The mask arrives in sdpa's form (a boolean mask, or None for purely causal): the sdpa
+    implementation takes it as is; eager gets the additive mask transformers would have built
+    from it (0 where visible, the dtype's minimum elsewhere). Other implementations
+    (flash, flex) are not run from here: the workbench's plain attention computes the same.
+    """
+    config = getattr(module, "config", None)
+    before = _original.get(id(config), "sdpa") if config is not None else "sdpa"
+    if before == "sdpa":
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    eager = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    if before in (None, "eager") and eager is not None:
+        mask = attention_mask
+        if mask is None:
+            q, k = query.shape[-2], key.shape[-2]
+            mask = torch.ones(q, k, dtype=torch.bool, device=query.device).tril(k - q)[None, None]
+        if mask.dtype == torch.bool:
+            mask = torch.where(mask, torch.zeros((), dtype=query.dtype, device=mask.device),
+                               torch.finfo(query.dtype).min)
+        return eager(module, query, key, value, mask, scaling=scaling, dropout=dropout, **kwargs)
+    call = attention_call(module, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    return attention(query, key, value, **call).output.transpose(1, 2).contiguous(), None
 
 
 @contextlib.contextmanager

@@ -26,7 +26,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-__all__ = ["Structure", "StructureError", "discover", "get_path"]
+from lens.model import _routing
+from lens.model._sites import module_hooks
+
+__all__ = ["Structure", "StructureError", "discover"]
 
 #: Tokens in the traced pass: long enough for a sliding window of a few positions to be visible.
 TRACE_TOKENS = 6
@@ -117,14 +120,6 @@ class Structure:
         return out
 
 
-def get_path(root, dotted: str):
-    """Follow a dotted attribute path from ``root`` (integers index into ModuleLists)."""
-    obj = root
-    for part in dotted.split("."):
-        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
-    return obj
-
-
 def _is_projection(m: nn.Module) -> bool:
     from transformers.pytorch_utils import Conv1D
 
@@ -138,8 +133,6 @@ def _is_norm(m: nn.Module) -> bool:
 @torch.no_grad()
 def discover(model, *, overrides: dict | None = None) -> Structure:
     """Find the structure of a transformers causal LM (see the module docstring)."""
-    from lens.model import _routing
-
     config = model.config
     model_type = getattr(config, "model_type", type(model).__name__)
     names = {id(m): n for n, m in model.named_modules()}
@@ -157,44 +150,38 @@ def discover(model, *, overrides: dict | None = None) -> Structure:
     # (id of a candidate block, "in"|"out", child name) -> tensor: every ModuleList's entries are
     # watched, since which list holds the blocks is known only after the pass.
     block_io: dict[tuple[int, str, str], torch.Tensor | None] = {}
-    with _routing.model_lock(model):  # every hook below is on the shared model: one thread at a time
-        handles = []
-        try:
-            for m in model.modules():
-                if _is_projection(m):
-                    handles.append(m.register_forward_pre_hook(
-                        lambda mod, args: proj_inputs.__setitem__(id(mod), args[0].detach()) if args else None))
-                handles.append(m.register_forward_hook(
-                    lambda mod, args, out: outputs.__setitem__(id(mod), out.detach())
-                    if isinstance(out, torch.Tensor) else None))
-            for first in _candidate_blocks(model):
-                for child_name, child in [("", first), *first.named_children()]:
-                    key = (id(first), child_name)
-                    handles.append(child.register_forward_pre_hook(
-                        lambda mod, args, kwargs, k=key: _keep(block_io, (k[0], "in", k[1]), _hidden(args, kwargs)),
-                        with_kwargs=True))
-                    handles.append(child.register_forward_hook(
-                        lambda mod, args, out, k=key: _keep(block_io, (k[0], "out", k[1]), _first(out))))
-            unembed = model.get_output_embeddings()
-            if unembed is None:
-                raise StructureError(f"{model_type}: the model has no output embedding "
-                                     "(get_output_embeddings() is None); the workbench needs a causal LM")
-            handles.append(unembed.register_forward_pre_hook(lambda mod, args: head_input.append(args[0].detach())))
-            ids = _trace_ids(model)
-            try:
-                with _routing.routed(model), _routing.traced(tracer):
-                    model(input_ids=ids, use_cache=False)
-            except (StructureError, _routing.UnsupportedAttention):
-                raise  # a refusal by name, from the attention call itself
-            except Exception as err:  # the model's own code failed with the routing in place
-                how = ("no attention module called the attention interface before it failed, so its attention "
-                       "does not go through transformers' AttentionInterface" if not calls else
-                       f"it failed after {len(calls)} attention call(s)")
-                raise StructureError(f"{model_type}: the traced pass raised {type(err).__name__}: {err}; {how}. "
-                                     "The workbench needs a transformers model built on AttentionInterface") from err
-        finally:
-            for h in handles:
-                h.remove()
+    entries = []
+    for m in model.modules():
+        if _is_projection(m):
+            entries.append((m, "pre", lambda mod, args, kwargs: proj_inputs.__setitem__(id(mod), args[0].detach())
+                            if args else None))
+        entries.append((m, "post", lambda mod, args, kwargs, out: outputs.__setitem__(id(mod), out.detach())
+                        if isinstance(out, torch.Tensor) else None))
+    for first in _candidate_blocks(model):
+        for child_name, child in [("", first), *first.named_children()]:
+            key = (id(first), child_name)
+            entries.append((child, "pre", lambda mod, args, kwargs, k=key:
+                            _keep(block_io, (k[0], "in", k[1]), _hidden(args, kwargs))))
+            entries.append((child, "post", lambda mod, args, kwargs, out, k=key:
+                            _keep(block_io, (k[0], "out", k[1]), _first(out))))
+    unembed = model.get_output_embeddings()
+    if unembed is None:
+        raise StructureError(f"{model_type}: the model has no output embedding "
+                             "(get_output_embeddings() is None); the workbench needs a causal LM")
+    entries.append((unembed, "pre", lambda mod, args, kwargs: head_input.append(args[0].detach())))
+    ids = _trace_ids(model)
+    try:
+        # hooks read only this thread's traced pass (lens.model._sites); the routing holds the model's lock
+        with module_hooks(entries), _routing.routed(model), _routing.traced(tracer):
+            model(input_ids=ids, use_cache=False)
+    except (StructureError, _routing.UnsupportedAttention):
+        raise  # a refusal by name, from the attention call itself
+    except Exception as err:  # the model's own code failed with the routing in place
+        how = ("no attention module called the attention interface before it failed, so its attention "
+               "does not go through transformers' AttentionInterface" if not calls else
+               f"it failed after {len(calls)} attention call(s)")
+        raise StructureError(f"{model_type}: the traced pass raised {type(err).__name__}: {err}; {how}. "
+                             "The workbench needs a transformers model built on AttentionInterface") from err
 
     if not calls:
         raise StructureError(f"{model_type}: no attention module called the attention interface in a traced pass "
@@ -265,7 +252,7 @@ def _blocks(model, model_type, names, modules) -> tuple[str, str, nn.ModuleList,
             break
     else:
         raise StructureError(f"{model_type}: the attention module {first!r} does not sit in a list of blocks")
-    blocks = get_path(model, layers_path)
+    blocks = model.get_submodule(layers_path)
     where = {f"{layers_path}.{i}.{attn_path}": i for i in range(len(blocks))}
     found = [names[id(m)] for m in modules]
     attn_layers = tuple(where.get(name, -1) for name in found)

@@ -9,8 +9,11 @@ from functools import cached_property
 import torch
 
 from lens.model._arch import overrides_for, tl_architecture
+from lens.model import _sites
 from lens.model._editing import edited
-from lens.model._structure import Structure, StructureError, discover, get_path
+from lens.model._inputs import id_rows, n_vocab
+from lens.model._routing import model_lock
+from lens.model._structure import Structure, StructureError, discover
 
 
 class Subject:
@@ -23,12 +26,12 @@ class Subject:
     Threads: one Subject may be shared by many threads. Every workbench call on it
     (``lens.capture``, ``edited``, patching and circuit discovery, probes, ``logits``,
     the model checks) is thread-safe and gives exactly what it gives alone: calls that
-    route the attention, add hooks or run the model hold ``subject.lock`` (re-entrant,
-    one per model), so they run one at a time per Subject. An ``edited`` block holds it
-    from entry to exit, body included. A raw ``subject.model(...)`` from another thread
-    while a capture or ``edited`` block runs is NOT safe (it would see their routing and
-    hooks) unless wrapped in ``with subject.lock:``. Inside an ``edited`` block, do not wait
-    for another thread that uses this Subject: it waits for the lock (a deadlock).
+    route the attention hold ``subject.lock`` (re-entrant, one per model), so they run one
+    at a time per Subject, and hooks (``hooks``) act only for the forwards of the context
+    that installed them. A raw ``subject.model(...)`` from another thread while a capture
+    or an ``edited`` block runs passes through untouched: it sees neither their routing
+    nor their hooks. Inside an ``edited`` block, do not wait for another thread that runs
+    a workbench call on this Subject: it waits for the lock (a deadlock).
     """
 
     def __init__(self, model, tokenizer, *, name: str, source: str = "", info: dict | None = None):
@@ -85,8 +88,6 @@ class Subject:
         if isinstance(text, str):
             ids = self.to_tokens(text)[0].tolist()
         else:
-            from lens.model._inputs import id_rows, n_vocab
-
             rows = id_rows(text, name=self.name, vocab=n_vocab(self))
             if len(rows) != 1:
                 raise ValueError(f"to_str_tokens takes one text or one row of ids; got {len(rows)} rows: "
@@ -105,13 +106,13 @@ class Subject:
     # --- structure ----------------------------------------------------------------------
     @property
     def blocks(self) -> torch.nn.ModuleList:
-        return get_path(self.model, self.arch.layers)
+        return self.model.get_submodule(self.arch.layers)
 
     def attn_module(self, layer: int) -> torch.nn.Module:
         """The attention module of block ``layer``; a block without attention is refused by name."""
         if layer not in self._attn_set:
             self.check_heads([(layer, 0)])
-        return get_path(self.blocks[layer], self.arch.attn)
+        return self.blocks[layer].get_submodule(self.arch.attn)
 
     @cached_property
     def _attn_set(self) -> frozenset[int]:
@@ -119,12 +120,12 @@ class Subject:
 
     def o_proj(self, layer: int) -> torch.nn.Module:
         """The output projection that reads layer ``layer``'s attention output (per-head slices)."""
-        return get_path(self.attn_module(layer), self.arch.o_proj)
+        return self.attn_module(layer).get_submodule(self.arch.o_proj)
 
     def head_site(self, layer: int) -> torch.nn.Module:
         """The module whose input is layer ``layer``'s head outputs side by side, ``[..., n_heads * d_v]``:
         the output projection, or the norm in front of it (BitNet). Head reads and patches hook its input."""
-        return get_path(self.attn_module(layer), self.arch.attn_out_norm or self.arch.o_proj)
+        return self.attn_module(layer).get_submodule(self.arch.attn_out_norm or self.arch.o_proj)
 
     def layer_of(self, module: torch.nn.Module) -> int | None:
         """The layer whose attention module ``module`` is (None for any other module)."""
@@ -143,16 +144,24 @@ class Subject:
                     f"layers 0..{self.n_layers - 1}, heads 0..{self.n_heads - 1}; pick (layer, head) in those ranges"
                 )
 
+    def hooks(self, fns, *, alone: bool = False):
+        """Context manager: ``fn(x, call)`` at named sites for the block (``lens.model._sites``).
+
+        ``fns`` maps sites such as ``"resid_pre.3"``, ``"attn_z.3"`` (heads side by side),
+        ``"attn_out.3"``, ``"mlp_out.3"``, ``"resid_post.3"`` or ``"final_in"`` to hooks; a hook
+        returning a tensor replaces the site's. Removed on exit; they act only for forwards
+        run in this thread (or task) inside the block.
+        """
+        return _sites.hooks(self, fns, alone=alone)
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     @property
     def lock(self):
-        """The model's re-entrant lock (``lens.model._routing.model_lock``): hold it to run ``model`` by hand
-        while other threads use this Subject."""
-        from lens.model._routing import model_lock
-
+        """The model's re-entrant lock (``lens.model._routing.model_lock``), held by the workbench's passes
+        that route the attention; hold it to run several of them as one step."""
         return model_lock(self.model)
 
     def edited(self, *edits, backend: str = "auto"):
@@ -181,6 +190,7 @@ class Subject:
         The bridge rewrites the module tree it wraps, so it wraps a structural clone that
         shares the parameter tensors: no second copy of the weights, and ``model`` stays stock.
         """
+        # import-time cost: TransformerLens takes seconds to import; most sessions never build a bridge
         from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
 
         clone = self._shared_clone()
@@ -195,15 +205,15 @@ class Subject:
     @cached_property
     def nnsight(self):
         """An nnsight ``TransformersModel`` (text generation) over the same model object."""
+        # import-time cost: nnsight is imported when its view is first used
         from nnsight import TransformersModel
 
         return TransformersModel(self.model, task="text-generation", tokenizer=self.tokenizer)
 
     @torch.no_grad()
     def logits(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Final logits ``[batch, pos, vocab]`` of the plain model (holding ``lock``)."""
-        with self.lock:
-            return self.model(input_ids=tokens.to(self.device), attention_mask=attention_mask).logits
+        """Final logits ``[batch, pos, vocab]`` of the plain model."""
+        return self.model(input_ids=tokens.to(self.device), attention_mask=attention_mask).logits
 
 
 def _tokenizer_prepends_bos(tokenizer) -> bool:

@@ -1,36 +1,37 @@
-"""One forward pass of the stock Hugging Face model with patching hooks: the engine every method uses.
+"""One forward pass of the stock Hugging Face model with patches: site hooks (``Subject.hooks``).
 
-Hooks (forward and forward-pre hooks, registered for one pass and always removed):
+A ``RunSpec`` says what one pass patches and records; ``_Pass`` turns it into hooks at the
+model's named sites (``lens.model._sites``), installed for the pass and always removed:
 
-- block pre-hook: the residual stream before block ``l`` (``resid_pre``); residual patches.
-- attention pre-hook: heads that need an input of their own (an edge into them is patched,
-  or EAP asks for their input gradient) get it by re-running the attention module on
-  ``norm(resid_pre + delta_h)`` and keeping head ``h``'s slice of the o_proj input. Under
+- ``resid_pre.l``: the residual stream before block ``l``; residual patches.
+- ``attn_in.l``: heads that need an input of their own (an edge into them is patched, or
+  EAP asks for their input gradient) get it by re-running the attention module on
+  ``norm(resid_pre + delta_h)`` and keeping head ``h``'s slice of ``attn_z``. The re-run
+  is a nested scope with ``alone=True``, so the pass's own hooks do not see it. Under
   grouped-query attention that slice is computed from its own key/value head, so it is exact.
-- o_proj pre-hook: the per-head outputs are the slices of the output projection's *input*
+- ``attn_z.l``: the per-head outputs, the slices of the output projection's *input*
   ``[batch, pos, n_heads * d_head]`` (GPT-2: ``c_proj``, a Conv1D); head patches replace slices.
-- pre-MLP norm pre-hook and final norm pre-hook: the MLP's and the logits' inputs (edges).
-- attention / MLP forward hooks: module outputs (patches and records).
+- ``resid_mid.l`` and ``final_in``: the MLP's and the logits' inputs (edges).
+- ``attn_out.l`` / ``mlp_out.l``: module outputs (patches and records).
 
 Edge patching (ACDC semantics): receiver ``r`` reads ``resid + sum_{s removed} (ref_s - cur_s)``,
 where ``ref_s`` is the sender's output in the reference run (corrupted, mean or zero) and
 ``cur_s`` its output in this run. The residual stream is the sum of the senders' outputs,
 so this is exactly "the edge carries the reference value" for every removed edge at once.
 
-A pass holds the model's lock (``lens.model._routing.model_lock``) while its hooks are registered,
-so passes on one model from several threads run one at a time.
+The hooks act only for the pass's own forward (``Subject.hooks``): other threads' forwards
+on the same model pass through.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
 from lens.circuits._graph import INPUT, LOGITS, Graph, head_node, mlp_node
-from lens.model._routing import model_lock
-from lens.model._structure import get_path
 
 def norm_names(subject) -> tuple[str, str | None]:
     """The block's norms before the attention and before the MLP (discovered, ``Subject.arch``).
@@ -99,12 +100,12 @@ def _where(mask: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Te
     return torch.where(mask[..., None], new.to(old.dtype), old)
 
 
-class _State:
+class _Pass:
+    """The site hooks of one patched pass (``hooks``) and what they record (``records``, ``senders``, ``leaves``)."""
+
     def __init__(self, subject, graph: Graph, spec: RunSpec, shape):
         self.subject, self.graph, self.spec = subject, graph, spec
         self.records: dict = {"z": {}, "attn": {}, "mlp": {}, "resid": {}}
-        self.rerun = False
-        self.captured: torch.Tensor | None = None
         self.resid_pre: dict[int, torch.Tensor] = {}
         self.head_inputs: dict[int, dict[int, torch.Tensor]] = {}
         self.leaves: dict[str, torch.Tensor] = {}
@@ -164,6 +165,115 @@ class _State:
         return new
 
 
+    # --- the hooks ----------------------------------------------------------------------------
+    def hooks(self) -> dict:
+        """``{site: hook}`` for this pass: every site a patch, a record or an edge needs."""
+        subject = self.subject
+        edges = self.spec.removed is not None or self.spec.grad_receivers
+        # Receivers read through the block's norms only when edges are patched (pre-norm blocks only).
+        ln1_name, ln2_name = norm_names(subject) if edges else (None, None)
+        fns = {}
+        attn_layers = set(subject.attn_layers)  # hybrid models: blocks without attention get no attention hooks
+        for layer in range(subject.n_layers):
+            fns[("resid_pre", layer)] = partial(self.at_resid_pre, layer)
+            if layer in attn_layers:
+                if ln1_name:
+                    fns[("attn_in", layer)] = partial(self.at_attn_in, layer,
+                                                      subject.blocks[layer].get_submodule(ln1_name))
+                fns[("attn_z", layer)] = partial(self.at_attn_z, layer, w_o(subject, layer))
+                fns[("attn_out", layer)] = partial(self.at_attn_out, layer)
+            if subject.arch.mlp is not None:
+                if ln2_name:
+                    fns[("resid_mid", layer)] = partial(self.at_resid_mid, layer)
+                fns[("mlp_out", layer)] = partial(self.at_mlp_out, layer)
+        fns["final_in"] = self.at_final_in
+        return fns
+
+    def at_resid_pre(self, layer: int, x: torch.Tensor, call) -> torch.Tensor:
+        if layer in self.spec.resid:
+            p = self.spec.resid[layer]
+            x = _where(p.mask, p.values, x)
+        self.resid_pre[layer] = x
+        if "resid" in self.spec.record:
+            self.records["resid"][layer] = x.detach()
+        if layer == 0:
+            self.sent(INPUT, x)
+        return x
+
+    def at_attn_in(self, layer: int, ln1, x: torch.Tensor, call) -> None:
+        """Heads with an input of their own: one batched re-run of the attention on their inputs."""
+        resid = self.resid_pre[layer]
+        inputs = {}
+        for h in range(self.subject.n_heads):
+            new = self.receive(head_node(layer, h), resid)
+            if new is not resid:
+                inputs[h] = new
+        if not inputs:
+            return None
+        # The heads' inputs stacked along the batch axis (keywords with a batch axis, e.g. the
+        # mask or rotary tables, repeated to match); the re-run sees only its own hook.
+        heads, b, dh = list(inputs), resid.shape[0], self.subject.d_v
+        stacked = ln1(torch.cat([inputs[h] for h in heads], dim=0))
+        args, kwargs = _with_hidden(_repeat_batch(call.args, b, len(heads)),
+                                    _repeat_batch(call.kwargs, b, len(heads)), stacked)
+        seen: list[torch.Tensor] = []
+        with self.subject.hooks({("attn_z", layer): lambda z, _: seen.append(z)}, alone=True):
+            call.module.forward(*args, **kwargs)
+        z = seen[0].unflatten(0, (len(heads), b))
+        self.head_inputs[layer] = {h: z[i, ..., h * dh:(h + 1) * dh] for i, h in enumerate(heads)}
+        return None
+
+    def at_attn_z(self, layer: int, wo: torch.Tensor, z: torch.Tensor, call) -> torch.Tensor:
+        n_heads, dh = self.subject.n_heads, self.subject.d_v
+        own = self.head_inputs.pop(layer, {})
+        patches = {h: p for (l, h), p in self.spec.heads.items() if l == layer}
+        if own or patches:
+            parts = list(z.split(dh, dim=-1))
+            for h, v in own.items():
+                parts[h] = v
+            for h, p in patches.items():
+                parts[h] = _where(p.mask, p.values, parts[h])
+            z = torch.cat(parts, dim=-1)
+        if "z" in self.spec.record:
+            self.records["z"][layer] = z.detach()
+        if self.need_senders:
+            zh = z.unflatten(-1, (n_heads, dh))  # [b, t, head, d_head]
+            woh = wo.unflatten(0, (n_heads, dh)).to(z.dtype)  # [head, d_head, d_model]
+            out = torch.einsum("bthe,hed->hbtd", zh, woh)
+            for h in range(n_heads):
+                self.sent(head_node(layer, h), out[h])
+        return z
+
+    def at_attn_out(self, layer: int, out: torch.Tensor, call) -> torch.Tensor:
+        if layer in self.spec.attn:
+            p = self.spec.attn[layer]
+            out = _where(p.mask, p.values, out)
+        if "attn" in self.spec.record:
+            self.records["attn"][layer] = out.detach()
+        return out
+
+    def at_resid_mid(self, layer: int, x: torch.Tensor, call) -> torch.Tensor:
+        return self.receive(mlp_node(layer), x)
+
+    def at_mlp_out(self, layer: int, out: torch.Tensor, call) -> torch.Tensor:
+        if layer in self.spec.mlp:
+            p = self.spec.mlp[layer]
+            out = _where(p.mask, p.values, out)
+        if "mlp" in self.spec.record:
+            self.records["mlp"][layer] = out.detach()
+        self.sent(mlp_node(layer), out)
+        return out
+
+    def at_final_in(self, x: torch.Tensor, call) -> torch.Tensor:
+        n = self.subject.n_layers
+        if n in self.spec.resid:
+            p = self.spec.resid[n]
+            x = _where(p.mask, p.values, x)
+        if "resid" in self.spec.record:
+            self.records["resid"][n] = x.detach()
+        return self.receive(LOGITS, x)
+
+
 def _repeat_batch(obj, b: int, n: int):
     """``obj`` with every tensor whose leading axis is the batch (size ``b``) tiled ``n`` times along it."""
     if n == 1:
@@ -179,12 +289,6 @@ def _repeat_batch(obj, b: int, n: int):
     return obj
 
 
-def _hidden_arg(args, kwargs):
-    if "hidden_states" in kwargs:
-        return kwargs["hidden_states"]
-    return args[0]
-
-
 def _with_hidden(args, kwargs, new):
     if "hidden_states" in kwargs:
         kwargs = dict(kwargs, hidden_states=new)
@@ -193,167 +297,12 @@ def _with_hidden(args, kwargs, new):
     return args, kwargs
 
 
-def _install(subject, st: _State, stack: contextlib.ExitStack) -> None:
-    graph, spec = st.graph, st.spec
-    n_heads, dh = subject.n_heads, subject.d_v
-    edges = spec.removed is not None or spec.grad_receivers
-    # Receivers read through the block's norms only when edges are patched (pre-norm blocks only).
-    ln1_name, ln2_name = norm_names(subject) if edges else (None, None)
-
-    def hook(module, fn, pre=False, kw=True):
-        h = (module.register_forward_pre_hook(fn, with_kwargs=kw) if pre
-             else module.register_forward_hook(fn, with_kwargs=kw))
-        stack.callback(h.remove)
-
-    attn_layers = set(subject.attn_layers)  # hybrid models: blocks without attention get no attention hooks
-    for layer in range(subject.n_layers):
-        block = subject.blocks[layer]
-        has_attn = layer in attn_layers
-        attn = subject.attn_module(layer) if has_attn else None
-        oproj = subject.head_site(layer) if has_attn else None  # its input: the heads' outputs (o_proj, or a norm)
-        ln1 = getattr(block, ln1_name) if ln1_name else None
-        wo = w_o(subject, layer) if has_attn else None
-
-        def block_pre(module, args, kwargs, layer=layer):
-            if st.rerun:
-                return None
-            x = _hidden_arg(args, kwargs)
-            if layer in spec.resid:
-                p = spec.resid[layer]
-                x = _where(p.mask, p.values, x)
-                args, kwargs = _with_hidden(args, kwargs, x)
-            st.resid_pre[layer] = x
-            if "resid" in spec.record:
-                st.records["resid"][layer] = x.detach()
-            if layer == 0:
-                st.sent(INPUT, x)
-            return args, kwargs
-
-        def attn_pre(module, args, kwargs, layer=layer, ln1=ln1):
-            if st.rerun:
-                return None
-            resid = st.resid_pre[layer]
-            inputs = {}
-            for h in range(n_heads):
-                x = st.receive(head_node(layer, h), resid)
-                if x is not resid:
-                    inputs[h] = x
-            if not inputs:
-                return None
-            # One batched re-run: the heads' inputs stacked along the batch axis (kwargs with a
-            # batch axis, e.g. the mask or rotary tables, repeated to match).
-            heads = list(inputs)
-            b = resid.shape[0]
-            stacked = ln1(torch.cat([inputs[h] for h in heads], dim=0))
-            a2, k2 = _with_hidden(_repeat_batch(args, b, len(heads)), _repeat_batch(kwargs, b, len(heads)), stacked)
-            st.rerun = True
-            try:
-                module.forward(*a2, **k2)
-                z = st.captured.unflatten(0, (len(heads), b))
-            finally:
-                st.rerun = False
-                st.captured = None
-            outs = {h: z[i, ..., h * dh:(h + 1) * dh] for i, h in enumerate(heads)}
-            st.head_inputs[layer] = outs
-            return None
-
-        def oproj_pre(module, args, kwargs, layer=layer, wo=wo):
-            z = args[0] if args else kwargs["input"]
-            if st.rerun:
-                st.captured = z
-                return None
-            own = st.head_inputs.pop(layer, {})
-            patches = {h: p for (l, h), p in spec.heads.items() if l == layer}
-            if own or patches:
-                parts = list(z.split(dh, dim=-1))
-                for h, v in own.items():
-                    parts[h] = v
-                for h, p in patches.items():
-                    parts[h] = _where(p.mask, p.values, parts[h])
-                z = torch.cat(parts, dim=-1)
-            if "z" in spec.record:
-                st.records["z"][layer] = z.detach()
-            if st.need_senders:
-                zh = z.unflatten(-1, (n_heads, dh))  # [b, t, head, d_head]
-                woh = wo.unflatten(0, (n_heads, dh)).to(z.dtype)  # [head, d_head, d_model]
-                out = torch.einsum("bthe,hed->hbtd", zh, woh)
-                for h in range(n_heads):
-                    st.sent(head_node(layer, h), out[h])
-            if own or patches:
-                if args:
-                    return (z, *args[1:]), kwargs
-                return args, dict(kwargs, input=z)
-            return None
-
-        def attn_post(module, args, kwargs, output, layer=layer):
-            if st.rerun:
-                return None
-            out = output[0] if isinstance(output, tuple) else output
-            changed = False
-            if layer in spec.attn:
-                p = spec.attn[layer]
-                out = _where(p.mask, p.values, out)
-                changed = True
-            if "attn" in spec.record:
-                st.records["attn"][layer] = out.detach()
-            if changed:
-                return (out, *output[1:]) if isinstance(output, tuple) else out
-            return None
-
-        hook(block, block_pre, pre=True)
-        if has_attn:
-            if ln1 is not None:
-                hook(attn, attn_pre, pre=True)
-            hook(oproj, oproj_pre, pre=True)
-            hook(attn, attn_post)
-
-        if subject.arch.mlp is not None:
-            mlp = get_path(block, subject.arch.mlp)
-            ln2 = getattr(block, ln2_name) if ln2_name else None
-
-            def ln2_pre(module, args, kwargs, layer=layer):
-                x = _hidden_arg(args, kwargs)
-                new = st.receive(mlp_node(layer), x)
-                return None if new is x else _with_hidden(args, kwargs, new)
-
-            def mlp_post(module, args, kwargs, output, layer=layer):
-                out = output
-                changed = False
-                if layer in spec.mlp:
-                    p = spec.mlp[layer]
-                    out = _where(p.mask, p.values, out)
-                    changed = True
-                if "mlp" in spec.record:
-                    st.records["mlp"][layer] = out.detach()
-                st.sent(mlp_node(layer), out)
-                return out if changed else None
-
-            if ln2 is not None:
-                hook(ln2, ln2_pre, pre=True)
-            hook(mlp, mlp_post)
-
-    final = get_path(subject.model, subject.arch.final_norm)
-
-    def final_pre(module, args, kwargs):
-        x = args[0] if args else kwargs["hidden_states"]
-        new = x
-        if subject.n_layers in spec.resid:
-            p = spec.resid[subject.n_layers]
-            new = _where(p.mask, p.values, new)
-        if "resid" in spec.record:
-            st.records["resid"][subject.n_layers] = new.detach()
-        new = st.receive(LOGITS, new)
-        return None if new is x else _with_hidden(args, kwargs, new)
-
-    hook(final, final_pre, pre=True)
-
-
 def attention_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
     return (torch.arange(width)[None, :] < lengths[:, None]).long()
 
 
 def run(subject, tokens: torch.Tensor, lengths: torch.Tensor, spec: RunSpec | None = None, *,
-        graph: Graph | None = None, grad: bool = False) -> tuple[torch.Tensor, _State]:
+        graph: Graph | None = None, grad: bool = False) -> tuple[torch.Tensor, _Pass]:
     """Run the model on right-padded ``tokens`` ``[batch, pos]`` with ``spec``'s patches.
 
     Returns the logits ``[batch, pos, vocab]`` and the run state (``.records``, ``.senders``,
@@ -361,16 +310,12 @@ def run(subject, tokens: torch.Tensor, lengths: torch.Tensor, spec: RunSpec | No
     """
     spec = spec or RunSpec()
     graph = graph or Graph.of(subject)
-    st = _State(subject, graph, spec, tuple(tokens.shape))
+    p = _Pass(subject, graph, spec, tuple(tokens.shape))
     dev = subject.device
-    ctx = contextlib.nullcontext() if grad else torch.no_grad()
-    # The model's lock (lens.model._routing.model_lock) from the first hook to the last removal: other
-    # threads' forwards must not run through these hooks. The backward (EAP) needs none of them.
-    with model_lock(subject.model), contextlib.ExitStack() as stack, ctx:
-        _install(subject, st, stack)
+    with subject.hooks(p.hooks()), contextlib.nullcontext() if grad else torch.no_grad():
         out = subject.model(input_ids=tokens.to(dev), attention_mask=attention_mask(lengths, tokens.shape[1]).to(dev),
                             use_cache=False)
-    return out.logits, st
+    return out.logits, p
 
 
 def last_logits(logits: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
