@@ -3,10 +3,11 @@ every one still runs top to bottom (nbclient); a failing cell fails the build.
 
 Two tiers:
 
-* the committed ``notebooks/*.ipynb`` (fast): their cells are exactly ``notebooks/_build.py``'s
-  sources, they carry the outputs of one top-to-bottom run, and every figure is an interactive
-  plotly output followed by a non-blank PNG of the figure (what GitHub shows), with no tqdm
-  "IProgress not found" warning;
+* the committed ``notebooks/*.ipynb`` (fast): their cells are exactly those of the jupytext
+  percent script paired with each (``notebooks/0N_name.py``, ``notebooks/jupytext.toml``), they
+  carry the outputs of one top-to-bottom run of those cells (``notebooks/_build.py`` records a
+  digest of the cells it ran), and every figure is an interactive plotly output followed by a
+  non-blank PNG of the figure (what GitHub shows), with no tqdm "IProgress not found" warning;
 * each notebook executed afresh (``notebook`` marker, minutes): the same output checks, then
   ``jupyter nbconvert --to html`` on the executed copy and that page opened in headless chromium
   with the network cut: every plotly figure draws from the plotly.js embedded once in the page,
@@ -136,17 +137,18 @@ def test_notebooks_exist_in_order():
     assert {"01", "02", "03", "06"} <= {n[:2] for n in names}, names
 
 
-def test_committed_notebooks_match_their_source_and_carry_outputs():
-    """The .ipynb cells are what ``notebooks/_build.py`` writes; the outputs are one run of them."""
+def test_committed_notebooks_match_their_script_and_carry_outputs():
+    """The .ipynb cells are its paired script's; the outputs are one run of them."""
     import nbformat
 
     build = _load_build()
-    assert [p.name for p in NOTEBOOKS] == sorted(build.NOTEBOOKS)
+    assert [p.name for p in NOTEBOOKS] == build.NOTEBOOKS, "every notebook has its script and vice versa"
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
         nbformat.validate(nb)
-        assert build.cell_sources(nb) == build.cell_sources(build.build(path.name, build.NOTEBOOKS[path.name])), (
-            f"{path.name} differs from notebooks/_build.py: run python notebooks/_build.py, then --execute")
+        script = build.read_script(path)  # the .py that notebooks/jupytext.toml pairs with it
+        why = build.problems(nb, script)
+        assert why is None, f"{path.name}: {why}: run python notebooks/_build.py --execute {path.name[:2]}"
         assert any(c.cell_type == "markdown" for c in nb.cells)
         check_outputs(nb, path.name, embedded=False)
         size = path.stat().st_size
@@ -188,10 +190,7 @@ def test_notebook_runs(path: Path):
     import nbformat
 
     build = _load_build()
-    nb = nbformat.read(path, as_version=4)
-    for cell in nb.cells:  # run the sources only, nothing left from the committed outputs
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
+    nb = build.fresh(path)  # the script's cells, nothing left from the committed outputs
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     out = OUT_DIR / path.name
     t0 = time.perf_counter()
