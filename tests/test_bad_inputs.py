@@ -177,7 +177,8 @@ CASES = [
     ("capture-truncated-no-checksum", lambda s, t, m, d: _truncate(d, t, keep_checksums=False), CaptureFileError,
      rf"{TENSORS} cannot be read \(.*\): the file is truncated or damaged; re-capture"),
     ("capture-bytes-changed", lambda s, t, m, d: _flip_byte(d, t), CaptureFileError,
-     rf"{TENSORS} was changed after it was saved: its SHA-256 differs from the one recorded in {SIDECAR}; re-capture"),
+     rf"{TENSORS} was changed after it was saved: its content hash \(xxh3-128\) differs from the one recorded in "
+     rf"{SIDECAR}; re-capture"),
     ("capture-json-not-json", lambda s, t, m, d: (_copy(d, t) / SIDECAR).write_text('{"str') and lens.Capture.load(
         t / "cap"), CaptureFileError, rf"{SIDECAR} is not valid JSON .*re-capture"),
     ("capture-json-inputs-differ", lambda s, t, m, d: _edit_json(d, t, lambda j: j["str_tokens"].pop()),

@@ -482,7 +482,7 @@ def test_a_damaged_saved_capture_is_reported_not_shown(tiny_gpt2, tmp_path):
     ctx = app._lens_context
     ctx.wait_saved()
     state, message = ctx.saved_status("damaged")
-    assert state == "error" and "SHA-256" in message and str(saved) in message
+    assert state == "error" and "content hash" in message and str(saved) in message
     assert ctx.analysis("saved:damaged") is None and _first_open(ctx) is None
     with pytest.raises(FileNotFoundError, match="no such directory"):
         dashboard.create_app(None, captures=[tmp_path / "missing"])

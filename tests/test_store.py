@@ -10,6 +10,7 @@ Ray tests start a local cluster in the test (``ray.init(num_cpus=2)``).
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import threading
@@ -232,6 +233,21 @@ def test_truncated_shard_is_detected_and_recomputed(local_store, dataset, tmp_pa
     assert redone == [1] and any("shard 1: corrupt" in s and "recomputing" in s for s in said)
     assert _mtimes(store, [0, 2, 3]) == before
     _shard_tensors_equal(store, local_store)
+
+
+def test_a_changed_byte_with_size_and_mtime_kept_is_detected(local_store, tmp_path):
+    """The shard was loaded (and checked) before the change: the check of the reload still reads the bytes."""
+    out = Path(shutil.copytree(local_store.path, tmp_path / "store"))
+    store = lens.Store(out)
+    lens.analyze(store)
+    f = store.shard_dir(2) / TENSORS
+    st = f.stat()
+    data = bytearray(f.read_bytes())
+    data[-3] ^= 0xFF
+    f.write_bytes(bytes(data))
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # size and mtime as they were; the ctime moved
+    with pytest.raises(CaptureFileError, match=rf"{f} was changed after it was saved: its content hash"):
+        lens.analyze(store)
 
 
 # --- Ray -------------------------------------------------------------------------------------------

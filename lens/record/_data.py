@@ -45,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from lens.model._cache import file_sha256
+from lens.model._cache import DIGEST_NAMES, WRITTEN_DIGEST, file_digest, recorded_digest, same_digest
 
 TENSORS = "tensors.safetensors"
 SIDECAR = "capture.json"
@@ -129,8 +129,8 @@ class Capture:
     def save(self, directory: str | Path) -> Path:
         """Write ``tensors.safetensors`` and ``capture.json`` into ``directory``.
 
-        The JSON records the tensor file's size and SHA-256, so ``load`` can tell a file
-        that was truncated or changed after the save from the one written here.
+        The JSON records the tensor file's size and xxh3-128 digest, so ``load`` can tell a
+        file that was truncated or changed after the save from the one written here.
         """
         from safetensors.torch import save_file
 
@@ -143,7 +143,8 @@ class Capture:
         if self.logits is not None:
             tensors["logits"] = self.logits
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(directory / TENSORS))
-        check = {TENSORS: {"bytes": (directory / TENSORS).stat().st_size, "sha256": file_sha256(directory / TENSORS)}}
+        check = {TENSORS: {"bytes": (directory / TENSORS).stat().st_size,
+                           WRITTEN_DIGEST: file_digest(directory / TENSORS)}}
         side = {"str_tokens": self.str_tokens, "meta": self.meta, "checksums": check}
         (directory / SIDECAR).write_text(json.dumps(side, indent=1))
         return directory
@@ -207,7 +208,11 @@ _NO_HEAD_AXIS = {"visible", "resid_norm", "massive_val", "massive_pos", "massive
 
 
 def _verify(path: Path, recorded: dict | None) -> None:
-    """Compare the tensor file with the size and SHA-256 that ``save`` recorded (older saves have none)."""
+    """Compare the tensor file with the size and digest that ``save`` recorded (older saves have none).
+
+    Saves since the switch record xxh3-128, older ones SHA-256: each is checked with its own. The bytes
+    are hashed once per process while the file's stamp is unchanged (``lens.model._cache.same_digest``).
+    """
     if not recorded:
         return
     size = path.stat().st_size
@@ -215,9 +220,14 @@ def _verify(path: Path, recorded: dict | None) -> None:
         what = "truncated" if size < recorded.get("bytes", 0) else "changed"
         raise CaptureFileError(f"{path} was {what} after it was saved: {size} bytes, {recorded.get('bytes')} at save "
                                f"(recorded in {SIDECAR}); re-capture, or copy it again from the original save")
-    if file_sha256(path) != recorded.get("sha256"):
-        raise CaptureFileError(f"{path} was changed after it was saved: its SHA-256 differs from the one recorded in "
-                               f"{SIDECAR}; re-capture, or copy it again from the original save")
+    name = recorded_digest(recorded)
+    if name is None:
+        raise CaptureFileError(f"{path}: {SIDECAR} records its size but no digest this version knows "
+                               f"({', '.join(sorted(recorded))}); re-capture, or copy both files from the original save")
+    if not same_digest(path, name, recorded[name]):
+        raise CaptureFileError(f"{path} was changed after it was saved: its content hash ({DIGEST_NAMES[name]}) "
+                               f"differs from the one recorded in {SIDECAR}; re-capture, or copy it again from the "
+                               "original save")
 
 
 def _check_consistent(cap: Capture, directory: Path) -> None:
