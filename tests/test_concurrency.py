@@ -4,14 +4,16 @@ Captures (plain and editing), ``Subject.edited`` blocks (with residual hooks, an
 capture nested inside), ``Subject.logits``, ``head_outputs`` and a circuits patching run
 are fired from 8 threads at once for 20 rounds on one tiny random Llama. Each result must
 equal its serial result bit for bit (``torch.equal``), and afterwards the config's
-attention implementation and every module's hook dicts must be as before. Without the
-per-model lock (``lens.model._routing.model_lock``) the config stays switched to "lens" and
-forwards run through other threads' hooks (wrong numbers, shape errors, KeyErrors).
+attention implementation and every module's hook dicts must be as before. Hooks and routing
+act only for the context that installed them (``lens.model._sites``, ``_routing.routed``), so
+a raw ``model(...)`` from another thread passes through untouched; the per-model lock
+(``lens.model._routing.model_lock``) serialises the workbench's routed passes.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -97,6 +99,8 @@ def _jobs(s) -> dict[str, callable]:
         "edited forward": edited_forward,
         "edited + capture": edited_with_capture,
         "logits": lambda: s.logits(s.to_tokens(TEXTS[3])),
+        # a raw forward, no lock: it must see none of the other threads' routing or hooks
+        "raw forward": lambda: s.model(input_ids=s.to_tokens(TEXTS[4])).logits,
         "head outputs + patching": lambda: (head_outputs(s, TEXTS[2:4]), patching()),
     }
 
@@ -175,3 +179,103 @@ def test_the_subject_lock_is_the_models_reentrant_lock(subject):
     with s.lock, s.edited(ScaleAttention(layer=0, keys=0, factor=0.5)), s.lock:
         assert s.model.config._attn_implementation == _routing.IMPLEMENTATION
     assert s.model.config._attn_implementation != _routing.IMPLEMENTATION
+
+
+# --- hooks and routing act only for the context that installed them (issue 27) -----------------
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_a_plain_forward_from_another_thread_inside_a_block_is_untouched(impl):
+    """A raw ``model(...)`` run by another thread *while* an edited block with hooks is open in
+    this one (the thread is started and joined inside the block, so they surely overlap) gives
+    the model's own output bit for bit, through its own implementation (sdpa or eager)."""
+    from lens.model.organisms import make_tokenizer
+
+    s = lens.Subject(build("llama", seed=5, attn_implementation=impl), make_tokenizer(), name=f"tiny-{impl}")
+    ids = s.to_tokens(TEXTS[1])
+    with torch.no_grad():
+        want = s.model(input_ids=ids).logits
+        edits = (AblateHead(layer=0, head=1), SteerResidual(layer=1, vector=torch.ones(s.d_model), scale=3.0))
+        got = {}
+        with s.edited(*edits), s.hooks({"resid_post.0": lambda x, call: x[:, :1].expand_as(x)}):
+            edited = s.model(input_ids=ids).logits
+            other = threading.Thread(target=lambda: got.update(out=s.model(input_ids=ids).logits))
+            other.start()
+            other.join()
+            assert s.model.config._attn_implementation == _routing.IMPLEMENTATION  # the block was open
+    assert not torch.equal(edited, want)  # the block did act on its own forward
+    assert torch.equal(got["out"], want)
+
+
+def test_plain_forwards_beside_captures_on_smollm2(smollm2):
+    """The measurement of 2026-12-07: one thread captures a 121-token text 4 times while another
+    calls ``subject.model`` on a 7-token text. All 12 plain forwards crashed (the capture's hooks
+    caught them); now each equals the plain forward alone, and each capture the capture alone."""
+    s = smollm2
+    long_text = " ".join(f"w{i}" for i in range(200))
+    long_ids = s.to_tokens(long_text)[:, :121]
+    short_ids = s.to_tokens("The cat sat on the mat now")
+    assert long_ids.shape == (1, 121) and short_ids.shape == (1, 7)
+    with torch.no_grad():
+        want = s.model(input_ids=short_ids).logits
+    alone = lens.capture(s, long_ids, progress=False)
+    plain, overlapped, captures = [], [], []
+    done = threading.Event()
+
+    def capturing():
+        try:
+            for _ in range(4):
+                captures.append(lens.capture(s, long_ids, progress=False))
+        finally:
+            done.set()
+
+    def forwarding():
+        with torch.no_grad():
+            while len(plain) < 12 or not done.is_set():
+                routed = s.model.config._attn_implementation == _routing.IMPLEMENTATION
+                plain.append(s.model(input_ids=short_ids).logits)
+                overlapped.append(routed)
+
+    threads = [threading.Thread(target=capturing), threading.Thread(target=forwarding)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(captures) == 4 and len(plain) >= 12
+    assert any(overlapped), "no plain forward ran while a capture was routed: the test did not test"
+    for out in plain:
+        assert torch.equal(out, want)
+    for cap in captures:
+        _assert_same(cap, alone, "capture beside plain forwards")
+
+
+def test_the_dashboards_background_job_beside_a_notebook_call(smollm2):
+    """The dashboard analyzes a text in a background thread (progress hooks on every block, a
+    capture) while a notebook-style call runs the model directly: neither sees the other."""
+    from lens.dashboard import _work
+
+    s = smollm2
+    text = "Attention sinks appear when a head has nothing better to attend to. " * 3
+    ids = s.to_tokens("A notebook runs the model directly")
+    with torch.no_grad():
+        want = s.model(input_ids=ids).logits
+    alone = _work.analyze_text(s, text)
+
+    class Progress:
+        def __init__(self):
+            self.steps = []
+
+        def update(self, message, fraction):
+            self.steps.append(message)
+
+    progress, notebook, result = Progress(), [], {}
+    job = threading.Thread(target=lambda: result.update(job=_work.analyze_text(s, text, progress)))
+    job.start()
+    with torch.no_grad():
+        while job.is_alive() or not notebook:
+            notebook.append(s.model(input_ids=ids).logits)
+    job.join()
+    for out in notebook:
+        assert torch.equal(out, want)
+    _assert_same(result["job"].capture, alone.capture, "the dashboard's capture")
+    # one step per block of the job's own pass: the notebook's forwards were not counted
+    layers = [m for m in progress.steps if m.startswith("capturing")]
+    assert layers == [f"capturing: layer {i}/{s.n_layers}" for i in range(1, s.n_layers + 1)]
