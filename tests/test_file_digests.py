@@ -82,15 +82,19 @@ def test_save_records_xxh3_and_a_reload_of_an_unchanged_file_hashes_nothing(tmp_
         lens.Capture.load(d)
 
 
-def test_a_change_in_the_tick_of_the_last_check_is_caught(tmp_path, hashed):
+def test_a_change_in_the_tick_of_the_last_check_is_caught(tmp_path, hashed, monkeypatch):
     """Default settings: a file changed within 2 s of its last change is never stamped ("racy clean" in git).
 
-    On a kernel with coarse file times the flip below can share the load's ctime tick; this machine's
-    (Linux 6.18, multigrain timestamps) gives it a later ctime anyway, so here the case only checks behaviour.
+    File times with a coarse clock (as on coarse file systems) are simulated by cutting the
+    stamp's times to 100 s ticks, so the flip below shares the load's tick and leaves the stamp
+    equal: only the 2 s rule makes the second load hash the file again (with SETTLED_NS = 0 it fails).
     """
+    fine = _cache._stamp
+    # times cut to 100 s ticks: the load and the flip below share a tick unless they straddle a boundary
+    monkeypatch.setattr(_cache, "_stamp", lambda st: (*fine(st)[:3], *(t // 10**11 for t in fine(st)[3:])))
     d = _capture().save(tmp_path / "cap")
     lens.Capture.load(d)
-    _flip_keeping_size_and_mtime(d / TENSORS)  # no sleep: possibly the same ctime tick as the load's stamp
+    _flip_keeping_size_and_mtime(d / TENSORS)  # no sleep: the same (coarse) tick as the load's stamp
     with pytest.raises(CaptureFileError, match=rf"{d / TENSORS} was changed after it was saved"):
         lens.Capture.load(d)
     assert hashed == [d / TENSORS] * 2
