@@ -313,7 +313,8 @@ def _q(s, n=5):
 def test_unknown_attention_keyword_is_refused_by_name():
     s = subject("llama")
     q, k, v = _q(s)
-    with pytest.raises(_routing.UnsupportedAttention, match=r"'made_up_option' = 3\.0 .*\(llama, layer 1, LlamaAttention\)"):
+    with _routing.routed(s.model), \
+            pytest.raises(_routing.UnsupportedAttention, match=r"'made_up_option' = 3\.0 .*\(llama, layer 1, LlamaAttention\)"):
         _routing.lens_attention_forward(s.attn_module(1), q, k, v, None, scaling=0.3, made_up_option=3.0)
 
 
@@ -321,18 +322,19 @@ def test_keywords_that_cannot_be_honoured_are_refused():
     s = subject("gemma2")
     q, k, v = _q(s)
     attn = s.attn_module(0)
-    with pytest.raises(_routing.UnsupportedAttention, match="'head_mask'.*gemma2, layer 0"):
-        _routing.lens_attention_forward(attn, q, k, v, None, head_mask=torch.ones(4))
-    with pytest.raises(_routing.UnsupportedAttention, match="'output_attentions'"):
-        _routing.lens_attention_forward(attn, q, k, v, None, output_attentions=True)
-    attn.train()
-    try:
-        with pytest.raises(_routing.UnsupportedAttention, match="'dropout' = 0.1 in train mode"):
-            _routing.lens_attention_forward(attn, q, k, v, None, dropout=0.1)
-    finally:
-        attn.eval()
-    with pytest.raises(_routing.UnsupportedAttention, match="'softcap'"):
-        _routing.lens_attention_forward(attn, q, k, v, None, softcap=-1.0)
+    with _routing.routed(s.model):  # the keywords are checked for the routed model's own forwards
+        with pytest.raises(_routing.UnsupportedAttention, match="'head_mask'.*gemma2, layer 0"):
+            _routing.lens_attention_forward(attn, q, k, v, None, head_mask=torch.ones(4))
+        with pytest.raises(_routing.UnsupportedAttention, match="'output_attentions'"):
+            _routing.lens_attention_forward(attn, q, k, v, None, output_attentions=True)
+        attn.train()
+        try:
+            with pytest.raises(_routing.UnsupportedAttention, match="'dropout' = 0.1 in train mode"):
+                _routing.lens_attention_forward(attn, q, k, v, None, dropout=0.1)
+        finally:
+            attn.eval()
+        with pytest.raises(_routing.UnsupportedAttention, match="'softcap'"):
+            _routing.lens_attention_forward(attn, q, k, v, None, softcap=-1.0)
 
 
 def test_gemma2_soft_capping_is_honoured_on_every_path():

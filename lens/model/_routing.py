@@ -196,21 +196,29 @@ def routed(model) -> Iterator[None]:
     register()
     with model_lock(model):
         configs = _configs(model.config)
-        before = {id(c): c._attn_implementation_internal for c in configs}
+        before = {id(c): getattr(c, "_attn_implementation", None) for c in configs}
         outer = _routed.get()
         token = _routed.set(outer | before.keys())
         _original.update({k: v for k, v in before.items() if k not in outer})
         try:
             for c in configs:
-                c._attn_implementation_internal = IMPLEMENTATION
+                _set_implementation(c, IMPLEMENTATION)
             yield
         finally:
-            for c in configs:  # each config gets its own value back (the setter would copy one to all)
-                c._attn_implementation_internal = before[id(c)]
+            for c in configs:
+                _set_implementation(c, before[id(c)])
             if not outer:
                 for k in before:
                     _original.pop(k, None)
             _routed.reset(token)
+
+
+def _set_implementation(config, value) -> None:
+    """Set one config's implementation only: transformers' setter would copy it to every sub-config."""
+    if hasattr(config, "_attn_implementation_internal"):
+        config._attn_implementation_internal = value
+    else:  # a config that is not a transformers PretrainedConfig
+        config._attn_implementation = value
 
 
 def _routed_here(module) -> bool:
