@@ -33,7 +33,7 @@ triton = pytest.importorskip("triton", reason="triton is not installed: pip inst
 import triton.language as tl  # noqa: E402
 
 from lens.kernels import STAT_NAMES, HeadEdits, StatOptions, attention  # noqa: E402
-from lens.kernels import _eager, _triton, _triton_common  # noqa: E402
+from lens.kernels import _eager, _finish, _triton, _triton_common  # noqa: E402
 from lens.kernels._api import Call, _validate  # noqa: E402
 from _kernel_checks import WIDE, assert_float64, assert_matches, reference64  # noqa: E402
 
@@ -285,7 +285,7 @@ def test_invariants():
     assert (r.stats["topk_val"].sum(-1) <= 1 + 1e-5).all()
     assert (r.stats["received"] <= r.stats["visible"][:, None] + 1e-5).all()
     f = r.meta["pool_factor"]
-    cells = _triton._cell_counts(nq, nk, f, *r.stats["pooled"].shape[-2:], DEVICE)
+    cells = _finish.cell_counts(nq, nk, f, r.stats["pooled"].shape[-2:], DEVICE)
     torch.testing.assert_close((r.stats["pooled"] * cells).sum((-1, -2)), n_valid[:, None].expand(b, h),
                                atol=1e-4, rtol=0)
 

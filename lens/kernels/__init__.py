@@ -3,7 +3,8 @@
 ``attention(q, k, v, stats=..., edits=...)`` returns the attention output, the
 log-sum-exp, and the statistics asked for (sink mass, entropy, column sums, mean
 distance, WAAD, top keys, token-pattern masses, pooled maps, patterns; every one
-defined in ``lens.kernels._stats``), describing the pattern the model actually used.
+defined in ``lens.kernels._stats``, whose registry ``STATS`` gives each one's kind, axes,
+dtype and fill), describing the pattern the model actually used.
 
 Backends (one signature, one result type, held together by parity tests):
   * ``eager``   materialises the fp32 [batch, head, query_pos, key_pos] pattern and
@@ -28,8 +29,10 @@ Positions: query row i sits at absolute position key_pos - query_pos + i (the
 queries are the last positions, as in KV-cache decoding).
 """
 
-from ._api import AUTO_CHUNKED_MIN_KEYS, AttentionResult, HeadEdits, attention, auto_backend
-from ._stats import STAT_NAMES, StatOptions
+from ._api import AUTO_CHUNKED_MIN_KEYS, BACKENDS, AttentionResult, HeadEdits, attention, auto_backend
+from ._stats import (DEFAULT_STATS, ROW_STATS, STAT_NAMES, STATS, TOKEN_STATS, Stat, StatOptions, check_stat_names,
+                     pattern_rows, pool_factor)
 
-__all__ = ["AUTO_CHUNKED_MIN_KEYS", "STAT_NAMES", "AttentionResult", "HeadEdits", "StatOptions", "attention",
-           "auto_backend"]
+__all__ = ["AUTO_CHUNKED_MIN_KEYS", "BACKENDS", "DEFAULT_STATS", "ROW_STATS", "STATS", "STAT_NAMES", "TOKEN_STATS", "AttentionResult",
+           "HeadEdits", "Stat", "StatOptions", "attention", "auto_backend", "check_stat_names", "pattern_rows",
+           "pool_factor"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -17,12 +17,14 @@ from torch import Tensor
 
 from . import _chunked, _eager, _sdpa
 from ._geometry import Geometry
-from ._stats import STAT_NAMES, TOKEN_STATS, StatOptions
+from ._stats import TOKEN_STATS, StatOptions, check_stat_names
 from ._types import AttentionResult, Call, HeadEdits, apply_head_edits
 
-__all__ = ["AttentionResult", "Call", "HeadEdits", "attention", "apply_head_edits"]
+__all__ = ["BACKENDS", "AttentionResult", "Call", "HeadEdits", "attention", "apply_head_edits"]
 
 Backend = Literal["eager", "chunked", "triton", "auto"]
+#: The backends ``attention`` (and so ``lens.capture``) accepts.
+BACKENDS: tuple[str, ...] = get_args(Backend)
 
 #: Above this many keys the CPU ``auto`` backend switches from eager to chunked. Measured on
 #: a full SmolLM2 capture (all statistics, 2 threads): 256 keys eager 1.6-1.7 s vs chunked
@@ -85,8 +87,8 @@ def attention(
 
 
 def _choose_backend(call: Call, backend: str) -> str:
-    if backend not in ("eager", "chunked", "triton", "auto"):
-        raise ValueError(f"backend must be 'eager', 'chunked', 'triton' or 'auto', got {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "triton" and not _triton_available():
         raise ValueError("backend='triton' needs triton: pip install 'attention-workbench[triton]'")
     if backend != "auto":
@@ -113,6 +115,9 @@ def _triton_available() -> bool:
 
 def _validate(q, k, v, *, causal, scale, mask, query_mask, sliding_window, token_ids, stats,
               options, edits, block_size, softcap=None, sinks=None) -> Call:
+    """``attention``'s arguments checked and normalised into a ``Call``: the one place each is checked.
+
+    It takes ``attention``'s keywords one for one, so that the public signature stays the documentation."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor) or t.ndim != 4 or not t.is_floating_point():
             shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
@@ -146,12 +151,7 @@ def _validate(q, k, v, *, causal, scale, mask, query_mask, sliding_window, token
     if not isinstance(options, StatOptions):
         raise ValueError(f"options must be a StatOptions, got {type(options).__name__}")
 
-    if isinstance(stats, str):
-        stats = (stats,)
-    names = tuple(dict.fromkeys(stats))
-    unknown = [s for s in names if s not in STAT_NAMES]
-    if unknown:
-        raise ValueError(f"unknown statistics {unknown}; valid names: {', '.join(STAT_NAMES)}")
+    names = check_stat_names(stats)
     needs_tokens = sorted(TOKEN_STATS.intersection(names))
     if needs_tokens and token_ids is None:
         raise ValueError(f"statistics {needs_tokens} compare tokens: pass token_ids [batch, key_pos]")

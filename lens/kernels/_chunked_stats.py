@@ -14,17 +14,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ._finish import finish, normalised_entropy
+from ._stats import ROW_STATS, STATS, pattern_rows
 from ._types import Call
-from ._stats import pattern_rows
 
 __all__ = ["BlockStats"]
 
 #: Scores at or below this are masked (the chunked backend masks with -1e30).
 MASKED = -5e29
-
-#: Per-row statistics, [b, h, q] each.
-_ROW_STATS = ("learned_sink_mass", "sink_mass", "sink_mass_k", "prev_token", "diag_mass", "dup_token", "induction",
-              "entropy", "entropy_norm", "distance", "waad")
 
 
 class BlockStats:
@@ -44,11 +41,13 @@ class BlockStats:
         def zeros(*shape: int) -> Tensor:
             return torch.zeros(shape, dtype=torch.float32, device=dev)
 
-        self.rows = {n: zeros(b, h, nq) for n in _ROW_STATS if n in self.want}
+        self.rows = {n: zeros(b, h, nq) for n in ROW_STATS if n in self.want}
         self.received = zeros(b, h, nk) if "received" in self.want else None
         self.visible = zeros(b, h if geo.mask_has_heads else 1, nk) if "visible" in self.want else None
+        self.topk_idx = self.topk_val = self.pooled = self.pattern = None
         if self.topk_wanted:
-            self.topk_idx = torch.full((b, h, nq, self.topk), -1, dtype=torch.long, device=dev)
+            idx = STATS["topk_idx"]
+            self.topk_idx = torch.full((b, h, nq, self.topk), idx.fill, dtype=idx.dtype, device=dev)
             self.topk_val = zeros(b, h, nq, self.topk)
         if "pooled" in self.want:
             self.pooled = zeros(b, h, -(-nq // f), -(-nk // f))
@@ -67,7 +66,8 @@ class BlockStats:
         and ln_l = L - m; top: (top scores minus m, block columns); vis: the combined mask
         of the block when the caller gave one. With a learned sink, ``mass`` [b, h, bq] is
         each row's real-key mass (sum_j p) and ``learned`` the sink's share (1 - mass);
-        without one both are None and every row's mass is 1.
+        without one both are None and every row's mass is 1. (Twelve parameters: the block's tensors
+        as the streaming loop of ``_chunked.run`` already computed them, so none is computed twice.)
         """
         geo, opt, want, call = self.geo, self.opt, self.want, self.call
         b, h, bq, nkb = p.shape
@@ -96,7 +96,7 @@ class BlockStats:
                 rows["entropy"] = entropy
             if "entropy_norm" in want:
                 n_vis = geo.rule_counts(a, c, dev) if vis is None else vis.sum(-1).to(p.dtype)
-                rows["entropy_norm"] = torch.where(n_vis > 1, entropy / torch.log(n_vis.clamp_min(2.0)), 0.0)
+                rows["entropy_norm"] = normalised_entropy(entropy, n_vis)
         if want & {"waad", "prev_token", "diag_mass"} or ("dup_token" in want and geo.causal):
             diag = self._band(rows, p, qpos, lo, mass)
         else:
@@ -222,24 +222,10 @@ class BlockStats:
         self.pooled[:, :, g_first:g_first + row_sums.shape[2], lo // f:lo // f + keys.shape[-1]] += keys
 
     def finish(self) -> dict[str, Tensor]:
-        """The statistics, in the order asked for (pooled sums become means)."""
-        out = {}
-        for name in self.call.stats:
-            if name in self.rows:
-                out[name] = self.rows[name]
-            elif name == "received":
-                out[name] = self.received
-            elif name == "visible":
-                out[name] = self.visible if self.geo.mask_has_heads else self.visible[:, 0]
-            elif name == "topk_idx":
-                out[name] = self.topk_idx
-            elif name == "topk_val":
-                out[name] = self.topk_val
-            elif name == "pooled":
-                out[name] = self.pooled / _cell_counts(self.geo.query_pos, self.geo.key_pos, self.f, self.pooled)
-            elif name == "pattern":
-                out[name] = self.pattern
-        return out
+        """The statistics, in the order asked for (``_finish.finish``: pooled sums become means)."""
+        parts = {**self.rows, "received": self.received, "visible": self.visible, "topk_idx": self.topk_idx,
+                 "topk_val": self.topk_val, "pooled": self.pooled, "pattern": self.pattern}
+        return finish(self.call, parts, self.f)
 
 
 def _sum_groups(x: Float[Tensor, "... n"], f: int) -> Float[Tensor, "... g"]:
@@ -250,13 +236,3 @@ def _sum_groups(x: Float[Tensor, "... n"], f: int) -> Float[Tensor, "... g"]:
     if whole < n:
         out = torch.cat([out, x[..., whole:].sum(-1, keepdim=True)], dim=-1)
     return out
-
-
-def _cell_counts(nq: int, nk: int, f: int, like: Tensor) -> Tensor:
-    """Number of (query, key) cells in each f x f pooling block (edge blocks have fewer)."""
-    pq, pk = like.shape[-2:]
-    rows = torch.full((pq,), float(f), device=like.device)
-    rows[-1] = nq - (pq - 1) * f
-    cols = torch.full((pk,), float(f), device=like.device)
-    cols[-1] = nk - (pk - 1) * f
-    return rows[:, None] * cols[None, :]

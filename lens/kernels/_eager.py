@@ -12,14 +12,18 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from ._types import AttentionResult, Call, apply_head_edits
+from ._finish import cell_counts
 from ._stats import pattern_rows, pool_factor
+from ._types import AttentionResult, Call, apply_head_edits
 
 __all__ = ["run"]
 
 
 def run(call: Call) -> AttentionResult:
-    """Attention output, lse and the requested statistics from the full pattern."""
+    """Attention output, lse and the requested statistics from the full pattern.
+
+    One function on purpose: the reference reads every statistic straight off its definition
+    (``_stats``) from the same materialised pattern, top to bottom, with nothing to follow elsewhere."""
     geo, opt = call.geo, call.options
     b, h, nq, nk, g = geo.batch, geo.heads, geo.query_pos, geo.key_pos, geo.group
     dev = call.q.device
@@ -110,6 +114,9 @@ def run(call: Call) -> AttentionResult:
         heads = list(opt.pattern_heads) if opt.pattern_heads is not None else list(range(h))
         start, stop = pattern_rows(nq, opt)
         stats["pattern"] = pw[:, heads, start:stop].contiguous()
+    picked = {name: stats[name] for name in call.stats}  # only what was asked, in that order (as ``finish``)
+    stats.clear()
+    stats.update(picked)
     return result
 
 
@@ -145,8 +152,4 @@ def _pool(p: Float[Tensor, "b h q k"], f: int) -> Float[Tensor, "b h pq pk"]:
     padded = torch.zeros(b, h, pq * f, pk * f, dtype=p.dtype, device=p.device)
     padded[:, :, :nq, :nk] = p
     sums = padded.view(b, h, pq, f, pk, f).sum(dim=(3, 5))
-    rows = torch.full((pq,), float(f), device=p.device)
-    rows[-1] = nq - (pq - 1) * f
-    cols = torch.full((pk,), float(f), device=p.device)
-    cols[-1] = nk - (pk - 1) * f
-    return sums / (rows[:, None] * cols[None, :])
+    return sums / cell_counts(nq, nk, f, (pq, pk), p.device)

@@ -3,6 +3,9 @@
 This docstring is the one place where every statistic is defined; the eager backend
 computes each one straight from the definition below, the chunked backend from the
 same probabilities block by block, and the parity tests hold the two together.
+``STATS`` below is the registry of the same table as data (name, kind, axes, dtype,
+fill): every list of statistic names in the workbench is derived from it, and
+``check_stat_names`` is the one check of a name.
 
 Notation (docs/METHODS.md conventions): ``p[b, h, i, j]`` is the EDITED attention
 probability of query row ``i`` on key ``j`` (after masks and ``HeadEdits.key_bias``,
@@ -82,19 +85,104 @@ with a learned sink) and average over rows.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["STAT_NAMES", "TOKEN_STATS", "StatOptions", "pool_factor"]
+import torch
 
-#: Every statistic the attention function can compute, in documentation order.
-STAT_NAMES: tuple[str, ...] = (
-    "sink_mass", "sink_mass_k", "entropy", "entropy_norm", "received", "visible",
-    "distance", "waad", "topk_idx", "topk_val", "prev_token", "diag_mass",
-    "dup_token", "induction", "pooled", "pattern", "learned_sink_mass",
-)
+__all__ = ["DEFAULT_STATS", "ROW_STATS", "STATS", "STAT_NAMES", "TOKEN_STATS", "Stat", "StatOptions",
+           "check_stat_names", "pattern_rows", "pool_factor"]
+
+#: What one statistic describes, which decides how it is accumulated and assembled:
+#: ``row`` one value per query row; ``key`` one value per key; ``topk`` K slots per query
+#: row; ``pooled`` the block-mean map; ``pattern`` the full p of chosen heads and rows.
+#: A capture adds ``position`` (per residual-stream position) and ``summary`` (a few
+#: numbers per layer) for what it records beside attention (``lens.record``).
+Kind = Literal["row", "key", "topk", "pooled", "pattern", "position", "summary"]
+
+#: Axes whose entries are positions (a capture cuts them to an input's length).
+POSITION_AXES = frozenset({"query_pos", "key_pos", "pos"})
+
+
+@dataclass(frozen=True)
+class Stat:
+    """One statistic of the registry: its name, its axes, its dtype, its fill, its kind.
+
+    axes: the shape as axis names (docs/DESIGN.md's vocabulary; ``topk`` is the K slots,
+        ``pool_q pool_k`` the pooled map's sides); a capture inserts ``layer`` after ``batch``.
+    fill: the value of an entry no valid row reaches (padding, fully masked rows, top-k
+        slots past the visible keys), also the padding when batches of different widths join.
+    tokens: compares token ids, so needs ``token_ids``.
+    default: in a capture's ``stats="default"`` set.
+    """
+
+    name: str
+    kind: Kind
+    axes: str
+    dtype: torch.dtype = torch.float32
+    fill: float = 0
+    tokens: bool = False
+    default: bool = True
+
+    @property
+    def position_dims(self) -> tuple[int, ...]:
+        """The dimensions whose entries are positions (query, key or residual stream)."""
+        return tuple(d for d, axis in enumerate(self.axes.split()) if axis in POSITION_AXES)
+
+
+_ROW = "batch head query_pos"
+
+#: Every statistic the attention function can compute, in documentation order (the table above).
+STATS: dict[str, Stat] = {s.name: s for s in (
+    Stat("sink_mass", "row", _ROW),
+    Stat("sink_mass_k", "row", _ROW),
+    Stat("entropy", "row", _ROW),
+    Stat("entropy_norm", "row", _ROW),
+    Stat("received", "key", "batch head key_pos"),
+    # [batch, head, key_pos] only when the caller's mask has a head dimension (never in a capture).
+    Stat("visible", "key", "batch key_pos"),
+    Stat("distance", "row", _ROW),
+    Stat("waad", "row", _ROW),
+    Stat("topk_idx", "topk", "batch head query_pos topk", dtype=torch.int64, fill=-1),
+    Stat("topk_val", "topk", "batch head query_pos topk"),
+    Stat("prev_token", "row", _ROW),
+    Stat("diag_mass", "row", _ROW),
+    Stat("dup_token", "row", _ROW, tokens=True),
+    Stat("induction", "row", _ROW, tokens=True),
+    Stat("pooled", "pooled", "batch head pool_q pool_k"),
+    Stat("pattern", "pattern", "batch head query_pos key_pos", default=False),
+    # Only models with learned sinks have it: a capture adds it to "default" for them.
+    Stat("learned_sink_mass", "row", _ROW, default=False),
+)}
+
+#: The registry's names, in documentation order.
+STAT_NAMES: tuple[str, ...] = tuple(STATS)
 
 #: Statistics that compare token ids and therefore need ``token_ids``.
-TOKEN_STATS: frozenset[str] = frozenset({"dup_token", "induction"})
+TOKEN_STATS: frozenset[str] = frozenset(n for n, s in STATS.items() if s.tokens)
+
+#: Per-row statistics, [batch, head, query_pos] each.
+ROW_STATS: tuple[str, ...] = tuple(n for n, s in STATS.items() if s.kind == "row")
+
+#: A capture's ``stats="default"``: every per-query and per-key statistic, no full patterns.
+DEFAULT_STATS: tuple[str, ...] = tuple(n for n, s in STATS.items() if s.default)
+
+
+def check_stat_names(names: Iterable[str] | str, *, allowed: Iterable[str] = STAT_NAMES,
+                     hint: str = "") -> tuple[str, ...]:
+    """``names`` (one name or several) deduplicated in order, each checked against ``allowed``.
+
+    The one check of statistic names: the attention function, ``lens.capture``, its
+    ``CaptureSpec`` and the command line all call it. An unknown name is refused with the
+    valid ones listed, and ``hint`` appended.
+    """
+    names = (names,) if isinstance(names, str) else tuple(dict.fromkeys(names))
+    allowed = tuple(allowed)
+    unknown = [s for s in names if s not in allowed]
+    if unknown:
+        raise ValueError(f"stats: unknown statistic(s) {unknown}; valid: {sorted(allowed)}{hint}")
+    return names
 
 
 @dataclass(frozen=True)

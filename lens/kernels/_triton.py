@@ -33,21 +33,27 @@ from torch import Tensor
 
 from . import _triton_kernels as _k
 from . import _triton_topk as _kt
+from ._finish import finish, normalised_entropy
+from ._stats import ROW_STATS, pattern_rows, pool_factor
 from ._triton_common import LOG2E
 from ._types import AttentionResult, Call
-from ._stats import pattern_rows, pool_factor
 
 __all__ = ["INTERPRETED", "Blocks", "run"]
 
 #: True when the kernels were built by the Triton interpreter (TRITON_INTERPRET=1 at import).
 INTERPRETED: bool = type(_k.attn_rows_kernel).__name__ == "InterpretedFunction"
 
-#: Per-row statistics finished in pass 1, and the kernel constexpr naming each one's slot.
-ROW_SLOTS: dict[str, str] = {
+#: Row statistics the host finishes from pass 1's output (entropy / ln n_visible; exp(sink - lse)).
+HOST_ROWS = frozenset({"entropy_norm", "learned_sink_mass"})
+#: The kernel constexpr naming each pass-1 row slot (``_n_visible``: the visible-key count, a helper).
+_SLOT_ARGS = {
     "sink_mass": "S_SINK", "sink_mass_k": "S_SINKK", "entropy": "S_ENT", "distance": "S_DIST",
     "waad": "S_WAAD", "prev_token": "S_PREV", "diag_mass": "S_DIAG", "dup_token": "S_DUP",
     "induction": "S_IND", "_n_visible": "S_NVIS",
 }
+#: Per-row statistics finished in pass 1 (the registry's rows but ``HOST_ROWS``), and each one's slot.
+ROW_SLOTS: dict[str, str] = {n: _SLOT_ARGS[n] for n in (*(r for r in ROW_STATS if r not in HOST_ROWS), "_n_visible")}
+assert set(ROW_SLOTS) == set(_SLOT_ARGS), "a row statistic of the registry has no pass-1 slot nor host finish"
 MAX_HEAD_DIM = 256
 #: fp32 inputs: three tf32 tensor-core products (about fp32 accuracy) instead of slow FMA dots.
 FP32_DOT_PRECISION = "tf32x3"
@@ -162,31 +168,28 @@ def run(call: Call, *, blocks: tuple[Blocks, Blocks] | None = None) -> Attention
         received, pooled = _columns(call, q, k, lse, bias, bias_strides, mask, mask_strides, qmask,
                                     shape_args, common, p2, f, "received" in want, "pooled" in want)
 
-    stats: dict[str, Tensor] = {}
-    for name in call.stats:
-        if name in slot:
-            stats[name] = rows[slot[name]]
-        elif name == "entropy_norm":
-            stats[name] = _entropy_norm(call, rows[slot["entropy"]],
-                                        rows[slot["_n_visible"]] if "_n_visible" in slot else None)
-        elif name == "received":
-            stats[name] = received
-        elif name == "pooled":
-            stats[name] = pooled
-        elif name == "visible":
-            stats[name] = _visible(call)
-        elif name == "topk_idx":
-            stats[name] = top_i
-        elif name == "topk_val":
-            stats[name] = top_v
-        elif name == "pattern":
-            stats[name] = _pattern(call, lse)
-        elif name == "learned_sink_mass":
-            stats[name] = _learned_sink_mass(call, lse)
+    parts = {name: rows[i] for name, i in slot.items()}
+    parts.update(received=received, pooled=pooled, topk_idx=top_i, topk_val=top_v, **_host_parts(call, rows, slot, lse))
+    stats = finish(call, parts, f)
     meta = {"fast_path": not call.stats, "pool_factor": f, "topk": min(opt.topk, nk), "sink_k": opt.sink_k, "window": opt.window,
             "scale": call.scale, "backend": "triton", "interpreted": INTERPRETED,
             "blocks": (p1.block_m, p1.block_n, p2.block_m, p2.block_n)}
     return AttentionResult(output=out, lse=lse, stats=stats, meta=meta)
+
+
+def _host_parts(call: Call, rows: Tensor, slot: dict[str, int], lse: Tensor) -> dict[str, Tensor]:
+    """The statistics asked for that the host finishes in torch from pass 1's rows and lse."""
+    want, parts = set(call.stats), {}
+    if "entropy_norm" in want:
+        parts["entropy_norm"] = _entropy_norm(call, rows[slot["entropy"]],
+                                              rows[slot["_n_visible"]] if "_n_visible" in slot else None)
+    if "learned_sink_mass" in want:
+        parts["learned_sink_mass"] = _learned_sink_mass(call, lse)
+    if "visible" in want:
+        parts["visible"] = _visible(call)
+    if "pattern" in want:
+        parts["pattern"] = _pattern(call, lse)
+    return parts
 
 
 def _topk(call, q, k, lse, cand, bias, bias_strides, mask, mask_strides, qmask, shape_args, common,
@@ -240,7 +243,10 @@ def _span(p1: Blocks) -> int:
 
 def _columns(call, q, k, lse, bias, bias_strides, mask, mask_strides, qmask, shape_args, common, p2: Blocks,
              f: int, do_recv: bool, do_pool: bool) -> tuple[Tensor | None, Tensor | None]:
-    """Pass 2: column sums and pooled block sums from the stored lse."""
+    """Pass 2: column sums and pooled block sums (``finish`` makes them means) from the stored lse.
+
+    It takes pass 1's prepared inputs and their strides as they are (``_topk`` shares them) instead of
+    preparing them again; hence the long list."""
     geo = call.geo
     b, h, nq, nk = geo.batch, geo.heads, geo.query_pos, geo.key_pos
     dev = q.device
@@ -268,11 +274,8 @@ def _columns(call, q, k, lse, bias, bias_strides, mask, mask_strides, qmask, sha
         POOL_PREC=_dot_precision(torch.float32, POOL_DOT_PRECISION),
         num_warps=p2.num_warps, num_stages=p2.num_stages, **common,
     )
-    pooled = None
-    if do_pool:
-        sums = part.view(b, h, k_subs, pq, pk).sum(2)  # fixed order: deterministic
-        pooled = sums / _cell_counts(nq, nk, f, pq, pk, dev)
-    return (recv if do_recv else None), pooled
+    sums = part.view(b, h, k_subs, pq, pk).sum(2) if do_pool else None  # fixed order: deterministic
+    return (recv if do_recv else None), sums
 
 
 def _pool_groups(f: int, block: int) -> tuple[int, int, int]:
@@ -292,19 +295,11 @@ def _onehot_width(cells: int) -> int:
     return 1 if cells == 1 else max(16, _pow2(cells))
 
 
-def _cell_counts(nq: int, nk: int, f: int, pq: int, pk: int, dev) -> Tensor:
-    rows = torch.full((pq,), float(f), device=dev)
-    rows[-1] = nq - (pq - 1) * f
-    cols = torch.full((pk,), float(f), device=dev)
-    cols[-1] = nk - (pk - 1) * f
-    return rows[:, None] * cols[None, :]
-
-
 def _entropy_norm(call: Call, entropy: Float[Tensor, "b h q"], n_vis: Tensor | None) -> Tensor:
     """entropy / ln(n_visible), 0 where n_visible <= 1 (counts from the rules unless a mask is given)."""
     if n_vis is None:
         n_vis = call.geo.rule_counts(0, call.geo.query_pos, entropy.device)[None, None]
-    return torch.where(n_vis > 1, entropy / torch.log(n_vis.clamp_min(2.0)), 0.0)
+    return normalised_entropy(entropy, n_vis)
 
 
 def _learned_sink_mass(call: Call, lse: Float[Tensor, "b h q"]) -> Tensor:
@@ -319,10 +314,10 @@ def _learned_sink_mass(call: Call, lse: Float[Tensor, "b h q"]) -> Tensor:
 
 
 def _visible(call: Call) -> Tensor:
-    """#{query_mask-valid rows that may see key j}: prefix sums of the query mask over
-    positions (causal / sliding rules), or the caller's mask summed block by block."""
+    """#{query_mask-valid rows that may see key j}, [b, 1 or h, k]: prefix sums of the query mask
+    over positions (causal / sliding rules), or the caller's mask summed block by block."""
     geo = call.geo
-    b, h, nq, nk = geo.batch, geo.heads, geo.query_pos, geo.key_pos
+    b, nq, nk = geo.batch, geo.query_pos, geo.key_pos
     dev = call.q.device
     qm = call.query_mask.float() if call.query_mask is not None else torch.ones(b, nq, device=dev)
     if geo.mask is not None:
@@ -333,13 +328,13 @@ def _visible(call: Call) -> Tensor:
             c = min(nq, a + step)
             vis = geo.visibility(a, c, 0, nk, dev).float()
             counts += torch.einsum("bq,bhqk->bhk", qm[:, a:c], vis.expand(b, vh, c - a, nk))
-        return counts.expand(b, h, nk).clone() if geo.mask_has_heads else counts[:, 0]
+        return counts  # [b, 1 or h, k]: finish drops a head dimension of 1
     at_pos = torch.zeros(b, nk + 1, dtype=torch.long, device=dev)  # prefix sums over absolute positions
     at_pos[:, 1 + geo.offset:] = torch.cumsum(qm.long(), dim=1)
     j = torch.arange(nk, device=dev)
     lo = j if geo.causal else torch.zeros_like(j)
     hi = (j + geo.window).clamp_max(nk) if geo.window is not None else torch.full_like(j, nk)
-    return (at_pos[:, hi] - at_pos[:, lo]).clamp_min(0).float()
+    return (at_pos[:, hi] - at_pos[:, lo]).clamp_min(0).float()[:, None]
 
 
 def _pattern(call: Call, lse: Float[Tensor, "b h q"]) -> Tensor:
