@@ -75,6 +75,14 @@ BAD_SPECS = [
      'method = "zerotuning"\ngammas = [0.5, -2.0]\n', "calibration.gammas[1]", 8),
     ('model = "induction"\nmetrics = ["accuracy", "f1"]\n[task]\nname = "induction"\ntest = 4\n', "metrics[1]", 2),
     ('model = "induction"\n[task]\nname = "induction"\ntest = 4\n[eval]\nbatch_size = 0\n', "eval.batch_size", 6),
+    ('model = "induction"\n[task]\nname = "induction"\ntest = 4\nperiod = 1001\n', "task.period", 5),
+    ('model = "induction"\n[task]\nname = "induction"\ntest = 4\n[[edits]]\nlayer = 1\n', "edits[0].type", 5),
+    ('model = "induction"\n[task]\nname = "induction"\ntest = 4\n[[edits]]\ntype = "gate"\nfactor = nan\n',
+     "edits[0].factor", 7),
+    ('model = "induction"\n[task]\nname = "induction"\ntest = 4\n[[edits]]\ntype = "ablate"\nmode = "mean"\n',
+     "edits[0].mode", 7),
+    ('model = "induction"\n[task]\nname = "induction"\ntest = 4\n[calibration]\nmethod = "act"\n',
+     "task.calibration", 2),
 ]
 
 
@@ -85,6 +93,26 @@ def test_bad_spec_names_field_and_line(text, keypath, line):
     msg = str(err.value)
     assert msg.startswith("bad.toml: ") and keypath in msg
     assert re.search(rf"\bline {line}\b", msg), msg
+
+
+def test_every_error_in_a_spec_is_named_on_its_own_line():
+    text = ('model = "induction"\nseed = -1\n[task]\nname = "induction"\ntest = 4\n'
+            '[eval]\nbatch_size = 0\nconfidence = 2.0\n')
+    with pytest.raises(SpecError) as err:
+        parse_spec(text, source="bad.toml")
+    assert str(err.value).splitlines() == ["bad.toml: seed: must be >= 0, got -1 (line 2)",
+                                           "bad.toml: eval.batch_size: must be >= 1, got 0 (line 7)",
+                                           "bad.toml: eval.confidence: must be < 1.0, got 2.0 (line 8)"]
+
+
+def test_no_spec_key_is_named_like_a_union_tag():
+    """Error key paths drop pydantic's union tags (``edits[0].gate.factor`` -> ``edits[0].factor``), so no
+    key of any spec table may share a tag's name."""
+    from lens.experiments import _spec
+
+    tables = [_spec.SpecTable, _spec.ModelTable, _spec.Eval, _spec.Output, *_spec.TASK_TABLES.values(),
+              *_spec.EDIT_TABLES, *_spec.CALIBRATION_TABLES]
+    assert not {key for table in tables for key in table.model_fields} & _spec.UNION_TAGS
 
 
 def test_good_spec_parses_with_defaults():

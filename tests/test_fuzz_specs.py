@@ -5,7 +5,7 @@ test_experiments.py and mutates them either as data (drop a key, change a value'
 add an unknown key, an out-of-range value, an empty table, a small ``[sweep]``), written back as TOML, or as
 text (duplicate, delete or swap lines, insert garbage, truncate). Every result goes through
 ``parse_specs`` only (no model is loaded, no run starts) and must either give ``Spec``s or
-raise ``SpecError`` whose message names the source, the key path and, when the key is
+raise ``SpecError`` each line of whose message (one per error) names the source, the key path and, when the key is
 written in the text, the line that holds it (a TOML syntax error: tomllib's line and
 column). A bare KeyError, TypeError, AttributeError... is a bug in the checks.
 """
@@ -152,31 +152,36 @@ def assert_checked(text: str) -> None:
     try:
         specs = parse_specs(text, source=SOURCE, base_dir=EXPERIMENTS)
     except SpecError as err:
-        msg = str(err)
-        if msg.startswith(f"{SOURCE}: not valid TOML"):
-            assert re.search(r"line \d+", msg) or "end of document" in msg, msg
-            return
-        if msg.startswith(f"{SOURCE}: sweep."):  # sweep keys are dotted strings: the line of the key or of [sweep]
-            line = re.search(r"\(line (\d+)\)", msg)
-            assert line, msg
-            assert 1 <= int(line[1]) <= len(text.splitlines()), msg
-            return
-        m = ERROR.match(msg)
-        assert m, f"not '<source>: <key path>: <message> (line N)': {msg!r}"
-        path = m["keypath"] if m["sweep"] is None else "sweep." + re.sub(r"\[\d+\]$", "", m["sweep"])
-        names = [json.loads(p) if p.startswith('"') else p  # calibration.gammas[1] -> calibration, gammas
-                 for p in re.findall(r'"(?:[^"\\]|\\.)*"|[^.\[\]"]+|\[\d+\]', path) if not p.startswith("[")]
-        key, table = names[-1], names[-2] if len(names) > 1 else None
-        if m["line"] is not None:  # the line it names holds that key, or the header of its table
-            line = text.splitlines()[int(m["line"]) - 1]
-            assert key in line or (table and table in line), (msg, line)
-        elif not (table is None and m["message"].startswith("missing")):  # (written in another table: missing here)
-            # no line: neither the key nor its table is written at the start of a line
-            for name in filter(None, (key, table)):
-                written = re.compile(rf'^\s*(?:"?{re.escape(name)}"?\s*=|\[+\s*{re.escape(name)}\s*\]+)', re.M)
-                assert not written.search(text), f"no line for a written key: {msg!r}"
+        for msg in re.split(rf"\n(?={re.escape(SOURCE)}: )", str(err)):  # one line per error (a key may hold \n)
+            assert_names_field(msg, text)
         return
     assert specs and all(isinstance(spec, Spec) for spec in specs)
+
+
+def assert_names_field(msg: str, text: str) -> None:
+    """One line of a ``SpecError``: the source, the key path, the message and the line that holds the key."""
+    if msg.startswith(f"{SOURCE}: not valid TOML"):
+        assert re.search(r"line \d+", msg) or "end of document" in msg, msg
+        return
+    if msg.startswith(f"{SOURCE}: sweep."):  # sweep keys are dotted strings: the line of the key or of [sweep]
+        line = re.search(r"\(line (\d+)\)", msg)
+        assert line, msg
+        assert 1 <= int(line[1]) <= len(text.splitlines()), msg
+        return
+    m = ERROR.match(msg)
+    assert m, f"not '<source>: <key path>: <message> (line N)': {msg!r}"
+    path = m["keypath"] if m["sweep"] is None else "sweep." + re.sub(r"\[\d+\]$", "", m["sweep"])
+    names = [json.loads(p) if p.startswith('"') else p  # calibration.gammas[1] -> calibration, gammas
+             for p in re.findall(r'"(?:[^"\\]|\\.)*"|[^.\[\]"]+|\[\d+\]', path) if not p.startswith("[")]
+    key, table = names[-1], names[-2] if len(names) > 1 else None
+    if m["line"] is not None:  # the line it names holds that key, or the header of its table
+        line = text.splitlines()[int(m["line"]) - 1]
+        assert key in line or (table and table in line), (msg, line)
+    elif not (table is None and m["message"].startswith("missing")):  # (written in another table: missing here)
+        # no line: neither the key nor its table is written at the start of a line
+        for name in filter(None, (key, table)):
+            written = re.compile(rf'^\s*(?:"?{re.escape(name)}"?\s*=|\[+\s*{re.escape(name)}\s*\]+)', re.M)
+            assert not written.search(text), f"no line for a written key: {msg!r}"
 
 
 SETTINGS = dict(suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])

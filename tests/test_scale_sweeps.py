@@ -146,7 +146,7 @@ def test_example_sweep_spec_is_six_runs():
 @pytest.mark.parametrize("sweep, match", [
     ('seed = [0, -1]', r"sweep\.seed\[1\]: seed: must be >= 0, got -1 \(line 21\)"),
     ('"calibration.gammas" = [[0.5], [0.0]]', r"sweep\.calibration\.gammas\[1\]: calibration\.gammas\[0\]: "
-                                              r"gamma must be > 0, got 0.0 \(line 21\)"),
+                                              r"must be > 0, got 0.0 \(line 21\)"),
     ('"task.n_choices" = [4, "four"]', r"sweep\.task\.n_choices\[1\]: task\.n_choices: expected an integer.*line 21"),
     ('"output.db" = ["a.duckdb"]', r"sweep\.output\.db: cannot be swept.*\(line 21\)"),
     ('seed = 3', r"sweep\.seed: expected a non-empty list.*\(line 21\)"),

@@ -41,8 +41,13 @@ A ``[sweep]`` crosses its lists into runs (``_spec_sweep``: ``parse_specs`` / ``
 each run's ``Spec.sweep`` holds its values and ``Spec.spec_hash()`` identifies the resolved
 run (``--resume``).
 
-A syntax error names the line and column (tomllib's message); a schema error names the key
-path (``calibration.gammas[2]``) and, where it can be found in the text, the line.
+The checks are pydantic models, one per table (``SpecTable`` and the tables it holds: strict
+types, no unknown keys, ``Field`` ranges, ``Literal`` choices, ``[[edits]]`` and
+``[calibration]`` as unions tagged by ``type`` / ``method``); what needs the world (the
+model exists, the task's options, its file, enough examples) is checked after them. A
+syntax error names the line and column (tomllib's message); a schema error names the key
+path (``calibration.gammas[2]``) and, where it can be found in the text, the line: one
+line per error pydantic found.
 """
 
 from __future__ import annotations
@@ -53,10 +58,14 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, NoReturn, Union
 
 from huggingface_hub import constants, is_offline_mode, try_to_load_from_cache
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag,
+                      ValidationError, create_model, model_validator)
+from pydantic_core import PydanticCustomError
 
 from lens.experiments._scoring import OUTPUTS
 from lens.experiments._tasks import TASKS, TaskData, make_task, read_jsonl, task_options
@@ -67,7 +76,6 @@ OBJECTIVES = ("accuracy", "entropy", "entropy_vocab")
 SCOPES = ("layer", "head_index", "all")
 
 METRICS = ("accuracy", *OUTPUTS[1:])
-METHODS = ("zerotuning", "zerotuning_profiled", "act")
 #: Most examples (calibration + test) a spec may ask for. Checking a spec builds its task, and the
 #: generated tasks build ~20k examples a second (ioi, colored_objects, induction: 10k in 0.4-0.6 s), so
 #: test = 2**31 hung the check (found by tests/test_fuzz_specs.py); 50k keeps it under ~3 s, and a
@@ -82,37 +90,223 @@ class SpecError(ValueError):
     """A malformed spec: the message names the file, the key path and (where known) the line."""
 
 
+def _refusal(message: str, *at: str | int) -> PydanticCustomError:
+    """A check's failure, raised inside a validator; ``at`` is the key path below the table that raised it."""
+    return PydanticCustomError("spec", "{message}", {"message": message, "at": at})
+
+
+def _not_nan(value):
+    if isinstance(value, float) and value != value:  # nan: every range check would pass it
+        raise PydanticCustomError("nan", "expected a number, got nan")
+    return value
+
+
+def _span(span: list[int]) -> tuple[int, int]:
+    if len(span) != 2 or span[0] > span[1]:
+        raise _refusal(f"expected [start, stop] with start <= stop, got {span!r}")
+    return tuple(span)
+
+
+def _one_or_list(one, many) -> Any:
+    """A value (``one``) or a list (``many``), the branch picked by the value's type so that pydantic reports
+    that branch's errors only (a plain union reports each branch's). Its tags are not keys: ``_keypath`` drops them."""
+    pick = Discriminator(lambda value: "many" if isinstance(value, list) else "one")
+    return Annotated[Union[Annotated[one, Tag("one")], Annotated[many, Tag("many")]], pick]
+
+
+Text = Annotated[str, Field(pattern=r"\S")]  # a non-empty string
+Count = Annotated[int, Field(ge=0)]  # a seed, an example count, a layer, head or key index
+Real = Annotated[float, BeforeValidator(_not_nan)]  # an int or a float, not nan (strict: not a bool)
+NonNegative = Annotated[Real, Field(ge=0.0)]
+Indices = Annotated[list[Count], Field(min_length=1)]
+IndexTuple = Annotated[Indices, AfterValidator(tuple)]
+Heads = _one_or_list(Count, IndexTuple)  # a layer or head: one index or a list of them
+Keys = _one_or_list(int, IndexTuple)  # one key position (negative counts from the end) or a list
+KeySet = _one_or_list(Annotated[Count, AfterValidator(lambda key: (key,))], IndexTuple)
+Scopes = _one_or_list(Annotated[Literal[*SCOPES], AfterValidator(lambda scope: [scope])], list[Literal[*SCOPES]])
+Gammas = Annotated[list[Annotated[Real, Field(gt=0)]], Field(min_length=1)]
+Fraction = Annotated[Real, Field(ge=0.0, le=1.0)]
+Span = Annotated[Indices, AfterValidator(_span)]  # [start, stop] key positions
+
+
+class _Table(BaseModel):
+    """A TOML table: strict types (TOML has them, so no "1" -> 1), no unknown keys, frozen once checked."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    also_known: ClassVar[tuple[str, ...]] = ()  # keys read before this table is checked
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data):
+        # extra="forbid" refuses the same keys; this also names the known ones, which pydantic's error does not
+        if isinstance(data, dict) and cls.model_config.get("extra") == "forbid":
+            known = (*cls.model_fields, *cls.also_known)
+            for key in data:
+                if key not in known:
+                    raise _refusal(f"unknown key; known keys here: {', '.join(known)}", key)
+        return data
+
+
+class ModelTable(_Table):
+    """``[model]``: the model and where it runs (``lens.load``'s placement; unset keys take its defaults)."""
+
+    name: Text
+    device: Text | None = None
+    dtype: Text | None = None
+    device_map: Text | None = None
+
+    def placement(self) -> dict:
+        return {key: value for key, value in self if key != "name" and value is not None}
+
+    @model_validator(mode="after")
+    def _placement_form(self) -> ModelTable:
+        placement = self.placement()
+        if "device" in placement and "device_map" in placement:
+            raise _refusal("give device or device_map, not both: a device map places every module itself",
+                           "device_map")
+        for key, given in placement.items():
+            try:  # the form only: whether this machine has the device is known when the run starts
+                resolve_placement(**{key: given}, available=lambda: ("cuda", "mps"))
+            except ValueError as err:
+                raise _refusal(str(err), key) from None
+        return self
+
+
+class Task(_Table):
+    """``[task]``: a built-in task by name or a JSONL file by path. Any other key is an option of the named
+    task, typed by its default once the name is known (``TASK_TABLES``)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: Literal[*TASKS] | None = None
+    path: Text | None = None
+    calibration: Count = 0
+    test: Annotated[int, Field(ge=1)]
+
+    @model_validator(mode="after")
+    def _source_and_size(self) -> Task:
+        if (self.name is None) == (self.path is None):
+            raise _refusal("give exactly one of task.name (a built-in task) or task.path (a JSONL file)")
+        if self.calibration + self.test > MAX_EXAMPLES:
+            raise _refusal(f"{self.calibration} calibration + {self.test} test examples is more than "
+                           f"{MAX_EXAMPLES:,}; ask for fewer",
+                           "test" if self.test > self.calibration else "calibration")
+        return self
+
+
+class _TaskWithOptions(Task):
+    """``[task]`` with no keys beyond its fields; ``TASK_TABLES`` adds each task's options as fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+#: A task option's type, by the type of its default.
+OPTION_TYPES = {bool: bool, str: str, float: Real, int: Annotated[int, Field(ge=0, le=MAX_TASK_OPTION)]}
+#: ``[task]`` with the options of each built-in task (None: a JSONL file, which takes none).
+TASK_TABLES: dict[str | None, type[Task]] = {
+    name: create_model(f"Task_{name}", __base__=_TaskWithOptions, **{
+        key: (OPTION_TYPES.get(type(default), Any), default)
+        for key, default in (task_options(name) if name else {}).items()})
+    for name in (*TASKS, None)
+}
+
+
+class _Edit(_Table):
+    """Where an edit acts: every layer and head unless ``layer`` / ``head`` narrow it."""
+
+    type: str
+    layer: Heads | None = None
+    head: Heads | None = None
+
+
+class _Calibration(_Table):
+    """What a calibration optimises on the calibration split."""
+
+    method: str
+    objective: Literal[*OBJECTIVES] = "accuracy"
+
+
+GAMMAS = [0.5, 0.75, 1.25, 1.5, 2.0]
+SEARCHED = {"layers": (Indices | None, None), "heads": (Indices | None, None)}  # default: every layer and head
+#: Each edit type's fields beyond ``layer`` and ``head`` (``lens.edits``' classes, built by ``_spec_edits``):
+#: field -> (type, default), ``...`` where the spec must give it.
 EDIT_FIELDS: dict[str, dict[str, tuple]] = {
-    # type -> field -> (kind, default); kind: "heads", "keys", "float" (>= 0), "real", "float?", "bool", "mode",
-    # "span", "keyset"
-    "scale_attention": {"layer": ("heads", None), "head": ("heads", None), "keys": ("keys", 0),
-                        "factor": ("float", ...)},
-    "key_bias": {"layer": ("heads", None), "head": ("heads", None), "keys": ("keys", 0), "bias": ("real", ...)},
-    "move_to_bos": {"layer": ("heads", None), "head": ("heads", None)},
-    "ablate": {"layer": ("heads", None), "head": ("heads", None), "mode": ("mode", "zero")},
-    "gate": {"layer": ("heads", None), "head": ("heads", None), "factor": ("float", ...)},
-    "act": {"layer": ("heads", None), "head": ("heads", None), "beta": ("float", 0.4), "theta": ("float", 0.1),
-            "alpha": ("float?", None), "renormalise": ("bool", False)},
-    "var": {"layer": ("heads", None), "head": ("heads", None), "sinks": ("keyset", (0,)), "target": ("span", ...),
-            "keep": ("float", 0.6), "min_target": ("float", 0.2), "max_sink_share": ("float", 0.5)},
+    "scale_attention": {"keys": (Keys, 0), "factor": (NonNegative, ...)},
+    "key_bias": {"keys": (Keys, 0), "bias": (Real, ...)},
+    "move_to_bos": {},
+    "ablate": {"mode": (Literal["zero", "mean"], "zero")},
+    "gate": {"factor": (NonNegative, ...)},
+    "act": {"beta": (NonNegative, 0.4), "theta": (NonNegative, 0.1), "alpha": (NonNegative | None, None),
+            "renormalise": (bool, False)},
+    "var": {"sinks": (KeySet, (0,)), "target": (Span, ...), "keep": (Fraction, 0.6),
+            "min_target": (NonNegative, 0.2), "max_sink_share": (NonNegative, 0.5)},
 }
-
+#: Each calibration method's fields beyond ``objective`` (``_calibrate``); profiling scales each unit by ``up``
+#: and ``down`` before the gammas are searched.
 CALIBRATION_FIELDS: dict[str, dict[str, tuple]] = {
-    "zerotuning": {"objective": ("objective", "accuracy"), "scopes": ("scopes", list(SCOPES)),
-                   "gammas": ("gammas", [0.5, 0.75, 1.25, 1.5, 2.0]), "layers": ("ints?", None),
-                   "heads": ("ints?", None)},
-    "zerotuning_profiled": {"objective": ("objective", "accuracy"), "unit": ("unit", "layer"),
-                            "up": ("float", 1.5), "down": ("float", 0.67),
-                            "gammas": ("gammas", [0.5, 0.75, 1.25, 1.5, 2.0]), "layers": ("ints?", None),
-                            "heads": ("ints?", None)},
-    "act": {"objective": ("objective", "accuracy"), "beta": ("float", 0.4), "theta": ("float", 0.1),
-            "alpha": ("float?", None), "layers": ("ints?", None), "heads": ("ints?", None),
-            "max_heads": ("int?", None)},
+    "zerotuning": {"scopes": (Scopes, list(SCOPES)), "gammas": (Gammas, GAMMAS), **SEARCHED},
+    "zerotuning_profiled": {"unit": (Literal["layer", "head", "head_index"], "layer"),
+                            "up": (Annotated[Real, Field(gt=1.0)], 1.5),
+                            "down": (Annotated[Real, Field(gt=0.0, lt=1.0)], 0.67), "gammas": (Gammas, GAMMAS),
+                            **SEARCHED},
+    "act": {"beta": (NonNegative, 0.4), "theta": (NonNegative, 0.1), "alpha": (NonNegative | None, None),
+            **SEARCHED, "max_heads": (Annotated[int, Field(ge=1)] | None, None)},
 }
+METHODS = tuple(CALIBRATION_FIELDS)
+#: ``[[edits]]`` and ``[calibration]``: one model per type (method), the union tagged by that key.
+EDIT_TABLES = tuple(create_model(f"Edit_{kind}", __base__=_Edit, type=(Literal[kind], ...), **fields)
+                    for kind, fields in EDIT_FIELDS.items())
+CALIBRATION_TABLES = tuple(create_model(f"Calibration_{kind}", __base__=_Calibration, method=(Literal[kind], ...),
+                                        **fields) for kind, fields in CALIBRATION_FIELDS.items())
+Edit = Annotated[Union[EDIT_TABLES], Field(discriminator="type")]
+Calibration = Annotated[Union[CALIBRATION_TABLES], Field(discriminator="method")]
+#: The choices of each tagged union, by the key that tags it.
+UNIONS = {"type": tuple(EDIT_FIELDS), "method": METHODS}
+#: Union tags pydantic puts in an error's location; they are not TOML keys (no field has these names).
+UNION_TAGS = frozenset({"one", "many", "text", "table", *EDIT_FIELDS, *METHODS})
 
-EVAL_FIELDS = {"batch_size": 16, "prefix_cache": True, "backend": "auto", "bootstrap": 2000, "confidence": 0.95}
-TOP_LEVEL = ("name", "description", "model", "seed", "metrics", "task", "calibration", "edits", "eval", "output",
-             "sweep")
+
+class Eval(_Table):
+    batch_size: Annotated[int, Field(ge=1)] = 16
+    prefix_cache: bool = True
+    backend: Literal["auto", "eager", "chunked"] = "auto"
+    bootstrap: Annotated[int, Field(ge=100)] = 2000
+    confidence: Annotated[Real, Field(gt=0.0, lt=1.0)] = 0.95
+
+
+class Output(_Table):
+    db: Text | None = None
+
+
+class SpecTable(_Table):
+    """A whole spec, its keys in the order they are checked (and their errors reported)."""
+
+    also_known = ("sweep",)  # read by _spec_sweep, which checks each of its runs without it
+
+    name: Text | None = None  # default: the file's stem
+    description: str = ""
+    model: Annotated[Union[Annotated[Text, Tag("text")], Annotated[ModelTable, Tag("table")]],
+                     Discriminator(lambda value: "table" if isinstance(value, dict) else "text")]
+    seed: Count = 0
+    metrics: Annotated[list[Literal[*METRICS]], Field(min_length=1)] = ["accuracy"]
+    task: Task
+    calibration: Calibration | None = None
+    edits: Annotated[list[Edit], Field(min_length=1)] | None = None
+    eval: Eval = Eval()
+    output: Output = Output()
+
+    @model_validator(mode="after")
+    def _calibration_examples(self) -> SpecTable:
+        if self.calibration and self.edits:
+            raise _refusal("give either [calibration] (edits found on the calibration set) or [[edits]] "
+                           "(fixed edits), not both", "calibration")
+        if self.calibration and self.task.calibration < 1:
+            raise _refusal("a [calibration] needs calibration examples: set task.calibration >= 1",
+                           "task", "calibration")
+        for i, edit in enumerate(self.edits or ()):
+            if edit.type == "ablate" and edit.mode == "mean" and self.task.calibration < 1:
+                raise _refusal("mean ablation averages over the calibration prompts: set task.calibration >= 1",
+                               "edits", i, "mode")
+        return self
 
 
 @dataclass
@@ -129,7 +323,7 @@ class Spec:
     metrics: tuple[str, ...]
     edits: tuple[dict, ...] = ()
     calibration: dict | None = None
-    eval: dict = field(default_factory=lambda: dict(EVAL_FIELDS))
+    eval: dict = field(default_factory=lambda: _values(Eval()))
     db: str | None = None
     description: str = ""
     path: str | None = None
@@ -159,67 +353,96 @@ class Spec:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+#: pydantic's error types in this module's words ({got}: the value and its type; {value}: the value; the
+#: error's context: ge, expected, ...). Any other type keeps pydantic's message.
+MESSAGES = {
+    "missing": "missing",
+    "nan": "expected a number, got nan",
+    "int_type": "expected an integer, got {got}",
+    "float_type": "expected a number, got {got}",
+    "bool_type": "expected true or false, got {got}",
+    "string_type": "expected a string, got {got}",
+    "string_pattern_mismatch": "expected a non-empty string, got {got}",
+    "list_type": "expected a non-empty list, got {got}",
+    "too_short": "expected a non-empty list, got {got}",
+    "model_type": "expected a table, got {got}",
+    "model_attributes_type": "expected a table, got {got}",
+    "literal_error": "expected {expected}, got {value!r}",
+    "greater_than_equal": "must be >= {ge}, got {value}",
+    "greater_than": "must be > {gt}, got {value}",
+    "less_than_equal": "must be <= {le}, got {value}",
+    "less_than": "must be < {lt}, got {value}",
+}
+#: What a missing key is for, by key path.
+MISSING = {"model": 'name the model (e.g. model = "smollm2")', "model.name": 'name the model (e.g. name = "smollm2")',
+           "task": "add a [task] table with name (or path), calibration and test",
+           "task.test": "how many held-out test examples"}
+
+
+def _keypath(loc: tuple, at: tuple = ()) -> str:
+    """``("edits", 0, "gate", "factor")`` -> ``edits[0].factor``: union tags dropped, odd keys quoted."""
+    path = ""
+    for part in (*(p for p in loc if p not in UNION_TAGS), *at):
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            key = part if re.fullmatch(r"[A-Za-z0-9_\-]+", part) else json.dumps(part)  # "a.b" quoted
+            path += f".{key}" if path else key
+    return path
+
+
+def _explain(error: dict, prefix: tuple = ()) -> tuple[str, str]:
+    """A pydantic error as (TOML key path, message)."""
+    kind, ctx, value = error["type"], error.get("ctx") or {}, error["input"]
+    at: tuple = ()  # below the error's location
+    if kind == "spec":
+        at, message = ctx["at"], ctx["message"]
+    elif kind in ("union_tag_not_found", "union_tag_invalid"):
+        at = (ctx["discriminator"].strip("'"),)  # the key that tags the union: type or method
+        message = (f"missing: one of {', '.join(UNIONS[at[0]])}" if kind == "union_tag_not_found"
+                   else f"expected one of {ctx['expected_tags']}, got {value[at[0]]!r}")
+    else:
+        message = MESSAGES.get(kind, "{msg}, got {got}").format(got=_show(value), value=value, msg=error["msg"],
+                                                                **ctx)
+    keypath = _keypath((*prefix, *error["loc"]), at)
+    if kind == "missing" and keypath in MISSING:
+        message = f"missing: {MISSING[keypath]}"
+    return keypath, message
+
+
 class _Check:
+    """Where a spec's errors point: its text (for lines), its source and, in a sweep run, the swept values."""
+
     def __init__(self, text: str, source: str, swept: dict | None = None):
         self.text, self.source = text, source
         self.swept = swept or {}  # in a sweep run: {dotted key: (index in its list, value)}
 
-    def fail(self, keypath: str, message: str):
-        for key, (i, value) in self.swept.items():
-            # the swept value is at keypath or inside it, or it made keypath (seed.x swept: seed became a table)
-            if keypath == key or keypath.startswith((f"{key}.", f"{key}[")) or key.startswith(f"{keypath}."):
+    def located(self, keypath: str, message: str) -> str:
+        line = find_line(self.text, keypath)
+        root = re.split(r"[.\[]", keypath, maxsplit=1)[0]
+        for key, (i, _) in self.swept.items():
+            # the swept value is at keypath or inside it, it made keypath (seed.x swept: seed became a table), or
+            # it made keypath's table, which the text lacks ("calibration.gammas" swept into a spec without one)
+            if (keypath == key or keypath.startswith((f"{key}.", f"{key}[")) or key.startswith(f"{keypath}.")
+                    or (line is None and key.split(".")[0] == root)):
                 line = sweep_line(self.text, key)
                 where = f" (line {line})" if line else ""
-                raise SpecError(f"{self.source}: sweep.{key}[{i}]: {keypath}: {message}{where}"
-                                f"{_sweep_note(self.swept)}")
-        line = find_line(self.text, keypath)
+                return f"{self.source}: sweep.{key}[{i}]: {keypath}: {message}{where}{_sweep_note(self.swept)}"
         where = f" (line {line})" if line else ""
-        raise SpecError(f"{self.source}: {keypath}: {message}{where}{_sweep_note(self.swept)}")
+        return f"{self.source}: {keypath}: {message}{where}{_sweep_note(self.swept)}"
+
+    def fail(self, keypath: str, message: str) -> NoReturn:
+        raise SpecError(self.located(keypath, message))
+
+    def refuse(self, err: ValidationError, prefix: tuple = ()) -> NoReturn:
+        """Every error pydantic found, one line each (``prefix``: where the validated table sits)."""
+        lines = dict.fromkeys(self.located(*_explain(e, prefix)) for e in err.errors())
+        raise SpecError("\n".join(lines)) from None
 
     def table(self, value, keypath: str) -> dict:
         if not isinstance(value, dict):
             self.fail(keypath, f"expected a table, got {_show(value)}")
         return value
-
-    def unknown(self, table: dict, known, keypath: str):
-        extra = [k for k in table if k not in known]
-        if extra:
-            prefix = f"{keypath}." if keypath else ""
-            key = extra[0] if re.fullmatch(r"[A-Za-z0-9_\-]+", extra[0]) else json.dumps(extra[0])  # "a.b" quoted
-            self.fail(f"{prefix}{key}", f"unknown key; known keys here: {', '.join(known)}")
-
-    def int_(self, value, keypath: str, minimum: int | None = None) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(keypath, f"expected an integer, got {_show(value)}")
-        if minimum is not None and value < minimum:
-            self.fail(keypath, f"must be >= {minimum}, got {value}")
-        return value
-
-    def float_(self, value, keypath: str, minimum: float | None = None) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.fail(keypath, f"expected a number, got {_show(value)}")
-        if value != value:  # nan: every range check below would pass it
-            self.fail(keypath, "expected a number, got nan")
-        if minimum is not None and value < minimum:
-            self.fail(keypath, f"must be >= {minimum}, got {value}")
-        return float(value)
-
-    def str_(self, value, keypath: str, choices=None) -> str:
-        if not isinstance(value, str) or not value.strip():
-            self.fail(keypath, f"expected a non-empty string, got {_show(value)}")
-        if choices is not None and value not in choices:
-            self.fail(keypath, f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
-        return value
-
-    def ints(self, value, keypath: str, minimum: int = 0) -> list[int]:
-        if not isinstance(value, list) or not value:
-            self.fail(keypath, f"expected a non-empty list of integers, got {_show(value)}")
-        return [self.int_(v, f"{keypath}[{i}]", minimum) for i, v in enumerate(value)]
-
-    def heads(self, value, keypath: str):
-        if isinstance(value, list):
-            return tuple(self.ints(value, keypath))
-        return self.int_(value, keypath, 0)
 
 
 def _show(value) -> str:
@@ -270,11 +493,8 @@ def spec_error(spec: Spec, keypath: str, message: str) -> SpecError:
     """A ``SpecError`` found after checking (e.g. a layer the loaded model lacks), located like
     the checker's own: under a swept key, the sweep key and its line."""
     swept = {k: (None, v) for k, v in spec.sweep.items()}
-    try:
-        _Check(spec.text, spec.path or "<spec>", swept).fail(keypath, message)
-    except SpecError as err:
-        return SpecError(str(err).replace("[None]: ", ": "))
-    raise AssertionError("unreachable")
+    located = _Check(spec.text, spec.path or "<spec>", swept).located(keypath, message)
+    return SpecError(located.replace("[None]: ", ": "))
 
 
 def _sweep_note(swept: dict) -> str:
@@ -322,106 +542,25 @@ def parse_spec(text: str, *, source: str = "<spec>", base_dir: Path | None = Non
 
 
 def _check_spec(raw: dict, c: _Check, source: str, base_dir: Path | None) -> Spec:
-    text = c.text
-    c.unknown(raw, TOP_LEVEL, "")
-    if "model" not in raw:
-        c.fail("model", "missing: name the model (e.g. model = \"smollm2\")")
-    model, placement = _check_model_entry(c, raw["model"])
-    _check_model(c, model, base_dir)
-    seed = c.int_(raw.get("seed", 0), "seed", 0)
-    name = c.str_(raw.get("name", Path(source).stem if source != "<spec>" else "experiment"), "name")
-    description = raw.get("description", "")
-    if not isinstance(description, str):
-        c.fail("description", f"expected a string, got {_show(description)}")
-
-    metrics = raw.get("metrics", ["accuracy"])
-    if not isinstance(metrics, list) or not metrics:
-        c.fail("metrics", f"expected a non-empty list of metric names, got {_show(metrics)}")
-    for i, m in enumerate(metrics):
-        c.str_(m, f"metrics[{i}]", METRICS)
-
-    if "task" not in raw:
-        c.fail("task", "missing: add a [task] table with name (or path), calibration and test")
-    task = c.table(raw["task"], "task")
-    if ("name" in task) == ("path" in task):
-        c.fail("task", "give exactly one of task.name (a built-in task) or task.path (a JSONL file)")
-    n_cal = c.int_(task.get("calibration", 0), "task.calibration", 0)
-    if "test" not in task:
-        c.fail("task.test", "missing: how many held-out test examples")
-    n_test = c.int_(task["test"], "task.test", 1)
-    if n_cal + n_test > MAX_EXAMPLES:
-        c.fail("task.test" if n_test > n_cal else "task.calibration",
-               f"{n_cal} calibration + {n_test} test examples is more than {MAX_EXAMPLES:,}; ask for fewer")
-    options = {k: v for k, v in task.items() if k not in ("name", "path", "calibration", "test")}
-    if "name" in task:
-        task_name = c.str_(task["name"], "task.name", tuple(TASKS))
-        known = task_options(task_name)
-        c.unknown(options, ["name", "path", "calibration", "test", *known], "task")
-        for k, v in options.items():
-            default = known[k]
-            if isinstance(default, bool) or isinstance(default, str):
-                if type(v) is not type(default):
-                    c.fail(f"task.{k}", f"expected a {type(default).__name__}, got {_show(v)}")
-            elif isinstance(default, int):
-                if c.int_(v, f"task.{k}", 0) > MAX_TASK_OPTION:
-                    c.fail(f"task.{k}", f"must be <= {MAX_TASK_OPTION:,}, got {v}")
-            elif isinstance(default, float):
-                c.float_(v, f"task.{k}")
-        if "vocab" in known and "vocab" not in options and task_name == "induction":
-            options["vocab"] = "organism" if model in ("induction", "bigram_backcopy") else "words"
-    else:
-        c.unknown(options, ["path", "calibration", "test"], "task")
-        path = Path(c.str_(task["path"], "task.path"))
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
-        try:
-            read_jsonl(path)  # a malformed task file fails here, naming its line and field
-        except ValueError as err:
-            raise SpecError(f"{source}: task.path: {err}") from None
-        task_name = str(path)
+    """Check a parsed spec: its tables (``SpecTable``), then what needs the world: the model, the task."""
     try:
-        make_task(task_name, n_cal, n_test, seed, **options)  # enough examples for the counts asked?
-    except ValueError as err:
-        c.fail("task", str(err))
+        table = SpecTable.model_validate(raw)
+    except ValidationError as err:
+        c.refuse(err)
+    named = isinstance(table.model, str)
+    model, placement = (table.model, {}) if named else (table.model.name, table.model.placement())
+    _check_model(c, model, base_dir)
+    task, options = _check_task(c, raw["task"], table, model, base_dir)
+    return Spec(name=table.name or (Path(source).stem if source != "<spec>" else "experiment"), model=model,
+                seed=table.seed, task=task, task_options=options, n_calibration=table.task.calibration,
+                n_test=table.task.test, metrics=tuple(table.metrics), edits=tuple(map(_values, table.edits or ())),
+                calibration=_values(table.calibration) if table.calibration else None, eval=_values(table.eval),
+                db=table.output.db, description=table.description, text=c.text, placement=placement)
 
-    if "calibration" in raw and "edits" in raw:
-        c.fail("calibration", "give either [calibration] (edits found on the calibration set) or [[edits]] "
-                              "(fixed edits), not both")
-    calibration = _check_calibration(c, raw["calibration"], n_cal) if "calibration" in raw else None
-    edits = ()
-    if "edits" in raw:
-        if not isinstance(raw["edits"], list) or not raw["edits"]:
-            c.fail("edits", "expected one or more [[edits]] tables")
-        edits = tuple(_check_edit(c, e, f"edits[{i}]", n_cal) for i, e in enumerate(raw["edits"]))
 
-    ev = dict(EVAL_FIELDS)
-    if "eval" in raw:
-        table = c.table(raw["eval"], "eval")
-        c.unknown(table, list(EVAL_FIELDS), "eval")
-        if "batch_size" in table:
-            ev["batch_size"] = c.int_(table["batch_size"], "eval.batch_size", 1)
-        if "prefix_cache" in table:
-            if not isinstance(table["prefix_cache"], bool):
-                c.fail("eval.prefix_cache", f"expected true or false, got {_show(table['prefix_cache'])}")
-            ev["prefix_cache"] = table["prefix_cache"]
-        if "backend" in table:
-            ev["backend"] = c.str_(table["backend"], "eval.backend", ("auto", "eager", "chunked"))
-        if "bootstrap" in table:
-            ev["bootstrap"] = c.int_(table["bootstrap"], "eval.bootstrap", 100)
-        if "confidence" in table:
-            conf = c.float_(table["confidence"], "eval.confidence")
-            if not 0 < conf < 1:
-                c.fail("eval.confidence", f"must be between 0 and 1, got {conf}")
-            ev["confidence"] = conf
-    db = None
-    if "output" in raw:
-        out = c.table(raw["output"], "output")
-        c.unknown(out, ["db"], "output")
-        if "db" in out:
-            db = c.str_(out["db"], "output.db")
-    return Spec(name=name, model=model, seed=seed, task=task_name, task_options=options, n_calibration=n_cal,
-                n_test=n_test, metrics=tuple(metrics), edits=edits, calibration=calibration, eval=ev, db=db,
-                description=description, text=text, placement=placement)
+def _values(table: BaseModel) -> dict:
+    """A checked table's values, given or default; not ``model_dump``, which would serialise (a tuple to a list)."""
+    return {key: value for key, value in table}
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -432,28 +571,6 @@ def load_spec(path: str | Path) -> Spec:
     spec = parse_spec(path.read_text(encoding="utf-8"), source=str(path), base_dir=path.parent)
     spec.path = str(path)
     return spec
-
-
-MODEL_FIELDS = ("name", "device", "dtype", "device_map")
-
-
-def _check_model_entry(c: _Check, value) -> tuple[str, dict]:
-    """``model = "name"``, or a ``[model]`` table with the name and where it runs."""
-    if not isinstance(value, dict):
-        return c.str_(value, "model"), {}
-    c.unknown(value, MODEL_FIELDS, "model")
-    if "name" not in value:
-        c.fail("model.name", "missing: name the model (e.g. name = \"smollm2\")")
-    name = c.str_(value["name"], "model.name")
-    placement = {key: c.str_(value[key], f"model.{key}") for key in MODEL_FIELDS[1:] if key in value}
-    if "device" in placement and "device_map" in placement:
-        c.fail("model.device_map", "give device or device_map, not both: a device map places every module itself")
-    for key, given in placement.items():
-        try:  # the form only: whether this machine has the device is known when the run starts
-            resolve_placement(**{key: given}, available=lambda: ("cuda", "mps"))
-        except ValueError as err:
-            c.fail(f"model.{key}", str(err))
-    return name, placement
 
 
 def _check_model(c: _Check, model: str, base_dir: Path | None) -> None:
@@ -481,85 +598,28 @@ def _cached_config(repo: str):
         return None
 
 
-def _check_fields(c: _Check, table: dict, fields: dict, keypath: str) -> dict:
-    out = {}
-    for key, (kind, default) in fields.items():
-        kp = f"{keypath}.{key}"
-        if key not in table:
-            if default is ...:
-                c.fail(kp, "missing")
-            out[key] = default
-            continue
-        v = table[key]
-        if kind == "heads":
-            out[key] = c.heads(v, kp)
-        elif kind == "keys":
-            out[key] = tuple(c.ints(v, kp)) if isinstance(v, list) else c.int_(v, kp)
-        elif kind == "keyset":
-            out[key] = tuple(c.ints(v, kp)) if isinstance(v, list) else (c.int_(v, kp, 0),)
-        elif kind == "span":
-            span = c.ints(v, kp)
-            if len(span) != 2 or span[0] > span[1]:
-                c.fail(kp, f"expected [start, stop] with start <= stop, got {v!r}")
-            out[key] = tuple(span)
-        elif kind == "float":
-            out[key] = c.float_(v, kp, 0.0)
-        elif kind == "real":
-            out[key] = c.float_(v, kp)
-        elif kind == "float?":
-            out[key] = c.float_(v, kp, 0.0)
-        elif kind == "int?":
-            out[key] = c.int_(v, kp, 1)
-        elif kind == "ints?":
-            out[key] = c.ints(v, kp)
-        elif kind == "bool":
-            if not isinstance(v, bool):
-                c.fail(kp, f"expected true or false, got {_show(v)}")
-            out[key] = v
-        elif kind == "mode":
-            out[key] = c.str_(v, kp, ("zero", "mean"))
-        elif kind == "objective":
-            out[key] = c.str_(v, kp, OBJECTIVES)
-        elif kind == "unit":
-            out[key] = c.str_(v, kp, ("layer", "head", "head_index"))
-        elif kind == "scopes":
-            out[key] = [c.str_(s, f"{kp}[{i}]", SCOPES) for i, s in enumerate(v if isinstance(v, list) else [v])]
-        elif kind == "gammas":
-            if not isinstance(v, list) or not v:
-                c.fail(kp, f"expected a non-empty list of positive numbers, got {_show(v)}")
-            gam = [c.float_(g, f"{kp}[{i}]") for i, g in enumerate(v)]
-            for i, g in enumerate(gam):
-                if g <= 0:
-                    c.fail(f"{kp}[{i}]", f"gamma must be > 0, got {g}")
-            out[key] = gam
-    return out
-
-
-def _check_edit(c: _Check, raw, keypath: str, n_cal: int) -> dict:
-    table = c.table(raw, keypath)
-    if "type" not in table:
-        c.fail(f"{keypath}.type", f"missing: one of {', '.join(EDIT_FIELDS)}")
-    kind = c.str_(table["type"], f"{keypath}.type", tuple(EDIT_FIELDS))
-    fields = EDIT_FIELDS[kind]
-    c.unknown(table, ["type", *fields], keypath)
-    out = {"type": kind, **_check_fields(c, table, fields, keypath)}
-    if kind == "ablate" and out["mode"] == "mean" and n_cal < 1:
-        c.fail(f"{keypath}.mode", "mean ablation averages over the calibration prompts: set task.calibration >= 1")
-    if kind == "var" and not 0 <= out["keep"] <= 1:
-        c.fail(f"{keypath}.keep", f"must be in [0, 1], got {out['keep']}")
-    return out
-
-
-def _check_calibration(c: _Check, raw, n_cal: int) -> dict:
-    table = c.table(raw, "calibration")
-    if "method" not in table:
-        c.fail("calibration.method", f"missing: one of {', '.join(METHODS)}")
-    method = c.str_(table["method"], "calibration.method", METHODS)
-    fields = CALIBRATION_FIELDS[method]
-    c.unknown(table, ["method", *fields], "calibration")
-    out = {"method": method, **_check_fields(c, table, fields, "calibration")}
-    if n_cal < 1:
-        c.fail("task.calibration", "a [calibration] needs calibration examples: set task.calibration >= 1")
-    if method == "zerotuning_profiled" and not (out["up"] > 1 and 0 < out["down"] < 1):
-        c.fail("calibration.up", f"profiling needs up > 1 and 0 < down < 1, got up={out['up']}, down={out['down']}")
-    return out
+def _check_task(c: _Check, raw: dict, spec: SpecTable, model: str, base_dir: Path | None) -> tuple[str, dict]:
+    """The task (a built-in name or a file's path) and its options, typed by the named task's defaults; the file
+    is read and the task built once, so too few examples for the counts asked fail here, before any model loads."""
+    task = spec.task
+    try:
+        checked = TASK_TABLES[task.name].model_validate(raw)
+    except ValidationError as err:
+        c.refuse(err, ("task",))
+    options = {key: getattr(checked, key) for key in raw if key not in Task.model_fields}  # as given
+    if task.name == "induction" and "vocab" not in options:
+        options["vocab"] = "organism" if model in ("induction", "bigram_backcopy") else "words"
+    name = task.name
+    if name is None:
+        path = Path(task.path)
+        path = base_dir / path if not path.is_absolute() and base_dir is not None else path
+        try:
+            read_jsonl(path)  # a malformed task file fails here, naming its line and field
+        except ValueError as err:
+            raise SpecError(f"{c.source}: task.path: {err}") from None
+        name = str(path)
+    try:
+        make_task(name, task.calibration, task.test, spec.seed, **options)  # enough examples for the counts asked?
+    except ValueError as err:
+        c.fail("task", str(err))
+    return name, options
