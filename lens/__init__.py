@@ -14,7 +14,7 @@ from importlib import metadata as _metadata
 
 from lens import edits
 from lens.analyzers import Atlas, Findings, analyze
-from lens.record import DEFAULT_STATS, Capture, capture, summarize
+from lens.record import DEFAULT_STATS, Capture, CaptureSpec, capture, summarize
 from lens.model import BUILTIN, Subject, load, organisms
 from lens.store import Store
 
@@ -24,6 +24,6 @@ except _metadata.PackageNotFoundError:  # a checkout on sys.path that was never 
     __version__ = "0+unknown"
 
 __all__ = [
-    "BUILTIN", "DEFAULT_STATS", "Atlas", "Capture", "Findings", "Store", "Subject", "__version__",
+    "BUILTIN", "DEFAULT_STATS", "Atlas", "Capture", "CaptureSpec", "Findings", "Store", "Subject", "__version__",
     "analyze", "capture", "edits", "load", "organisms", "summarize",
 ]

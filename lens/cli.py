@@ -6,6 +6,9 @@ from pathlib import Path
 
 import typer
 
+from lens.record import CaptureSpec, make_executor
+from lens.store import Store, capture_dataset
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="The attention workbench.")
 
 
@@ -80,6 +83,7 @@ def info(model: str = typer.Option("smollm2", help=MODEL_HELP), device: str = DE
                    "layers are named by block number")
 
 
+# A Typer command takes one parameter per command-line option: capture_cmd has one for each of its 15.
 @app.command("capture")
 def capture_cmd(
     model: str = typer.Option("smollm2", help=MODEL_HELP),
@@ -106,15 +110,17 @@ def capture_cmd(
 
     if sum(x is not None for x in (text, file, dataset)) != 1:
         raise typer.BadParameter("give exactly one of --text or --file, or --dataset")
-    stat_list = "default" if stats.strip() == "default" else [s.strip() for s in stats.split(",") if s.strip()]
+    spec = _capture_spec(stats, backend)
     ref = _model_ref(model, device, dtype, device_map)
     if dataset is not None:
-        _capture_dataset(ref, dataset, out, backend, executor, address, workers, shard_size, resume, stat_list)
+        if out is None:
+            raise typer.BadParameter("--dataset needs --out STORE, the directory the store is written to")
+        _capture_dataset(ref, dataset, out, spec, _executor(executor, address, workers), shard_size, resume)
         return
     body = text if text is not None else file.read_text()
     subject = _load(ref)
     try:
-        cap = lens.capture(subject, body, backend=backend, stats=stat_list)
+        cap = lens.capture(subject, body, spec)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
     typer.echo(lens.summarize(cap))
@@ -123,28 +129,32 @@ def capture_cmd(
         typer.echo(f"saved to {out}")
 
 
-def _capture_dataset(model, dataset, out, backend, executor, address, workers, shard_size, resume, stats) -> None:
-    from lens.record._executor import make_executor
-    from lens.store._store import Store, capture_dataset
+def _capture_spec(stats: str, backend: str) -> CaptureSpec:
+    """``--stats`` and ``--backend`` as a CaptureSpec, checked before any model loads."""
+    names = "default" if stats.strip() == "default" else [s.strip() for s in stats.split(",") if s.strip()]
+    try:
+        return CaptureSpec(stats=names, backend=backend)
+    except ValueError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
 
-    if out is None:
-        raise typer.BadParameter("--dataset needs --out STORE, the directory the store is written to")
-    if executor == "local" and workers is not None:
+
+def _executor(kind: str, address: str | None, workers: int | None):
+    """The executor of a ``--dataset`` capture (``--executor``, ``--address``, ``--workers``)."""
+    if kind == "local" and workers is not None:
         raise typer.BadParameter("--workers is for --executor ray; the local executor runs in this process")
     try:
-        ex = make_executor(executor, address=address, workers=workers)
+        return make_executor(kind, address=address, workers=workers)
     except (ValueError, ModuleNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from err
-    try:
-        from lens.kernels import STAT_NAMES
 
-        unknown = [] if stats == "default" else [s for s in stats if s not in STAT_NAMES or s == "pattern"]
-        if unknown:
-            raise ValueError(f"--stats: unknown statistic(s) {unknown}; valid: {', '.join(STAT_NAMES[:-2])}, "
-                             "learned_sink_mass, or 'default'")
-        store = capture_dataset(model, dataset, out, executor=ex, shard_size=shard_size, backend=backend,
-                                resume=resume, stats=stats, echo=typer.echo)
+
+def _capture_dataset(model, dataset: Path, out: Path, spec: CaptureSpec, ex, shard_size: int, resume: bool) -> None:
+    """Capture ``dataset`` into the store ``out`` on ``ex``; a Ctrl-C leaves the complete shards for ``--resume``."""
+    try:
+        store = capture_dataset(model, dataset, out, spec, executor=ex, shard_size=shard_size, resume=resume,
+                                echo=typer.echo)
     except KeyboardInterrupt:
         done = Store(out).n_shards - len(Store(out).missing()) if (out / "store.json").is_file() else 0
         typer.echo(f"interrupted: {done} complete shard(s) in {out}; continue with the same command and --resume",

@@ -220,12 +220,12 @@ def test_memory_estimate_smollm2_patterns_all_at_8k():
     """SmolLM2 (30 layers x 9 heads), patterns='all' at 8192 tokens: 30 * 9 * 8192^2 * 4 bytes = 72.5 GB."""
     from types import SimpleNamespace
 
-    from lens.kernels import StatOptions
-    from lens.record._capture import estimate_bytes
+    from lens.record import CaptureSpec, estimate_bytes
 
     smol = SimpleNamespace(n_layers=30, attn_layers=tuple(range(30)), n_heads=9, d_model=576)
     heads = [(l, h) for l in range(30) for h in range(9)]
-    parts = estimate_bytes(smol, [[0] * 8192], ["pooled"], heads, StatOptions(), [], False, False)
+    spec = CaptureSpec(stats=["pooled"], patterns=heads, value_norm=False, resid_norm=False)
+    parts = estimate_bytes(smol, [[0] * 8192], spec)
     assert parts["patterns"] == 30 * 9 * 8192 ** 2 * 4 == 72_477_573_120
     assert parts["statistics"] == 30 * 9 * 512 * 512 * 4  # the pooled map instead: 283 MB
 

@@ -101,7 +101,8 @@ def _mtimes(store: lens.Store, shards) -> dict:
 def test_store_layout_and_manifest(local_store, dataset):
     m = local_store.manifest
     assert (m["model"], m["shard_size"], m["n_inputs"], m["n_shards"]) == (MODEL, SHARD, N_PROMPTS, 4)
-    assert len(m["dataset"]["sha256"]) == 64 and m["stats"] == "default"
+    assert len(m["dataset"]["sha256"]) == 64 and m["capture"] == lens.CaptureSpec().to_dict()
+    assert m["capture"]["stats"] == "default" and m["capture"]["backend"] == "auto"
     assert local_store.missing() == []
     assert [local_store.load_shard(s).n_inputs for s in range(4)] == [8, 8, 8, 4]
     assert not list(local_store.path.rglob(".*tmp*"))  # no temporary names left
@@ -203,6 +204,13 @@ def test_interrupt_then_resume(local_store, dataset, tmp_path):
         capture_dataset(MODEL, dataset, out, shard_size=SHARD)
     with pytest.raises(ValueError, match="another shard_size"):
         capture_dataset(MODEL, dataset, out, shard_size=SHARD + 1, resume=True)
+    with pytest.raises(ValueError, match="another capture stats, capture batch_size"):
+        capture_dataset(MODEL, dataset, out, lens.CaptureSpec(stats=["entropy"]), shard_size=SHARD, resume=True,
+                        batch_size=4)
+    # A store written before the manifest held the spec (stats and backend only) resumes the same way.
+    manifest = json.loads((out / "store.json").read_text())
+    (out / "store.json").write_text(json.dumps({**{k: v for k, v in manifest.items() if k != "capture"},
+                                                "stats": "default", "backend": "auto"}))
     resumed = []
     capture_dataset(MODEL, dataset, out, shard_size=SHARD, resume=True, on_shard=lambda s, c: resumed.append(s),
                     executor=make_executor("local", progress=False), echo=lambda s: None)

@@ -17,6 +17,7 @@ import torch
 import lens
 from lens import edits as E
 from lens.analyzers import dormant_inputs
+from lens.record import CAPTURE_STATS
 
 # Display pooling: inputs up to this many tokens get exact patterns for every head from
 # the ``pooled`` statistic (pool factor 1); longer ones are block-averaged to this size.
@@ -127,20 +128,15 @@ def select_input(cap: lens.Capture, i: int) -> lens.Capture:
     stats = {}
     for name, t in cap.stats.items():
         t = t[i:i + 1]
-        if name in POSITION_STATS and t.shape[-1] >= n:
-            t = t[..., :n]
-        elif name in ("topk_idx", "topk_val") and t.shape[-2] >= n:
-            t = t[..., :n, :]
+        stat = CAPTURE_STATS.get(name)  # the registry says which dimensions are positions
+        if stat is not None and t.ndim == len(stat.axes.split()):
+            t = t[tuple(slice(0, n) if d in stat.position_dims else slice(None) for d in range(t.ndim))]
         stats[name] = t
     return lens.Capture(tokens=cap.tokens[i:i + 1, :n], lengths=cap.lengths[i:i + 1], str_tokens=[cap.str_tokens[i]],
                         stats=stats, patterns={k: v[i:i + 1] for k, v in cap.patterns.items()},
                         resid={k: v[i:i + 1, :n] for k, v in cap.resid.items()},
                         logits=None if cap.logits is None else cap.logits[i:i + 1], meta=dict(cap.meta))
 
-
-#: Statistics whose last axis is a position (cut to the input's length by ``select_input``).
-POSITION_STATS = ("sink_mass", "learned_sink_mass", "sink_mass_k", "entropy", "entropy_norm", "received", "visible",
-                  "distance", "waad", "prev_token", "diag_mass", "dup_token", "induction", "value_norm", "resid_norm")
 
 
 def generate(subject: lens.Subject, prompt: str, max_new_tokens: int, progress=None) -> str:

@@ -18,6 +18,8 @@ CPU nothing moves and ``topk_idx`` stays int64.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
 import time
 from collections.abc import Iterator, Sequence
 from importlib import metadata
@@ -26,30 +28,26 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from lens.kernels import DEFAULT_STATS, Stat, pattern_rows, pool_factor
 from lens.model import _routing
 from lens.record._data import Capture
-from lens.edits import Edit
+from lens.record._spec import CaptureSpec
+from lens.record._vocab import CAPTURE_STATS, fill_of
 from lens.model._editing import compile_edits
 from lens.model._inputs import normalise_inputs as _normalise_inputs  # imported from here by other modules
 from lens.model._subject import Subject
 
-# Statistics computed by default: every per-query and per-key statistic, no full patterns.
-DEFAULT_STATS = (
-    "sink_mass", "sink_mass_k", "entropy", "entropy_norm", "received", "visible", "distance", "waad",
-    "topk_idx", "topk_val", "prev_token", "diag_mass", "dup_token", "induction", "pooled",
-)
-EXTRAS = ("value_norm", "resid_norm", "massive")
+__all__ = ["DEFAULT_STATS", "CaptureSpec", "NonFiniteAttention", "capture", "estimate_bytes"]
 
 
 class _Session:
     """Feeds each layer's attention call its options and collects what it returns."""
 
-    def __init__(self, *, subject: Subject, stats, options, backend, edits, token_ids, query_mask,
-                 pattern_heads, value_norm: bool, bar):
-        self.subject, self.stats, self.options, self.backend = subject, tuple(stats), options, backend
-        self.edits, self.token_ids, self.query_mask = tuple(edits), token_ids, query_mask
-        self.pattern_heads = pattern_heads  # {layer: [heads]}
-        self.value_norm = value_norm
+    def __init__(self, subject: Subject, spec: CaptureSpec, *, token_ids, query_mask, bar):
+        """``spec`` as ``CaptureSpec.for_subject`` resolved it; ``token_ids``/``query_mask``: this batch's."""
+        self.subject, self.spec = subject, spec
+        self.token_ids, self.query_mask = token_ids, query_mask
+        self.pattern_heads = _pattern_heads(spec.patterns)  # {layer: [heads]}
         self.bar = bar
         self.layers: dict[int, dict[str, torch.Tensor]] = {}
         self._compiled: dict[int, dict] = {}
@@ -57,24 +55,21 @@ class _Session:
         self.ran: set[str] = set()  # the backends that computed (``auto`` resolves per call)
 
     def _edits_for(self, layer: int, n_keys: int):
-        if not self.edits:
+        if not self.spec.edits:
             return None
         if n_keys not in self._compiled:
             s = self.subject
-            self._compiled[n_keys] = compile_edits(self.edits, layers=s.attn_layers, n_heads=s.n_heads,
+            self._compiled[n_keys] = compile_edits(self.spec.edits, layers=s.attn_layers, n_heads=s.n_heads,
                                                    d_v=s.d_v, n_keys=n_keys)
         return self._compiled[n_keys].get(layer)
 
     def attention_kwargs(self, layer, module, n_keys):
-        from dataclasses import replace
-
-        stats = self.stats
-        options = self.options
+        stats, options = self.spec.stats, self.spec.options
         heads = self.pattern_heads.get(layer)
         if heads:
             stats = (*stats, "pattern")
-            options = replace(options, pattern_heads=list(heads))
-        kw = dict(stats=stats, options=options, backend=self.backend, edits=self._edits_for(layer, n_keys))
+            options = dataclasses.replace(options, pattern_heads=list(heads))
+        kw = dict(stats=stats, options=options, backend=self.spec.backend, edits=self._edits_for(layer, n_keys))
         if self.token_ids is not None and self.token_ids.shape[-1] == n_keys:
             kw["token_ids"] = self.token_ids
         if self.query_mask is not None and self.query_mask.shape[-1] == n_keys:
@@ -89,7 +84,7 @@ class _Session:
         out = {k: _off_device(k, v.detach(), home) for k, v in result.stats.items()}
         if "pooled" in out:
             out["pool_factor"] = torch.tensor(result.meta.get("pool_factor", 1))
-        if self.value_norm:
+        if self.spec.value_norm:
             norms = _value_norms(self.subject, module, value.detach(), self.query_mask)
             out["value_norm"] = _off_device("value_norm", norms, home)
         self.layers[layer] = out
@@ -236,158 +231,102 @@ def _massive(mag: torch.Tensor, mask: torch.Tensor, k: int = 3):
     return val, pos, dim, torch.stack(meds)
 
 
-def capture(
-    subject: Subject,
-    inputs: str | Sequence[str] | torch.Tensor | Sequence[Sequence[int]],
-    *,
-    stats: Sequence[str] | str = "default",
-    patterns: Sequence[tuple[int, int]] | str | None = None,
-    pattern_window: tuple[int, int] | None = None,
-    resid_layers: Sequence[int] = (),
-    value_norm: bool | None = None,
-    resid_norm: bool = True,
-    massive: bool = True,
-    edits: Sequence[Edit] = (),
-    backend: str = "auto",
-    batch_size: int = 8,
-    options=None,
-    allow_beyond_context: bool = False,
-    progress: bool | None = None,
-) -> Capture:
+def capture(subject: Subject, inputs: str | Sequence[str] | torch.Tensor | Sequence[Sequence[int]],
+            spec: CaptureSpec | None = None, *, progress: bool | None = None, **fields) -> Capture:
     """Run ``subject`` on ``inputs`` and record per-head statistics (see ``Capture`` for names and shapes).
 
-    stats: statistic names, or "default" (all of them but full patterns).
-    patterns: (layer, head) pairs, or "all", whose full pattern is kept for ``pattern_window``.
-    edits: ``lens.edits`` objects applied during the pass; the statistics describe the edited model.
-    backend: "eager", "chunked", "triton" or "auto" (chunked for long inputs on a CPU).
-    options: ``kernels.StatOptions`` (sink_k, window, topk, pool_max).
-    value_norm: record ||W_O^h v_j|| (None: wherever it is defined, i.e. unless a norm sits
-    between the attention and the output projection, as in BitNet).
+    What is recorded is a ``CaptureSpec``: pass one as ``spec``, or its fields as keywords
+    (``stats``, ``patterns``, ``pattern_window``, ``resid_layers``, ``value_norm``,
+    ``resid_norm``, ``massive``, ``edits``, ``backend``, ``batch_size``, ``options``,
+    ``allow_beyond_context``; keywords given with ``spec`` replace its fields). An unknown
+    keyword is refused by name. ``progress``: show a bar (default: several batches or a long input).
     """
-    from lens.kernels import STAT_NAMES, StatOptions
-
-    options = options or StatOptions()
-    stat_list = list(DEFAULT_STATS) if stats == "default" else [stats] if isinstance(stats, str) else list(stats)
-    if stats == "default" and subject.arch.has_learned_sinks:
-        stat_list.append("learned_sink_mass")  # gpt-oss: the share of each row its learned sink takes
-    unknown = [s for s in stat_list if s not in STAT_NAMES or s == "pattern"]
-    if unknown:
-        raise ValueError(f"unknown statistic(s) {unknown}; valid: {sorted(set(STAT_NAMES) - {'pattern'})} "
-                         "(stats='default' asks for all of them; full patterns are asked for with "
-                         "patterns=[(layer, head), ...])")
-    if patterns == "all":
-        patterns = [(l, h) for l in subject.attn_layers for h in range(subject.n_heads)]
-    patterns = list(patterns or [])
-    for p in patterns:
-        if not (isinstance(p, (tuple, list)) and len(p) == 2 and all(_is_index(i) for i in p)):
-            raise ValueError(f"patterns: {p!r} is not a (layer, head) pair; pass patterns=[(layer, head), ...] "
-                             "or patterns='all'")
-    patterns = [(int(p[0]), int(p[1])) for p in patterns]
-    subject.check_heads(patterns)
-    for layer in resid_layers:
-        if not _is_index(layer) or not 0 <= layer < subject.n_layers:
-            raise ValueError(f"resid_layers: layer {layer!r} does not exist in {subject.name}: layers are "
-                             f"0..{subject.n_layers - 1}; pass indices in that range")
-    for e in edits:
-        if not isinstance(e, Edit):
-            raise TypeError(f"not an edit: {e!r}; pass lens.edits objects, e.g. lens.edits.AblateHead(layer=0, head=1)")
-        try:
-            e.targets(subject.attn_layers, subject.n_heads)  # fails clearly on heads that do not exist
-        except ValueError as err:
-            raise ValueError(f"{subject.name} ({subject.n_layers} layers x {subject.n_heads} heads): {err}") from None
-    resid_layers = [int(l) for l in resid_layers]
-    pattern_heads: dict[int, list[int]] = {}
-    for l, h in patterns:
-        pattern_heads.setdefault(l, []).append(h)
-    if pattern_window is not None:
-        from dataclasses import replace
-
-        options = replace(options, pattern_window=tuple(pattern_window))
-
-    arch = subject.arch
-    norm_between = (f"the norm {arch.attn_out_norm!r}" if arch.attn_out_norm else
-                    "an output gate" if arch.attn_out_gated else None)
-    if value_norm and norm_between:
-        raise ValueError(f"{subject.name}: value_norm (||W_O^h v_j||) needs the heads' outputs to reach the output "
-                         f"projection unchanged, but {norm_between} sits between them; capture with "
-                         "value_norm=False (the default leaves it out on this model)")
-    value_norm = not norm_between if value_norm is None else bool(value_norm)
-    rows = _normalise_inputs(subject, inputs, allow_beyond_context=allow_beyond_context)
-    _check_memory(subject, rows, stat_list, patterns, options, resid_layers, value_norm, resid_norm)
-    batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
-    longest = max(len(r) for r in rows)
+    spec = CaptureSpec.of(spec, **fields).for_subject(subject)
+    rows = _normalise_inputs(subject, inputs, allow_beyond_context=spec.allow_beyond_context)
+    _check_memory(subject, rows, spec)
+    batches = [rows[i:i + spec.batch_size] for i in range(0, len(rows), spec.batch_size)]
     if progress is None:
-        progress = len(batches) > 1 or longest >= 2048
+        progress = len(batches) > 1 or max(len(r) for r in rows) >= 2048
     bar = tqdm(total=len(batches) * len(subject.attn_layers), desc=f"capture {subject.name}", unit="layer",
                disable=not progress, leave=False)
-
-    pad = subject.pad_token_id
-    per_batch: list[dict[str, torch.Tensor]] = []
-    patterns_out: dict[tuple[int, int], list[torch.Tensor]] = {k: [] for k in patterns}
-    resid_out: dict[int, list[torch.Tensor]] = {l: [] for l in resid_layers}
-    logits_out: list[torch.Tensor] = []
-    ran: set[str] = set()
     t0 = time.perf_counter()
-    device = subject.device
     try:
-        for batch in batches:
-            width = max(len(r) for r in batch)
-            ids = torch.tensor([r + [pad] * (width - len(r)) for r in batch], dtype=torch.long, device=device)
-            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in batch], dtype=torch.bool, device=device)
-            session = _Session(subject=subject, stats=stat_list, options=options, backend=backend, edits=edits,
-                               token_ids=ids, query_mask=mask, pattern_heads=pattern_heads,
-                               value_norm=value_norm, bar=bar)
-            store: dict = {}
-            hook = _resid_recorder(store, mask, set(resid_layers), resid_norm, massive)
-            with torch.no_grad(), _routing.routed(subject.model), _routing.active(session), _block_hooks(subject, hook):
-                # Only the last real position's logits: the full [pos, vocab] block is huge at long context.
-                last = mask.sum(1, keepdim=True) - 1
-                logits = subject.model(input_ids=ids, attention_mask=mask.long() if not mask.all() else None,
-                                       use_cache=False, logits_to_keep=last).logits
-            logits_out.append(logits[:, -1].float().cpu())
-            _host_ready(device)
-            session.check_finite()
-            ran |= session.ran
-            batch_stats = _assemble_batch(session.layers, store, subject.attn_layers, subject.n_layers)
-            if device.type == "cuda":  # the residual-stream statistics join the attention ones on the host
-                batch_stats = {name: t.cpu() for name, t in batch_stats.items()}
-            per_batch.append(batch_stats)
-            for (l, h) in patterns:
-                heads = pattern_heads[l]
-                patterns_out[(l, h)].append(session.layers[l]["pattern"][:, heads.index(h)])
-            for l in resid_layers:
-                resid_out[l].append(store["resid"][l])
+        done = [_capture_batch(subject, batch, spec, bar) for batch in batches]
     finally:
         bar.close()
-    elapsed = time.perf_counter() - t0
+    return _join(subject, rows, spec, done, time.perf_counter() - t0)
 
-    stats_out = {name: _cat_padded([b[name] for b in per_batch], fill=-1 if name == "topk_idx" else 0)
-                 for name in per_batch[0]}
-    stats_out.pop("pattern", None)
-    width = longest
-    tokens = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)
+
+@dataclasses.dataclass
+class _Batch:
+    """What one forward pass recorded, on the host: statistics [batch, layer, ...], kept patterns and residuals."""
+
+    stats: dict[str, torch.Tensor]
+    patterns: dict[tuple[int, int], torch.Tensor]
+    resid: dict[int, torch.Tensor]
+    logits: torch.Tensor  # [batch, vocab] at each input's last real token
+    ran: set[str]  # the backends that computed
+
+
+def _capture_batch(subject: Subject, batch: list[list[int]], spec: CaptureSpec, bar) -> _Batch:
+    """One forward pass over ``batch`` (rows of ids, right-padded here) with attention routed and the blocks hooked."""
+    pad, device = subject.pad_token_id, subject.device
+    width = max(len(r) for r in batch)
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in batch], dtype=torch.long, device=device)
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in batch], dtype=torch.bool, device=device)
+    session = _Session(subject, spec, token_ids=ids, query_mask=mask, bar=bar)
+    store: dict = {}
+    hook = _resid_recorder(store, mask, set(spec.resid_layers), spec.resid_norm, spec.massive)
+    with torch.no_grad(), _routing.routed(subject.model), _routing.active(session), _block_hooks(subject, hook):
+        # Only the last real position's logits: the full [pos, vocab] block is huge at long context.
+        last = mask.sum(1, keepdim=True) - 1
+        logits = subject.model(input_ids=ids, attention_mask=mask.long() if not mask.all() else None,
+                               use_cache=False, logits_to_keep=last).logits
+    logits = logits[:, -1].float().cpu()
+    _host_ready(device)
+    session.check_finite()
+    stats = _assemble_batch(session.layers, store, subject.attn_layers, subject.n_layers)
+    if device.type == "cuda":  # the residual-stream statistics join the attention ones on the host
+        stats = {name: t.cpu() for name, t in stats.items()}
+    heads = session.pattern_heads
+    patterns = {(l, h): session.layers[l]["pattern"][:, heads[l].index(h)] for l, h in spec.patterns}
+    return _Batch(stats, patterns, {l: store["resid"][l] for l in spec.resid_layers}, logits, session.ran)
+
+
+def _join(subject: Subject, rows: list[list[int]], spec: CaptureSpec, batches: list[_Batch],
+          seconds: float) -> Capture:
+    """The batches joined along the batch axis (padded with each statistic's fill) into one Capture."""
+    stats = {name: _cat_padded([b.stats[name] for b in batches], fill=fill_of(name)) for name in batches[0].stats}
+    stats.pop("pattern", None)
+    width = max(len(r) for r in rows)
+    tokens = torch.tensor([r + [subject.pad_token_id] * (width - len(r)) for r in rows], dtype=torch.long)
+    ran = set().union(*(b.ran for b in batches))
     meta = {
         "model": subject.name, "source": subject.source, "n_layers": len(subject.attn_layers),
         "blocks": list(subject.attn_layers), "n_blocks": subject.n_layers, "n_heads": subject.n_heads,
         "n_kv_heads": subject.n_kv_heads, "d_head": subject.d_head, "d_v": subject.d_v, "d_model": subject.d_model,
-        "prepends_bos": subject.prepends_bos, "backend": backend, "backends_run": sorted(ran),
-        "device": str(subject.device), "dtype": str(subject.model.dtype).removeprefix("torch."), "stats": stat_list,
-        "options": _options_dict(options), "edits": [repr(e) for e in edits], "pattern_window": options.pattern_window,
-        "seconds": elapsed, "versions": _versions(),
+        "prepends_bos": subject.prepends_bos, "backend": spec.backend, "backends_run": sorted(ran),
+        "device": str(subject.device), "dtype": str(subject.model.dtype).removeprefix("torch."),
+        "stats": list(spec.stats), "options": _options_dict(spec.options), "edits": [repr(e) for e in spec.edits],
+        "pattern_window": spec.pattern_window, "seconds": seconds, "versions": _versions(),
     }
     return Capture(
         tokens=tokens, lengths=torch.tensor([len(r) for r in rows]),
         str_tokens=[[subject.tokenizer.decode([t]) for t in r] for r in rows],
-        stats=stats_out,
-        patterns={k: _cat_padded(v) for k, v in patterns_out.items()},
-        resid={l: _cat_padded(v) for l, v in resid_out.items()},
-        logits=torch.cat(logits_out),
+        stats=stats,
+        patterns={k: _cat_padded([b.patterns[k] for b in batches]) for k in spec.patterns},
+        resid={l: _cat_padded([b.resid[l] for b in batches]) for l in spec.resid_layers},
+        logits=torch.cat([b.logits for b in batches]),
         meta=meta,
     )
 
 
-def _is_index(i) -> bool:
-    return isinstance(i, (int, np.integer)) and not isinstance(i, bool)
+def _pattern_heads(patterns: Sequence[tuple[int, int]]) -> dict[int, list[int]]:
+    """(layer, head) pairs grouped by layer: {layer: [heads]} in the order given."""
+    out: dict[int, list[int]] = {}
+    for l, h in patterns:
+        out.setdefault(l, []).append(h)
+    return out
 
 
 def available_bytes(device: torch.device) -> int:
@@ -399,38 +338,33 @@ def available_bytes(device: torch.device) -> int:
     return int(psutil.virtual_memory().available)
 
 
-def estimate_bytes(subject: Subject, rows, stat_list, patterns, options, resid_layers, value_norm: bool,
-                   resid_norm: bool) -> dict[str, int]:
+def estimate_bytes(subject: Subject, rows: list[list[int]], spec: CaptureSpec) -> dict[str, int]:
     """Bytes the returned Capture will hold, by part, known before any forward pass.
 
-    A lower bound: it counts the results (fp32, int64 top-k indices), not the transient
-    attention of one layer nor the copy made when batches are joined.
+    ``spec`` as ``CaptureSpec.for_subject`` resolves it. A lower bound: it counts the results
+    (each statistic's registry shape and dtype), not the transient attention of one layer nor
+    the copy made when batches are joined.
     """
-    from lens.kernels._stats import pattern_rows, pool_factor
-
-    b, n, L, H = len(rows), max(len(r) for r in rows), len(subject.attn_layers), subject.n_heads
-    per_query = b * L * H * n * 4
-    out = {"statistics": 0, "patterns": 0, "resid": 0}
-    for name in stat_list:
-        if name == "topk_idx" or name == "topk_val":
-            out["statistics"] += per_query * options.topk * (2 if name == "topk_idx" else 1)
-        elif name == "pooled":
-            side = -(-n // pool_factor(n, n, options.pool_max))
-            out["statistics"] += b * L * H * side * side * 4
-        elif name == "visible":
-            out["statistics"] += b * L * n * 4
-        else:
-            out["statistics"] += per_query
-    out["statistics"] += per_query * value_norm + b * L * n * 4 * resid_norm
-    start, stop = pattern_rows(n, options)
-    out["patterns"] = len(patterns) * b * (stop - start) * n * 4
-    out["resid"] = len(resid_layers) * b * n * subject.d_model * 4
-    return out
+    if not spec.resolved:
+        raise ValueError("estimate_bytes counts a resolved spec: pass spec.for_subject(subject)")
+    b, n, opt = len(rows), max(len(r) for r in rows), spec.options
+    side = -(-n // pool_factor(n, n, opt.pool_max))
+    sizes = {"batch": b, "layer": len(subject.attn_layers), "block": subject.n_layers, "head": subject.n_heads,
+             "query_pos": n, "key_pos": n, "pos": n, "topk": opt.topk, "pool_q": side, "pool_k": side}
+    kept = [*spec.stats, *["value_norm"] * spec.value_norm, *["resid_norm"] * spec.resid_norm]
+    start, stop = pattern_rows(n, opt)
+    return {"statistics": sum(_nbytes(CAPTURE_STATS[name], sizes) for name in kept),
+            "patterns": len(spec.patterns) * b * (stop - start) * n * 4,
+            "resid": len(spec.resid_layers) * b * n * subject.d_model * 4}
 
 
-def _check_memory(subject: Subject, rows, stat_list, patterns, options, resid_layers, value_norm, resid_norm):
+def _nbytes(stat: Stat, sizes: dict[str, int]) -> int:
+    return math.prod(sizes[axis] for axis in stat.axes.split()) * stat.dtype.itemsize
+
+
+def _check_memory(subject: Subject, rows: list[list[int]], spec: CaptureSpec) -> None:
     """Refuse, before the model runs, a capture whose results alone exceed the memory available."""
-    parts = estimate_bytes(subject, rows, stat_list, patterns, options, resid_layers, value_norm, resid_norm)
+    parts = estimate_bytes(subject, rows, spec)
     need, have = sum(parts.values()), available_bytes(subject.device)
     if need <= have:
         return
@@ -438,7 +372,7 @@ def _check_memory(subject: Subject, rows, stat_list, patterns, options, resid_la
     detail = ", ".join(f"{k} {_size(v)}" for k, v in parts.items() if v)
     raise MemoryError(
         f"this capture would keep about {_size(need)} ({detail}; {b} input(s) of up to {n} tokens, "
-        f"{len(patterns)} full pattern(s)), but {_size(have)} is available on {subject.device.type}: "
+        f"{len(spec.patterns)} full pattern(s)), but {_size(have)} is available on {subject.device.type}: "
         "nothing was run. Ask for the block-pooled map with stats=['pooled'] instead of full patterns, fewer "
         "heads with patterns=[(layer, head), ...], a query window with pattern_window=(start, stop), fewer "
         "resid_layers, or shorter or fewer inputs")
@@ -457,11 +391,11 @@ def _assemble_batch(layers: dict[int, dict], store: dict, attn_layers: Sequence[
     names = [k for k in first if k != "pattern"]
     for name in names:
         per_layer = [layers[l][name] for l in attn_layers]
-        if name == "pool_factor":
-            b = first["sink_mass"].shape[0] if "sink_mass" in first else 1
+        if name == "pool_factor":  # one number per layer, given to every input of the batch
+            b = first["pooled"].shape[0]
             out[name] = torch.stack(per_layer)[None].expand(b, -1).clone()
             continue
-        out[name] = _stack_padded(per_layer, dim=1, fill=-1 if name == "topk_idx" else 0)
+        out[name] = _stack_padded(per_layer, dim=1, fill=fill_of(name))
     if "resid_norm" in store:
         out["resid_norm"] = torch.stack([store["resid_norm"][l] for l in range(n_blocks)], dim=1)
     if "massive" in store:
@@ -494,9 +428,7 @@ def _cat_padded(tensors: list[torch.Tensor], fill: float = 0) -> torch.Tensor:
 
 
 def _options_dict(options) -> dict:
-    from dataclasses import asdict
-
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()}
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(options).items()}
 
 
 def _versions() -> dict:

@@ -46,6 +46,7 @@ from pathlib import Path
 import torch
 
 from lens.model._cache import DIGEST_NAMES, WRITTEN_DIGEST, file_digest, recorded_digest, same_digest
+from lens.record._vocab import CAPTURE_STATS
 
 TENSORS = "tensors.safetensors"
 SIDECAR = "capture.json"
@@ -201,10 +202,11 @@ class CaptureFileError(ValueError):
     """A saved Capture that cannot be trusted: damaged, changed after the save, or inconsistent."""
 
 
-# Statistics without a head axis: [batch, layer, ...]; every other one is [batch, layer, head, ...].
-# Residual-stream statistics: one entry per decoder block (the attention ones: per attention layer).
-_PER_BLOCK = {"resid_norm", "massive_val", "massive_pos", "massive_dim", "massive_median"}
-_NO_HEAD_AXIS = {"visible", "resid_norm", "massive_val", "massive_pos", "massive_dim", "massive_median", "pool_factor"}
+# From the registry (lens.record._vocab): statistics without a head axis ([batch, layer, ...]; every other one
+# is [batch, layer, head, ...]), and the residual-stream ones, with one entry per decoder block (axis "block";
+# the attention ones have one per attention layer).
+_PER_BLOCK = {n for n, s in CAPTURE_STATS.items() if "block" in s.axes.split()}
+_NO_HEAD_AXIS = {n for n, s in CAPTURE_STATS.items() if "head" not in s.axes.split()}
 
 
 def _verify(path: Path, recorded: dict | None) -> None:
@@ -250,6 +252,9 @@ def _check_consistent(cap: Capture, directory: Path) -> None:
     for name, t in cap.stats.items():
         if t.shape[0] != b:
             fail(f"stats.{name} has batch {t.shape[0]}, tokens has {b}")
+        axes = CAPTURE_STATS[name].axes if name in CAPTURE_STATS else None
+        if axes is not None and t.ndim != len(axes.split()):
+            fail(f"stats.{name} has {t.ndim} dims, a capture's {name} is [{axes.replace(' ', ', ')}]")
         per_block = name in _PER_BLOCK and cap.n_blocks != n_layers  # residual statistics of a hybrid model
         layers, key = (cap.n_blocks, "n_blocks") if per_block else (n_layers, "n_layers")
         if layers is not None and t.ndim > 1 and t.shape[1] != layers:

@@ -2,7 +2,8 @@
 
 Layout of a store directory::
 
-    STORE/store.json                 the manifest, written first: model, shard size, inputs, dataset SHA-256, stats
+    STORE/store.json                 the manifest, written first: model, shard size, inputs, dataset SHA-256, and
+                                     the CaptureSpec's fields (``"capture"``)
     STORE/shards/00000/              shard 0 in the Capture format (tensors.safetensors + capture.json, checksummed)
     STORE/index/00000.parquet        shard 0's index rows (``INDEX_COLUMNS``)
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ import torch
 from lens.analyzers._common import later_queries, masked_mean, real
 from lens.analyzers._dormant import sink_scores
 from lens.model._cache import file_sha256
-from lens.record import capture, make_executor
+from lens.record import CaptureSpec, capture, make_executor
 from lens.record._data import Capture, CaptureFileError
 
 __all__ = ["Store", "capture_dataset", "read_dataset"]
@@ -85,18 +86,16 @@ def read_dataset(path: str | Path) -> list[str]:
 
 @dataclass(frozen=True)
 class ShardJob:
-    """What a worker needs to capture one shard (picklable; the worker holds the model)."""
+    """What a worker needs to capture one shard (picklable, the spec too; the worker holds the model)."""
 
     shard: int
     texts: tuple[str, ...]
-    stats: tuple[str, ...] | str
-    backend: str
+    spec: CaptureSpec
 
 
 def capture_shard(subject, job: ShardJob) -> Capture:
     """Capture one shard's inputs (runs on the worker; the driver writes the result)."""
-    stats = job.stats if isinstance(job.stats, str) else list(job.stats)
-    return capture(subject, list(job.texts), stats=stats, backend=job.backend, progress=False)
+    return capture(subject, list(job.texts), job.spec, progress=False)
 
 
 class Store:
@@ -272,32 +271,58 @@ def _shard_ok(store: Store, shard: int, n_expected: int) -> str | None:
     return None
 
 
-def capture_dataset(model, dataset: str | Path, out: str | Path, *, executor=None, shard_size: int = 64,
-                    stats: Sequence[str] | str = "default", backend: str = "auto", resume: bool = False,
-                    on_shard: Callable[[int, Capture], None] | None = None,
-                    echo: Callable[[str], None] = print) -> Store:
+def capture_dataset(model, dataset: str | Path, out: str | Path, spec: CaptureSpec | None = None, *, executor=None,
+                    shard_size: int = 64, resume: bool = False, on_shard: Callable[[int, Capture], None] | None = None,
+                    echo: Callable[[str], None] = print, **fields) -> Store:
     """Capture every prompt of ``dataset`` with ``model`` into the store ``out`` (module docstring).
 
-    executor: from ``lens.record._executor.make_executor`` (default local). resume: keep the valid
-    shards of an existing store with the same manifest and compute the rest. on_shard:
-    called by the driver after each shard is written (tests count writes with it).
-    Returns the Store.
+    spec: what each shard's capture records (``lens.CaptureSpec``; or its fields as keywords,
+    e.g. ``stats=[...]``, ``backend=...``), recorded in the manifest. executor: from
+    ``lens.record.make_executor`` (default local). resume: keep the valid shards of an
+    existing store with the same manifest and compute the rest. on_shard: called by the
+    driver after each shard is written (tests count writes with it). Returns the Store.
+    Ten parameters: what to capture (model, dataset, out, spec) and how the run goes, each a
+    separate keyword the command line and the tests set one by one.
     """
+    spec = CaptureSpec.of(spec, **fields)
     if shard_size < 1:
         raise ValueError(f"--shard-size must be at least 1, got {shard_size}")
     prompts = read_dataset(dataset)
     out = Path(out)
-    sha = file_sha256(Path(dataset))
     n_shards = -(-len(prompts) // shard_size)
     manifest = {"format": FORMAT, "model": str(model), "shard_size": shard_size, "n_inputs": len(prompts),
-                "n_shards": n_shards, "dataset": {"path": str(dataset), "sha256": sha},
-                "stats": stats if isinstance(stats, str) else list(stats), "backend": backend}
+                "n_shards": n_shards, "dataset": {"path": str(dataset), "sha256": file_sha256(Path(dataset))},
+                "capture": spec.to_dict()}
+    store = _open(out, manifest, resume)
+    sizes = [len(prompts[s * shard_size:(s + 1) * shard_size]) for s in range(n_shards)]
+    todo = []
+    for s in range(n_shards):
+        why = _shard_ok(store, s, sizes[s]) if resume else "new"
+        if why is not None:
+            if why.startswith("corrupt") or why.startswith("holds"):
+                echo(f"shard {s}: {why}: recomputing")
+            todo.append(s)
+    if resume:
+        echo(f"{n_shards - len(todo)} of {n_shards} shard(s) complete; capturing {len(todo)}")
+    jobs = [ShardJob(s, tuple(prompts[s * shard_size:(s + 1) * shard_size]), spec) for s in todo]
+    executor = executor or make_executor("local")
+    for i, cap in executor.run(model, jobs, capture_shard, desc="shards"):
+        shard = jobs[i].shard
+        write_shard(store, shard, cap)
+        if on_shard is not None:
+            on_shard(shard, cap)
+    return store
+
+
+def _open(out: Path, manifest: dict, resume: bool) -> Store:
+    """The store at ``out``: a new one with ``manifest``, or (``resume``) the existing one if it was made the same way."""
     if (out / MANIFEST).is_file():
         if not resume:
             raise FileExistsError(f"{out} already holds a store: pass --resume to finish it, or choose another --out")
         old = Store(out).manifest
-        differ = [k for k in ("model", "shard_size", "n_inputs", "stats", "backend") if old.get(k) != manifest[k]]
-        if old.get("dataset", {}).get("sha256") != sha:
+        differ = [k for k in ("model", "shard_size", "n_inputs") if old.get(k) != manifest[k]]
+        differ += [f"capture {k}" for k, v in manifest["capture"].items() if _recorded_capture(old).get(k) != v]
+        if old.get("dataset", {}).get("sha256") != manifest["dataset"]["sha256"]:
             differ.append("dataset (SHA-256)")
         if differ:
             raise ValueError(f"{out} was captured with another {', '.join(differ)}: --resume continues the same "
@@ -310,23 +335,11 @@ def capture_dataset(model, dataset: str | Path, out: str | Path, *, executor=Non
         shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     if not (out / MANIFEST).is_file():
         _write_json_atomic(out / MANIFEST, manifest)
-    store = Store(out)
-    sizes = [len(prompts[s * shard_size:(s + 1) * shard_size]) for s in range(n_shards)]
-    todo = []
-    for s in range(n_shards):
-        why = _shard_ok(store, s, sizes[s]) if resume else "new"
-        if why is not None:
-            if why.startswith("corrupt") or why.startswith("holds"):
-                echo(f"shard {s}: {why}: recomputing")
-            todo.append(s)
-    if resume:
-        echo(f"{n_shards - len(todo)} of {n_shards} shard(s) complete; capturing {len(todo)}")
-    jobs = [ShardJob(s, tuple(prompts[s * shard_size:(s + 1) * shard_size]),
-                     stats if isinstance(stats, str) else tuple(stats), backend) for s in todo]
-    executor = executor or make_executor("local")
-    for i, cap in executor.run(model, jobs, capture_shard, desc="shards"):
-        shard = jobs[i].shard
-        write_shard(store, shard, cap)
-        if on_shard is not None:
-            on_shard(shard, cap)
-    return store
+    return Store(out)
+
+
+def _recorded_capture(manifest: dict) -> dict:
+    """The capture spec a manifest records; stores written before the spec recorded only stats and backend."""
+    if "capture" in manifest:
+        return manifest["capture"]
+    return CaptureSpec(stats=manifest.get("stats", "default"), backend=manifest.get("backend", "auto")).to_dict()
