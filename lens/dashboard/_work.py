@@ -75,17 +75,13 @@ def layer_progress(subject: lens.Subject, progress, label: str, passes: int = 1)
     total = subject.n_layers * passes
     count = [0]
 
-    def hook(*_):
+    def hook(x, call):
         count[0] += 1
         progress.update(f"{label}: layer {min(count[0], total)}/{total}", count[0] / total)
 
-    with subject.lock:  # hooks on the shared model: other threads' calls wait (lens.Subject, "Threads")
-        handles = [blk.register_forward_hook(hook) for blk in subject.blocks]
-        try:
-            yield
-        finally:
-            for h in handles:
-                h.remove()
+    # acts only for this thread's forwards: a notebook's call on the same model is not counted
+    with subject.hooks({("resid_post", i): hook for i in range(subject.n_layers)}):
+        yield
 
 
 def stat_options():
@@ -161,23 +157,16 @@ def generate(subject: lens.Subject, prompt: str, max_new_tokens: int, progress=N
                          f"{subject.name}'s context of {subject.n_ctx}")
     step = [0]
 
-    def hook(*_):  # the last block runs once per generated token
+    def hook(x, call):  # the last block runs once per generated token
         step[0] += 1
         if progress is not None:
             done = min(step[0], max_new_tokens)
             progress.update(f"generating: token {done}/{max_new_tokens}", done / max_new_tokens)
 
-    with subject.lock:  # a hook and plain forwards on the shared model: not while another thread routes it
-        handles = [subject.blocks[-1].register_forward_hook(hook)]
-        try:
-            with torch.no_grad():
-                out = subject.model.generate(ids.to(subject.device),
-                                             attention_mask=torch.ones_like(ids).to(subject.device),
-                                             max_new_tokens=max_new_tokens, do_sample=False,
-                                             pad_token_id=subject.pad_token_id)
-        finally:
-            for h in handles:
-                h.remove()
+    with subject.hooks({("resid_post", subject.n_layers - 1): hook}), torch.no_grad():
+        out = subject.model.generate(ids.to(subject.device), attention_mask=torch.ones_like(ids).to(subject.device),
+                                     max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=subject.pad_token_id)
     new = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
     return f"{prompt.strip()}\n{new.strip()}"
 

@@ -17,11 +17,10 @@ CPU nothing moves and ``topk_idx`` stays int64.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from importlib import metadata
 
 import numpy as np
@@ -179,21 +178,16 @@ def _value_norms(subject: Subject, module, value: torch.Tensor, query_mask) -> t
     return norms
 
 
-@contextlib.contextmanager
-def _block_hooks(subject: Subject, fn) -> Iterator[None]:
-    handles = [blk.register_forward_hook(fn(i)) for i, blk in enumerate(subject.blocks)]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+def _block_hooks(subject: Subject, fn):
+    """``fn(layer)``'s hook at every block's ``resid_post`` site, for the block (``Subject.hooks``)."""
+    return subject.hooks({("resid_post", i): fn(i) for i in range(subject.n_layers)})
 
 
 def _resid_recorder(store: dict, mask: torch.Tensor, resid_layers: set[int], want_norm: bool, want_massive: bool):
     def make(layer: int):
-        def hook(module, args, output):
+        def hook(resid, call):
             # gathered on the mask's device (with a device map, blocks live on several devices)
-            hs = (output[0] if isinstance(output, tuple) else output).detach().float().to(mask.device)  # [b, n, d]
+            hs = resid.detach().float().to(mask.device)  # [b, n, d]
             m = mask[..., None].to(hs.dtype)
             if want_norm:
                 store.setdefault("resid_norm", {})[layer] = hs.norm(dim=-1) * mask
