@@ -200,7 +200,12 @@ def test_a_plain_forward_from_another_thread_inside_a_block_is_untouched(impl):
             other = threading.Thread(target=lambda: got.update(out=s.model(input_ids=ids).logits))
             other.start()
             other.join()
-            assert s.model.config._attn_implementation == _routing.IMPLEMENTATION  # the block was open
+            assert s.model.config._attn_implementation == _routing.IMPLEMENTATION  # here, the block is open
+            seen = []
+            probe = threading.Thread(target=lambda: seen.append(s.model.config._attn_implementation))
+            probe.start()
+            probe.join()
+            assert seen == [impl]  # and another thread reads the model's own implementation
     assert not torch.equal(edited, want)  # the block did act on its own forward
     assert torch.equal(got["out"], want)
 
@@ -230,7 +235,7 @@ def test_plain_forwards_beside_captures_on_smollm2(smollm2):
     def forwarding():
         with torch.no_grad():
             while len(plain) < 12 or not done.is_set():
-                routed = s.model.config._attn_implementation == _routing.IMPLEMENTATION
+                routed = isinstance(s.model.config, _routing._Routable)  # a capture's routed block is open
                 plain.append(s.model(input_ids=short_ids).logits)
                 overlapped.append(routed)
 

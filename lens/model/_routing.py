@@ -2,22 +2,20 @@
 
 ``register()`` adds an attention implementation named ``"lens"`` to transformers'
 ``AttentionInterface`` (and a matching mask builder). Inside ``routed(model)`` the model's
-config names it, and every attention call of a forward *run in the context that entered
-the block* goes to ``kernels.attention``; what that call should record and which edits it
-should apply come from the *active session* (a context variable set by ``lens.capture`` or
-``Subject.edited``). A forward from any other thread or context during the block passes
-through to the implementation the model had before (``sdpa`` or ``eager``, with the mask
-that implementation would have built), so it is untouched.
+config names it *for forwards run in the context that entered the block* (this thread or
+task), whose attention calls go to ``kernels.attention``; what that call should record and
+which edits it should apply come from the *active session* (a context variable set by
+``lens.capture`` or ``Subject.edited``). A forward from any other thread or context reads
+the config's own implementation throughout, so it is untouched.
 
-Switching the config is a change to state shared by every thread, so ``routed`` holds the
-model's re-entrant lock (``model_lock``): the workbench's own passes on one model run one
-at a time; plain forwards from other threads need no lock.
+``routed`` holds the model's re-entrant lock (``model_lock``): the workbench's own routed
+passes on one model run one at a time; plain forwards from other threads need no lock.
 """
 
 from __future__ import annotations
 
 import contextlib
-import sys
+import functools
 import threading
 import weakref
 from collections.abc import Iterator
@@ -25,7 +23,6 @@ from contextvars import ContextVar
 from typing import Protocol
 
 import torch
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from lens.kernels import attention
 
@@ -35,8 +32,6 @@ _active: ContextVar[Session | None] = ContextVar("lens_attention_session", defau
 _tracer: ContextVar = ContextVar("lens_attention_tracer", default=None)
 # ids of the configs (the model's and its sub-configs) routed by a block entered in this context
 _routed: ContextVar[frozenset[int]] = ContextVar("lens_routed_configs", default=frozenset())
-# id(config) -> the attention implementation it had before routing, while a routed block is open
-_original: dict[int, str | None] = {}
 _registered = False
 _locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its RLock
 _locks_guard = threading.Lock()
@@ -102,8 +97,6 @@ def lens_attention_forward(module, query, key, value, attention_mask, scaling=No
     (``IGNORED``), or refused with an error naming it, the model type and the layer: an
     attention the workbench cannot reproduce exactly is never computed approximately.
     """
-    if not _routed_here(module):
-        return _passthrough(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
     session = _active.get()
     layer = session.subject.layer_of(module) if session is not None else None
     call = attention_call(module, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
@@ -190,68 +183,50 @@ def _configs(config) -> list:
 def routed(model) -> Iterator[None]:
     """Within the block, ``model``'s forwards run in this context use ``lens_attention_forward``.
 
-    Holds ``model_lock(model)`` for the whole block: the implementation is a field of the
-    shared config. Forwards from other threads or contexts pass through (module docstring).
+    The implementation is a field of the model's config, shared by every thread. For the
+    block each config (and sub-config) is given a subclass whose ``_attn_implementation``
+    reads ``"lens"`` in the contexts that route it and the config's own value everywhere
+    else, so a forward from another thread sees one implementation from its first layer to
+    its last, whenever this block opens or closes. Holds ``model_lock(model)`` throughout.
     """
     register()
     with model_lock(model):
         configs = _configs(model.config)
-        before = {id(c): getattr(c, "_attn_implementation", None) for c in configs}
-        outer = _routed.get()
-        token = _routed.set(outer | before.keys())
-        _original.update({k: v for k, v in before.items() if k not in outer})
+        swapped = [(c, type(c)) for c in configs if not isinstance(c, _Routable)]  # an outer block swapped the rest
+        token = _routed.set(_routed.get() | {id(c) for c in configs})
         try:
-            for c in configs:
-                _set_implementation(c, IMPLEMENTATION)
+            for c, base in swapped:
+                c.__class__ = _routable(base)
             yield
         finally:
-            for c in configs:
-                _set_implementation(c, before[id(c)])
-            if not outer:
-                for k in before:
-                    _original.pop(k, None)
+            for c, base in swapped:
+                c.__class__ = base
             _routed.reset(token)
 
 
-def _set_implementation(config, value) -> None:
-    """Set one config's implementation only: transformers' setter would copy it to every sub-config."""
-    if hasattr(config, "_attn_implementation_internal"):
-        config._attn_implementation_internal = value
-    else:  # a config that is not a transformers PretrainedConfig
-        config._attn_implementation = value
+class _Routable:
+    """Marks a config class made by ``_routable``."""
 
 
-def _routed_here(module) -> bool:
-    config = getattr(module, "config", None)
-    here = _routed.get()
-    return id(config) in here if config is not None else bool(here)
+@functools.cache
+def _routable(base: type) -> type:
+    """``base`` with an ``_attn_implementation`` that reads ``"lens"`` only in contexts routing the instance."""
+    own = base.__dict__.get("_attn_implementation") or next(
+        (vars(k)["_attn_implementation"] for k in base.__mro__ if "_attn_implementation" in vars(k)), None)
 
+    def get(config):
+        if id(config) in _routed.get():
+            return IMPLEMENTATION
+        return own.fget(config) if isinstance(own, property) else vars(config).get("_attn_implementation")
 
-def _passthrough(module, query, key, value, attention_mask, *, scaling=None, dropout=0.0, **kwargs):
-    """The attention the model would have run without routing, for a forward from another context.
+    def set_(config, value):
+        if isinstance(own, property):
+            own.fset(config, value)
+        else:  # a config that is not a transformers PretrainedConfig: a plain attribute
+            vars(config)["_attn_implementation"] = value
 
-    The mask arrives in sdpa's form (a boolean mask, or None for purely causal): the sdpa
-    implementation takes it as is; eager gets the additive mask transformers would have built
-    from it (0 where visible, the dtype's minimum elsewhere). Other implementations
-    (flash, flex) are not run from here: the workbench's plain attention computes the same.
-    """
-    config = getattr(module, "config", None)
-    before = _original.get(id(config), "sdpa") if config is not None else "sdpa"
-    if before == "sdpa":
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
-                                      **kwargs)
-    eager = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
-    if before in (None, "eager") and eager is not None:
-        mask = attention_mask
-        if mask is None:
-            q, k = query.shape[-2], key.shape[-2]
-            mask = torch.ones(q, k, dtype=torch.bool, device=query.device).tril(k - q)[None, None]
-        if mask.dtype == torch.bool:
-            mask = torch.where(mask, torch.zeros((), dtype=query.dtype, device=mask.device),
-                               torch.finfo(query.dtype).min)
-        return eager(module, query, key, value, mask, scaling=scaling, dropout=dropout, **kwargs)
-    call = attention_call(module, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
-    return attention(query, key, value, **call).output.transpose(1, 2).contiguous(), None
+    return type(base.__name__, (base, _Routable), {"_attn_implementation": property(get, set_),
+                                                   "__module__": base.__module__, "__qualname__": base.__qualname__})
 
 
 @contextlib.contextmanager
