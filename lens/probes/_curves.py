@@ -8,21 +8,23 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lens.circuits import head_outputs
-from lens.circuits._engine import RunSpec, run
-from lens.probes._linear import fit_probe, token_rows
+from lens.edits import head_outputs
+from lens.probes._linear import CS, FOLDS, fit_probe, token_rows
 from lens.record import capture
 
-COLUMNS = ("layer", "accuracy", "control_accuracy", "selectivity", "train_accuracy", "majority", "n_train", "n_test")
+# accuracy, control_accuracy, selectivity, train_accuracy and majority are means over the CV
+# folds; the *_std columns their standard deviation over folds; c the median chosen C.
+COLUMNS = ("layer", "accuracy", "accuracy_std", "control_accuracy", "selectivity", "selectivity_std",
+           "train_accuracy", "majority", "c", "folds", "n_train", "n_test")
 
 
 def probe_capture(capture, labels, *, layers: Sequence[int] | None = None, kind: str = "logistic",
-                  test_frac: float = 0.25, seed: int = 0, c: float = 1.0, control: bool = True) -> pd.DataFrame:
+                  folds: int = FOLDS, cs: Sequence[float] = CS, seed: int = 0, control: bool = True) -> pd.DataFrame:
     """One probe per residual layer recorded in ``capture`` (``lens.capture(..., resid_layers=...)``).
 
     labels: ``[batch, pos]`` per-token labels aligned with ``capture.tokens`` (< 0 = ignore).
-    Returns one row per layer with ``COLUMNS`` (the residual stream *after* block ``layer``);
-    ``.attrs`` holds the settings.
+    Returns one row per layer with ``COLUMNS`` (the residual stream *after* block ``layer``),
+    scored by cross-validation grouped by sequence (``fit_probe``); ``.attrs`` holds the settings.
     """
     if not capture.resid:
         raise ValueError("the capture holds no residual streams: capture with resid_layers=[...]")
@@ -38,10 +40,10 @@ def probe_capture(capture, labels, *, layers: Sequence[int] | None = None, kind:
     rows = []
     for layer in layers:
         x = capture.resid[layer][seq, pos]
-        res = fit_probe(x, y, seq=seq, types=types, kind=kind, test_frac=test_frac, seed=seed, c=c, control=control)
+        res = fit_probe(x, y, seq=seq, types=types, kind=kind, folds=folds, cs=cs, seed=seed, control=control)
         rows.append({"layer": layer, **res.as_row()})
     df = pd.DataFrame(rows, columns=list(COLUMNS))
-    df.attrs.update(kind=kind, test_frac=test_frac, seed=seed, c=c, site="resid_post", n_tokens=len(y))
+    df.attrs.update(kind=kind, folds=folds, cs=tuple(cs), seed=seed, site="resid_post", n_tokens=len(y))
     return df
 
 
@@ -66,13 +68,17 @@ def probe_layers(subject, inputs, labels, *, layers: Sequence[int] | None = None
 
 def embeddings(subject, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """The residual stream before block 0 ``[batch, pos, d_model]`` (padding zeroed)."""
-    resid = run(subject, tokens, lengths, RunSpec(record=frozenset({"resid"})))[1].records["resid"][0].float()
-    return resid * (torch.arange(tokens.shape[1])[None, :] < lengths[:, None])[..., None]
+    real = torch.arange(tokens.shape[1])[None, :] < lengths[:, None]
+    seen: list[torch.Tensor] = []
+    with torch.no_grad(), subject.hooks({("resid_pre", 0): lambda x, call: seen.append(x.detach())}):
+        subject.model(input_ids=tokens.to(subject.device), attention_mask=real.long().to(subject.device),
+                      use_cache=False)
+    return seen[0].float().cpu() * real[..., None]
 
 
 def probe_heads(subject, tokens: torch.Tensor, labels, *, lengths: torch.Tensor | None = None,
-                heads: Sequence[tuple[int, int]] | None = None, kind: str = "logistic", test_frac: float = 0.25,
-                seed: int = 0, c: float = 1.0, control: bool = True) -> pd.DataFrame:
+                heads: Sequence[tuple[int, int]] | None = None, kind: str = "logistic", folds: int = FOLDS,
+                cs: Sequence[float] = CS, seed: int = 0, control: bool = True) -> pd.DataFrame:
     """One probe per head on its output (its ``d_head`` slice of the o_proj input; exact under GQA).
 
     tokens: ``[batch, pos]`` right-padded ids; labels ``[batch, pos]`` (< 0 = ignore).
@@ -83,15 +89,15 @@ def probe_heads(subject, tokens: torch.Tensor, labels, *, lengths: torch.Tensor 
     lengths = torch.full((b,), t, dtype=torch.long) if lengths is None else torch.as_tensor(lengths)
     heads = [(l, h) for l in subject.attn_layers for h in range(subject.n_heads)] if heads is None else list(heads)
     subject.check_heads(heads)
-    z = head_outputs(subject, tokens, lengths=lengths)
+    z, _ = head_outputs(subject, [tokens[i, :n].tolist() for i, n in enumerate(lengths.tolist())],
+                        sorted({l for l, _ in heads}))  # {layer: [b, pos, head, d_v]}
     seq, pos, y = token_rows(labels, lengths)
     types = tokens[seq, pos].numpy()
-    dh = subject.d_v
     rows = []
     for layer, head in heads:
-        x = z[layer][seq, pos][:, head * dh:(head + 1) * dh]
-        res = fit_probe(x, y, seq=seq, types=types, kind=kind, test_frac=test_frac, seed=seed, c=c, control=control)
+        x = z[layer][seq, pos, head]
+        res = fit_probe(x, y, seq=seq, types=types, kind=kind, folds=folds, cs=cs, seed=seed, control=control)
         rows.append({"layer": layer, "head": head, **res.as_row()})
     df = pd.DataFrame(rows, columns=["layer", "head", *COLUMNS[1:]])
-    df.attrs.update(kind=kind, test_frac=test_frac, seed=seed, c=c, site="head_output", n_tokens=len(y))
+    df.attrs.update(kind=kind, folds=folds, cs=tuple(cs), seed=seed, site="head_output", n_tokens=len(y))
     return df
