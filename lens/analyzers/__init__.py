@@ -9,6 +9,7 @@ Checks that need the model (loss under move-to-BOS, retrieval by generation) liv
 """
 
 from lens.analyzers._atlas import ANALYZERS, analyze
+from lens.analyzers._common import head_frame, top_heads
 from lens.analyzers._dormant import dormant_heads, dormant_inputs, dormant_tokens, sink_scores
 from lens.analyzers._entropy import entropy, entropy_series
 from lens.analyzers._extreme import massive_activations, residual_peaks, value_drains
@@ -29,6 +30,7 @@ __all__ = [
     "entropy",
     "entropy_series",
     "head_distance",
+    "head_frame",
     "head_types",
     "hidden_sinks",
     "induction_test",
@@ -37,5 +39,6 @@ __all__ = [
     "residual_peaks",
     "sink_rate",
     "sink_scores",
+    "top_heads",
     "value_drains",
 ]

@@ -9,6 +9,7 @@ Attention-function edits (work in every backend and in ``lens.capture``): ``Scal
 """
 
 from lens.edits._data import (
+    HOOK_EDITS,
     AblateHead,
     CalibrateSinks,
     Edit,
@@ -27,7 +28,7 @@ from lens.edits._reads import head_outputs, residual_from_prompt
 from lens.model._editing import compile_edits, edited
 
 __all__ = [
-    "AblateHead", "CalibrateSinks", "Edit", "GateHead", "KeyBias", "MoveToBOS", "PatchResidual",
+    "HOOK_EDITS", "AblateHead", "CalibrateSinks", "Edit", "GateHead", "KeyBias", "MoveToBOS", "PatchResidual",
     "RedistributeAttention", "ResidualEdit", "RowEdit", "ScaleAttention", "SteerResidual", "act_from_capture",
     "compile_edits", "edited", "head_means", "head_outputs", "mean_ablation", "nnsight_logits", "residual_from_prompt",
     "var_sinks",

@@ -41,6 +41,7 @@ from lens.model import _cache
 from lens.model._organisms_data import (
     BOS_ID,
     HELD_OUT_SEED,
+    N_TOKENS,
     PAD_ID,
     SPECIAL_TOKENS,
     TOKEN_NAMES,
@@ -371,6 +372,7 @@ def _source(kind: str, seed: int, steps: int) -> str:
 __all__ = [
     "BOS_ID",
     "KINDS",
+    "N_TOKENS",
     "PAD_ID",
     "RECIPES",
     "UNK_ID",

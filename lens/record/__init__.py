@@ -10,10 +10,10 @@ here or on Ray actors.
 
 from lens.record._capture import DEFAULT_STATS, NonFiniteAttention, capture, estimate_bytes
 from lens.record._data import Capture, CaptureFileError
-from lens.record._executor import make_executor
+from lens.record._executor import cached_subject, make_executor
 from lens.record._spec import CaptureSpec
 from lens.record._summary import summarize
 from lens.record._vocab import CAPTURE_STATS
 
 __all__ = ["CAPTURE_STATS", "DEFAULT_STATS", "Capture", "CaptureFileError", "CaptureSpec", "NonFiniteAttention",
-           "capture", "estimate_bytes", "make_executor", "summarize"]
+           "cached_subject", "capture", "estimate_bytes", "make_executor", "summarize"]

@@ -7,6 +7,6 @@ over the shards, one in memory at a time) and for SQL over the index (DuckDB). I
 the analyzers because its index is made of their numbers.
 """
 
-from lens.store._store import Store, capture_dataset, read_dataset
+from lens.store._store import MANIFEST, Store, capture_dataset, read_dataset
 
-__all__ = ["Store", "capture_dataset", "read_dataset"]
+__all__ = ["MANIFEST", "Store", "capture_dataset", "read_dataset"]
