@@ -1,4 +1,4 @@
-"""Write the README's architecture table from the results of ``tests/test_architectures.py``.
+"""Write the README's architecture table from the results of ``tests/model/test_architectures.py``.
 
     python docs/arch_table.py            # runs the architecture tests, then rewrites the table
     python docs/arch_table.py --from F   # uses a report the tests already wrote (LENS_ARCH_REPORT=F)
@@ -25,7 +25,7 @@ COLUMNS = ("capture", "edits", "patching", "TL bridge", "nnsight")
 
 def run_tests(report: Path) -> None:
     env = dict(os.environ, LENS_ARCH_REPORT=str(report))
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_architectures.py"]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/model/test_architectures.py"]
     done = subprocess.run(cmd, cwd=ROOT, env=env)
     if done.returncode not in (0, 1):  # 1 = some test failed: the table says which
         raise SystemExit(f"pytest exited {done.returncode}; no table written")

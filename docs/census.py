@@ -25,7 +25,7 @@ Each model type gets exactly one outcome:
 * ``exact``: ``lens.Subject`` accepts the model, routed logits equal its stock logits (atol
   1e-4), and every statistic of ``lens.capture`` (eager and chunked backends) equals the one
   computed from the model's *own* eager ``output_attentions`` pattern (atol 1e-5 and rtol 1e-5,
-  as in ``tests/test_architectures.py``) on a padded batch (rows of 13 and 9 tokens) longer
+  as in ``tests/model/test_architectures.py``) on a padded batch (rows of 13 and 9 tokens) longer
   than any window. Which keys a query sees is read off that pattern too (windows, chunks and
   other masks as the model applies them). Where a statistic misses 1e-5 only within 4x the
   model's *own* float32 error (its float32 pattern against its float64 one: large logits), the
@@ -492,7 +492,7 @@ def inputs(pad: int):
 
 def reference_stats(patterns, ids, mask, seen=None) -> dict:
     """Every statistic ``[b, layer, head, ...]`` from the model's own attention patterns, one
-    ``[b, h, q, k]`` per layer, by its definition (as in ``tests/test_architectures.py``).
+    ``[b, h, q, k]`` per layer, by its definition (as in ``tests/model/test_architectures.py``).
 
     Which keys a query sees is read off the model's own pattern too (``p > 0``: a masked key
     gets exactly 0), so windows, chunks and any other mask the model builds count as it applies them;

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
+from skips import CHROMIUM, needs, require
+
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 SHOTS = DOCS / "screenshots"  # the light-theme screenshot of every page, committed
 
-needs_browser = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
-                                   "(apt-get install chromium); Playwright's own browser is not used")
+needs_browser = needs("chromium")
 
 @contextlib.contextmanager
 def served(app):
@@ -43,7 +43,7 @@ def served(app):
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright python package")
+    sync_api = require("playwright")
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
         try:

@@ -16,7 +16,7 @@ torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 # Fuzzing profiles (tests/test_fuzz_*.py). "ci", the default: few examples, the same ones on
 # every run (derandomize) and no example database, so CI is reproducible and short; a failure
 # prints the blob to replay it with @reproduce_failure. "deep": many random examples, for a
-# local hunt: pytest tests/test_fuzz_kernels.py --hypothesis-profile=deep (the flag comes from
+# local hunt: pytest tests/kernels/test_fuzz_kernels.py --hypothesis-profile=deep (the flag comes from
 # hypothesis' pytest plugin and is applied after this file loads "ci").
 try:
     from hypothesis import settings

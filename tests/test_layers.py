@@ -8,13 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from skips import require
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_import_linter_contracts_hold():
-    pytest.importorskip("importlinter", reason="import-linter comes with the test extra: ./setup.sh test")
+    require("importlinter")
     done = subprocess.run([sys.executable, "-c", "from importlinter.cli import lint_imports_command; "
                            "lint_imports_command()", "--no-cache"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-2000:]

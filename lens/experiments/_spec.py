@@ -78,7 +78,7 @@ SCOPES = ("layer", "head_index", "all")
 METRICS = ("accuracy", *OUTPUTS[1:])
 #: Most examples (calibration + test) a spec may ask for. Checking a spec builds its task, and the
 #: generated tasks build ~20k examples a second (ioi, colored_objects, induction: 10k in 0.4-0.6 s), so
-#: test = 2**31 hung the check (found by tests/test_fuzz_specs.py); 50k keeps it under ~3 s, and a
+#: test = 2**31 hung the check (found by tests/experiments/test_fuzz_specs.py); 50k keeps it under ~3 s, and a
 #: run over more examples takes hours on a CPU anyway.
 MAX_EXAMPLES = 50_000
 #: Largest integer task option (shots, filler, period, n_choices: counts inside every prompt). 1,000

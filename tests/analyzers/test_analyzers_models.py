@@ -1,6 +1,6 @@
 """Analyzers on real models and organisms: the must-show figures of issue 5 (METHODS sec 1, 2, 10).
 
-The pure analyzers are held to hand-computed values in ``tests/test_analyzers.py``; here
+The pure analyzers are held to hand-computed values in ``tests/analyzers/test_analyzers.py``; here
 they meet models whose answer is known: a randomly initialised SmolLM2 (no sinks), the
 pretrained SmolLM2 (many), the Bigram-Backcopy organism (an active-dormant sink head with
 a drained value) and the induction organism (a layer-0 previous-token head feeding a
@@ -37,7 +37,7 @@ from lens.data import prompts
 
 T = 64  # METHODS sec 1: prompts cut to exactly 64 tokens
 N_PROMPTS = 64
-DOC = Path(__file__).resolve().parents[1] / "docs" / "readme" / "analyzers.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "readme" / "analyzers.md"
 LIGHT = dict(value_norm=False, resid_norm=False, massive=False, progress=False)
 
 

@@ -127,7 +127,7 @@ def test_dashboard_on_bigram_backcopy(bigram_backcopy, browser, tmp_path):
         assert drawn[1]["x"] == ref.loc[ref["preplan"], "pos"].tolist()
         assert drawn[3]["x"] == ref.loc[ref["anchor"], "pos"].tolist()
         assert drawn[2]["y"][:5] == pytest.approx(ref["fai"].tolist()[:5], abs=1e-6)
-        # circuits and probes: tests/test_dashboard_model_pages.py
+        # circuits and probes: tests/dashboard/test_dashboard_model_pages.py
         shots = screenshots(page, tmp_path, "bigram_backcopy", pages=("overview", "attention", "interventions"))
 
         # two tabs with different texts keep their own results
@@ -282,7 +282,6 @@ def test_edit_fields_and_spec_are_checked(tiny_gpt2):
     for bad in (("scale_attention", "x", "0", "0", "1"), ("gate", "0", "0", None, "abc"), ("eval", "0", "0", "0", "1")):
         with pytest.raises(ValueError):
             edit_fields(*bad)
-    pytest.importorskip("lens.experiments")
     text = spec_toml("smollm2", [f], task="sentiment", n_test=20)
     from lens.experiments import parse_spec
 

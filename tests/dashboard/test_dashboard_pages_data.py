@@ -34,7 +34,7 @@ from lens.experiments import _db, compare_runs, list_runs, load_run, load_specs,
 
 pytestmark = pytest.mark.organism
 
-OUT = Path(__file__).resolve().parents[1] / "test-output" / "screenshots"  # both themes; the light ones to SHOTS
+OUT = Path(__file__).resolve().parents[2] / "test-output" / "screenshots"  # both themes; the light ones to SHOTS
 SWEEP_SPEC = """\
 # Which edit hurts the induction task, and how much does it vary by seed?
 name = "induction-edits-sweep"

@@ -17,7 +17,9 @@ import math
 import pytest
 import torch
 from dash import no_update
-pytest.importorskip("hypothesis", reason="fuzzing needs hypothesis: pip install -e '.[test]'")
+
+from skips import require
+require("hypothesis")
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 

@@ -36,7 +36,7 @@ from lens.experiments import (
 )
 from lens.experiments._sentiment_data import NEGATIVE, POSITIVE
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS = ROOT / "docs" / "experiments"
 
 GOOD = """\

@@ -18,7 +18,9 @@ import re
 from pathlib import Path
 
 import pytest
-pytest.importorskip("hypothesis", reason="fuzzing needs hypothesis: pip install -e '.[test]'")
+
+from skips import require
+require("hypothesis")
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +28,7 @@ from test_experiments import GOOD as ORGANISM  # the organism spec the experimen
 
 from lens.experiments import Spec, SpecError, parse_specs
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "docs" / "experiments"
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "docs" / "experiments"
 BASES = [ORGANISM, *(p.read_text(encoding="utf-8") for p in sorted(EXPERIMENTS.glob("*.toml")))]
 SOURCE = "fuzz.toml"
 BARE = re.compile(r"^[A-Za-z0-9_-]+$")

@@ -27,7 +27,7 @@ import pytest
 
 from lens.experiments import _db, compare_runs, list_runs, load_run, run_spec
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS = ROOT / "docs" / "experiments"
 
 # A small complete run for after the kill: fixed edits, no calibration, a short bootstrap.

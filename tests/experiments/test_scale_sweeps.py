@@ -22,6 +22,8 @@ import time
 import pandas as pd
 import pytest
 
+from skips import needs
+
 from lens.experiments import SpecError, _db, load_specs, parse_specs, run_sweep
 
 try:
@@ -30,8 +32,7 @@ except ImportError:  # the optional extra is not installed
     ray = None
 
 pytestmark = [pytest.mark.ray, pytest.mark.organism]
-needs_ray = pytest.mark.skipif(ray is None, reason="Ray is not installed: pip install -e '.[ray]' "
-                                                   "(./setup.sh test installs it)")
+needs_ray = needs("ray")
 
 SPEC = """
 name = "sweep-induction"
@@ -137,7 +138,7 @@ def test_sweep_is_the_cross_product_of_its_lists(spec_path):
 def test_example_sweep_spec_is_six_runs():
     from pathlib import Path
 
-    path = Path(__file__).parents[1] / "docs" / "experiments" / "sweeps" / "induction_organism_ablation_sweep.toml"
+    path = Path(__file__).parents[2] / "docs" / "experiments" / "sweeps" / "induction_organism_ablation_sweep.toml"
     specs = load_specs(path)
     assert [(len(s.edits), s.seed) for s in specs] == [(0, 0), (0, 1), (1, 0), (1, 1), (1, 0), (1, 1)]
     assert [s.edits[0]["layer"] for s in specs[2:]] == [0, 0, 1, 1]

@@ -19,19 +19,20 @@ in conftest.py ("ci" by default, "deep" with --hypothesis-profile=deep).
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
 import os
 
 import pytest
 import torch
 
+from skips import needs, require
+
 if not torch.cuda.is_available():
     # Must precede the first import of triton's jit machinery (lens.kernels._triton imports it).
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from _kernel_checks import assert_matches  # noqa: E402
-pytest.importorskip("hypothesis", reason="fuzzing needs hypothesis: pip install -e '.[test]'")  # noqa
+require("hypothesis")  # noqa
 from hypothesis import HealthCheck, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -168,8 +169,7 @@ def test_fast_path_equals_eager(kw):
 
 
 @pytest.mark.triton
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None,
-                    reason="triton is not installed: pip install 'attention-workbench[triton]'")
+@needs("triton")
 @settings(max_examples=TRITON_EXAMPLES, **SETTINGS)
 @given(kw=cases(max_keys=24))
 def test_triton_equals_eager(kw):

@@ -28,14 +28,16 @@ if not torch.cuda.is_available():
     # Must precede the first import of triton's jit machinery (lens.kernels._triton imports it).
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-triton = pytest.importorskip("triton", reason="triton is not installed: pip install 'attention-workbench[triton]'")
+from skips import require  # noqa: E402
+
+triton = require("triton")
 
 import triton.language as tl  # noqa: E402
 
 from lens.kernels import STAT_NAMES, HeadEdits, StatOptions, attention  # noqa: E402
 from lens.kernels import _eager, _finish, _triton, _triton_common  # noqa: E402
 from lens.kernels._api import Call, _validate  # noqa: E402
-from _kernel_checks import WIDE, assert_float64, assert_matches, reference64  # noqa: E402
+from _kernel_checks import assert_float64, assert_matches, reference64  # noqa: E402
 
 pytestmark = pytest.mark.triton
 
@@ -292,12 +294,7 @@ def test_invariants():
 
 def test_public_entry_point():
     q, k, v = qkv(1, 2, 1, 18, 18, 16, seed=16)
-    try:
-        got = attention(q, k, v, stats=("entropy", "received"), backend="triton")
-    except ValueError as err:
-        if "backend" not in str(err):
-            raise
-        pytest.skip("lens.kernels._api does not route backend='triton' yet (the wiring is a one-line change there)")
+    got = attention(q, k, v, stats=("entropy", "received"), backend="triton")
     assert got.meta["backend"] == "triton"
     want = attention(q, k, v, stats=("entropy", "received"), backend="eager")
     torch.testing.assert_close(got.output, want.output, atol=1e-4, rtol=0)

@@ -22,7 +22,7 @@ from _docs import census_module
 
 pytestmark = pytest.mark.census
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 census = census_module
@@ -61,7 +61,7 @@ def test_every_refusal_and_every_failed_build_names_its_reason():
 
 
 def test_the_architectures_tested_in_depth_are_exact_in_the_census():
-    """The census is not vacuous: the architectures of ``tests/test_architectures.py`` are found
+    """The census is not vacuous: the architectures of ``tests/model/test_architectures.py`` are found
     exact from their defaults too."""
     from _tiny_archs import ARCHS
 

@@ -101,7 +101,7 @@ def test_missing_smollm2_wheel_names_the_install_command(monkeypatch):
 
 
 def test_missing_gguf_file(tmp_path):
-    with pytest.raises(FileNotFoundError):  # hub ids offline: tests/test_loading.py
+    with pytest.raises(FileNotFoundError):  # hub ids offline: tests/model/test_loading.py
         lens.load(str(tmp_path / "nope.gguf"))
 
 

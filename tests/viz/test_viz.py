@@ -14,6 +14,8 @@ import pandas as pd
 import pytest
 import torch
 
+from skips import needs
+
 import lens
 from lens import viz
 from lens.analyzers import Findings, dormant_inputs, entropy
@@ -232,7 +234,7 @@ def test_reasoning_profile_marks_preplan_and_anchor():
     assert "100% of anchors" in fig.layout.title.text and "chance 25%" in fig.layout.title.text
 
 
-@pytest.mark.skipif(viz.find_browser() is None, reason="static export needs chromium (apt-get install chromium)")
+@needs("chromium")  # static export renders through it
 def test_export_png_offline(tmp_path: Path):
     fig = viz.head_grid(torch.tensor([[0.1, 0.9], [0.5, 0.2]]), "x")
     out = viz.export(fig, tmp_path / "grid.png", width=400, height=300)
