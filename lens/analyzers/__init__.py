@@ -5,11 +5,13 @@ plus the parameters used. ``analyze(capture)`` runs them all and returns an ``At
 (``print(atlas)`` for one screen, ``atlas.to_frame()`` for one row per head).
 Definitions: docs/METHODS.md sections 1-4, 6 and 10; each function cites its section.
 Checks that need the model (loss under move-to-BOS, retrieval by generation) live in
-``lens.experiments._model_checks``.
+``lens.experiments._model_checks``. The masks and means the analyzers share (``real``,
+``later_queries``, ``masked_mean``, ``head_frame``, ``top_heads``) are public for code that
+summarises captures the same way (the Store's index, the experiments).
 """
 
 from lens.analyzers._atlas import ANALYZERS, analyze
-from lens.analyzers._common import head_frame, top_heads
+from lens.analyzers._common import head_frame, later_queries, masked_mean, real, top_heads
 from lens.analyzers._dormant import dormant_heads, dormant_inputs, dormant_tokens, sink_scores
 from lens.analyzers._entropy import entropy, entropy_series
 from lens.analyzers._extreme import massive_activations, residual_peaks, value_drains
@@ -34,8 +36,11 @@ __all__ = [
     "head_types",
     "hidden_sinks",
     "induction_test",
+    "later_queries",
+    "masked_mean",
     "massive_activations",
     "preplan_anchor",
+    "real",
     "residual_peaks",
     "sink_rate",
     "sink_scores",

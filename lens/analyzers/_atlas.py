@@ -6,7 +6,7 @@ from lens.analyzers._common import missing, seq_len_param
 from lens.analyzers._findings import Atlas, Findings
 from lens.analyzers._registry import ANALYZERS, requested
 from lens.analyzers._stream import analyze_shards
-from lens.record._data import Capture
+from lens.record import Capture
 
 __all__ = ["ANALYZERS", "analyze"]
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
-from lens.record._data import Capture
+from lens.record import Capture
 
 
 def need(cap: Capture, *names: str, analyzer: str) -> None:

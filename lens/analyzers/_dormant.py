@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
-from lens.record._data import Capture
+from lens.record import Capture
 from lens.analyzers._common import (block_numbers, capture_heads, head_frame, later_queries, masked_mean, need,
                                     same_shape, seq_len_param)
 from lens.analyzers._findings import Findings

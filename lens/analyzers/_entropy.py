@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
-from lens.record._data import Capture
+from lens.record import Capture
 from lens.analyzers._common import head_frame, later_queries, need, same_shape, seq_len_param, top_heads
 from lens.analyzers._findings import Findings
 

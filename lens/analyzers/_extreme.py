@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
-from lens.record._data import Capture
+from lens.record import Capture
 from lens.analyzers._common import head_frame, need, seq_len_param, token_at, top_heads
 from lens.analyzers._findings import Findings
 

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
-from lens.record._data import Capture
+from lens.record import Capture
 from lens.analyzers._common import head_frame, need, real, seq_len_param, top_heads
 from lens.analyzers._findings import Findings
 

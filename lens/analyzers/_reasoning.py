@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
-from lens.record._data import Capture
+from lens.record import Capture
 from lens.analyzers._common import (
     capture_heads,
     head_frame,

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
-from lens.record._data import Capture
+from lens.record import Capture
 from lens.analyzers._common import block_numbers, head_frame, need, real, seq_len_param, top_heads
 from lens.analyzers._findings import Findings
 

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Iterator
 import pandas as pd
 import torch
 
-from lens.record._data import Capture
+from lens.record import Capture
 from lens.analyzers._common import missing, window_param
 from lens.analyzers._dormant import dormant_finish, dormant_partial
 from lens.analyzers._entropy import entropy_finish, entropy_partial

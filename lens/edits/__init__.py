@@ -25,7 +25,7 @@ from lens.edits._data import (
 )
 from lens.edits._apply import act_from_capture, head_means, mean_ablation, nnsight_logits, var_sinks
 from lens.edits._reads import head_outputs, residual_from_prompt
-from lens.model._editing import compile_edits, edited
+from lens.model import compile_edits, edited
 
 __all__ = [
     "HOOK_EDITS", "AblateHead", "CalibrateSinks", "Edit", "GateHead", "KeyBias", "MoveToBOS", "PatchResidual",

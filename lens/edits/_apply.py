@@ -14,7 +14,7 @@ import torch
 
 from lens.edits._data import AblateHead, CalibrateSinks, ResidualEdit
 from lens.edits._reads import head_outputs, nn_block
-from lens.model import _routing
+from lens.model import model_lock
 
 __all__ = ["act_from_capture", "head_means", "mean_ablation", "nnsight_logits", "var_sinks"]
 
@@ -103,7 +103,7 @@ def nnsight_logits(subject, prompt: str, edits: Sequence[ResidualEdit]) -> torch
         if not isinstance(e, ResidualEdit):
             raise TypeError(f"nnsight_logits applies residual edits only, got {type(e).__name__}")
         e.targets(subject.n_layers, subject.n_heads)
-    with _routing.model_lock(subject.model), subject.nnsight.trace(ids):  # nnsight hooks the same modules
+    with model_lock(subject.model), subject.nnsight.trace(ids):  # nnsight hooks the same modules
         for e in edits:
             out = nn_block(subject, e.layer).output
             hidden = out[0] if isinstance(out, tuple) else out

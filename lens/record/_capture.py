@@ -28,13 +28,10 @@ import torch
 from tqdm.auto import tqdm
 
 from lens.kernels import DEFAULT_STATS, Stat, pattern_rows, pool_factor
-from lens.model import _routing
+from lens.model import Subject, active, compile_edits, normalise_inputs, routed
 from lens.record._data import Capture
 from lens.record._spec import CaptureSpec
 from lens.record._vocab import CAPTURE_STATS, fill_of
-from lens.model._editing import compile_edits
-from lens.model._inputs import normalise_inputs as _normalise_inputs  # imported from here by other modules
-from lens.model._subject import Subject
 
 __all__ = ["DEFAULT_STATS", "CaptureSpec", "NonFiniteAttention", "capture", "estimate_bytes"]
 
@@ -236,7 +233,7 @@ def capture(subject: Subject, inputs: str | Sequence[str] | torch.Tensor | Seque
     keyword is refused by name. ``progress``: show a bar (default: several batches or a long input).
     """
     spec = CaptureSpec.of(spec, **fields).for_subject(subject)
-    rows = _normalise_inputs(subject, inputs, allow_beyond_context=spec.allow_beyond_context)
+    rows = normalise_inputs(subject, inputs, allow_beyond_context=spec.allow_beyond_context)
     _check_memory(subject, rows, spec)
     batches = [rows[i:i + spec.batch_size] for i in range(0, len(rows), spec.batch_size)]
     if progress is None:
@@ -271,7 +268,7 @@ def _capture_batch(subject: Subject, batch: list[list[int]], spec: CaptureSpec, 
     session = _Session(subject, spec, token_ids=ids, query_mask=mask, bar=bar)
     store: dict = {}
     hook = _resid_recorder(store, mask, set(spec.resid_layers), spec.resid_norm, spec.massive)
-    with torch.no_grad(), _routing.routed(subject.model), _routing.active(session), _block_hooks(subject, hook):
+    with torch.no_grad(), routed(subject.model), active(session), _block_hooks(subject, hook):
         # Only the last real position's logits: the full [pos, vocab] block is huge at long context.
         last = mask.sum(1, keepdim=True) - 1
         logits = subject.model(input_ids=ids, attention_mask=mask.long() if not mask.all() else None,

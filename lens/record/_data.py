@@ -45,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from lens.model._cache import DIGEST_NAMES, WRITTEN_DIGEST, file_digest, recorded_digest, same_digest
+from lens.model import DIGEST_NAMES, WRITTEN_DIGEST, file_digest, recorded_digest, same_digest
 from lens.record._vocab import CAPTURE_STATS
 
 TENSORS = "tensors.safetensors"

@@ -28,11 +28,9 @@ import duckdb
 import pandas as pd
 import torch
 
-from lens.analyzers._common import later_queries, masked_mean, real
-from lens.analyzers._dormant import sink_scores
-from lens.model._cache import file_sha256
-from lens.record import CaptureSpec, capture, make_executor
-from lens.record._data import Capture, CaptureFileError
+from lens.analyzers import later_queries, masked_mean, real, sink_scores
+from lens.model import file_sha256
+from lens.record import Capture, CaptureFileError, CaptureSpec, capture, make_executor
 
 __all__ = ["Store", "capture_dataset", "read_dataset"]
 
