@@ -38,6 +38,11 @@ from pathlib import Path
 
 import xxhash
 
+try:
+    import fcntl  # POSIX: entries are built under an inter-process lock (``building``)
+except ImportError:  # Windows: no lock; concurrent builders each write a whole entry, the last one stays
+    fcntl = None
+
 MANIFEST = "manifest.json"
 # Bump when the layout of cached entries changes, so old entries are rebuilt.
 CACHE_FORMAT = 1
@@ -173,6 +178,25 @@ def is_valid(directory: Path) -> bool:
 def read_meta(directory: Path) -> dict:
     """The free-form metadata stored with an entry's manifest."""
     return json.loads((directory / MANIFEST).read_text()).get("meta", {})
+
+
+@contextlib.contextmanager
+def building(kind: str, key: str) -> Iterator[None]:
+    """Hold the entry ``kind/key``'s inter-process lock: check, build and write it inside the block.
+
+    Processes that need one entry at once (pytest-xdist workers, Ray actors, two notebooks)
+    then build it once: the others wait, and find it valid when they get the lock.
+    """
+    lock = entry_path(kind, key).with_name(f".{key}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

@@ -186,20 +186,22 @@ def _load_gguf(gguf: Path, *, name: str, placement: Placement, kwargs: dict) -> 
     dtype = _gguf_dtype(placement)
     t0 = time.perf_counter()
     how = "cache"
-    if not _cache.is_valid(entry):
-        how = "converted"
-        log.warning("preparing %s from %s (first time only: reading and dequantizing, 30 s to 2 min)", name, gguf.name)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        # transformers shows its own progress bar while it dequantizes the tensors.
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        # The weights are plain fp32 now; drop the GGUF marker so the cached copy loads as such.
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.hf_quantizer = None
-        with _cache.writing("models", key, meta={"source": str(gguf), "name": name}) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-        del model
+    with _cache.building("models", key):  # another process converting it: wait for its entry
+        if not _cache.is_valid(entry):
+            how = "converted"
+            log.warning("preparing %s from %s (first time only: reading and dequantizing, 30 s to 2 min)",
+                        name, gguf.name)
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            # transformers shows its own progress bar while it dequantizes the tensors.
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            # The weights are plain fp32 now; drop the GGUF marker so the cached copy loads as such.
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.hf_quantizer = None
+            with _cache.writing("models", key, meta={"source": str(gguf), "name": name}) as tmp:
+                model.save_pretrained(tmp, safe_serialization=True)
+                tokenizer.save_pretrained(tmp)
+            del model
     model = AutoModelForCausalLM.from_pretrained(entry, dtype=dtype, device_map=placement.device_map, **kwargs)
     if placement.device is not None:
         model.to(placement.device)

@@ -33,6 +33,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -133,14 +134,23 @@ def train(kind: str, seed: int = 0, *, steps: int | None = None, force: bool = F
         raise ValueError(f"steps must be >= 1, got {steps}")
     key = f"{kind}-seed{seed}-{VERSION}" + ("" if steps == recipe.steps else f"-steps{steps}")
     entry = _cache.entry_path(CACHE_KIND, key)
-    if not force and _cache.is_valid(entry) and _same_recipe(entry, recipe):
-        t0 = time.perf_counter()
-        subject = _load(entry)
-        last_train.update(kind=kind, seed=seed, how="cache", seconds=time.perf_counter() - t0, path=str(entry))
-        return subject
-    if not force and entry.exists():
-        log.warning("organism cache entry %s is incomplete or corrupt: retraining", entry)
+    with _cache.building(CACHE_KIND, key):  # another process training the same one: wait for its entry
+        if not force and _cache.is_valid(entry) and _same_recipe(entry, recipe):
+            t0 = time.perf_counter()
+            subject = _load(entry)
+            last_train.update(kind=kind, seed=seed, how="cache", seconds=time.perf_counter() - t0, path=str(entry))
+            return subject
+        if not force and entry.exists():
+            log.warning("organism cache entry %s is incomplete or corrupt: retraining", entry)
+        seconds = _train_into(entry, key, kind, recipe, seed=seed, steps=steps, progress=progress)
+    last_train.update(kind=kind, seed=seed, how="trained", seconds=seconds, path=str(entry))
+    # Hand back what the cache holds, so a fresh and a cached organism are the same object
+    # kind (an in-memory tokenizer lacks the init kwargs TransformerLens' bridge reads).
+    return _load(entry)
 
+
+def _train_into(entry: Path, key: str, kind: str, recipe, *, seed: int, steps: int, progress) -> float:
+    """Train the organism, evaluate it and write it to the cache entry ``key``; the training seconds."""
     t0 = time.perf_counter()
     chain = bigram_chain(seed) if kind == "bigram_backcopy" else None
     model, loss_log = _fit(kind, recipe, seed, steps, chain=chain, progress=progress)
@@ -157,10 +167,7 @@ def train(kind: str, seed: int = 0, *, steps: int | None = None, force: bool = F
         tokenizer.save_pretrained(tmp)
         if chain is not None:
             chain.save(tmp / CHAIN_FILE)
-    last_train.update(kind=kind, seed=seed, how="trained", seconds=train_seconds, path=str(entry))
-    # Hand back what the cache holds, so a fresh and a cached organism are the same object
-    # kind (an in-memory tokenizer lacks the init kwargs TransformerLens' bridge reads).
-    return _load(entry)
+    return train_seconds
 
 
 def evaluate(subject: Subject) -> dict:
