@@ -62,7 +62,9 @@ case "$job" in
       echo "setup: installing Debian's chromium for the dashboard browser tests"
       (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "setup: chromium unavailable; browser tests will be skipped with a reason"
     fi
-    exec "$PY" -m pytest "$@" ;;
+    # Two pytest-xdist workers (CI has 2 cores); LENS_TEST_WORKERS=0 runs serially. Tests that must
+    # share one process (the Ray cluster's) carry an xdist_group mark: --dist loadgroup keeps them together.
+    exec "$PY" -m pytest -n "${LENS_TEST_WORKERS:-2}" --dist loadgroup "$@" ;;
   *)
     echo "usage: ./setup.sh serve|test [--latest] [args] | lock" >&2; exit 2 ;;
 esac

@@ -11,7 +11,9 @@ import os
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+# Each pytest-xdist worker gets its share of the cores (./setup.sh test runs 2 workers).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(4, (os.cpu_count() or 1) // _WORKERS)))
 
 # Fuzzing profiles (tests/test_fuzz_*.py). "ci", the default: few examples, the same ones on
 # every run (derandomize) and no example database, so CI is reproducible and short; a failure
@@ -92,3 +94,11 @@ def induction_organism():
     from lens import organisms
 
     return organisms.train("induction", seed=0, progress=False)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``./setup.sh test``: ``-n 2 --dist loadgroup``), every test that starts a
+    Ray cluster runs on one worker: two clusters on a 2-core machine would starve each other."""
+    for item in items:
+        if item.get_closest_marker("ray") is not None:
+            item.add_marker(pytest.mark.xdist_group("ray"))
