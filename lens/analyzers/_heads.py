@@ -123,8 +123,8 @@ def _repeat_layout(tokens: list[int]) -> tuple[int, int] | None:
 def induction_test(capture: Capture) -> Findings:
     """The induction test on BOS + r + r inputs: mean over the second copy of A[i, i - len(r) + 1].
 
-    Query i in the second copy should attend the token after its earlier occurrence. Read
-    from full patterns when the capture kept them for the head and rows, else from the
+    Query i in the second copy should attend the token after its earlier occurrence. Read from
+    the full patterns when the capture kept them for the head and rows, else from the
     ``induction`` statistic, which equals A[i, i - len(r) + 1] when r's tokens are distinct
     and differ from the first token (``params["exact"]`` says whether that held).
     """

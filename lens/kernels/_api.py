@@ -7,6 +7,7 @@ raw user input, so each check lives here and only here.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Iterable
 from typing import Literal, get_args
@@ -77,7 +78,7 @@ def attention(
     elif name == "eager":
         result = _eager.run(call)
     elif name == "triton":
-        from . import _triton
+        from . import _triton  # optional dependency: imports triton, which only the [triton] extra installs
 
         result = _triton.run(call)
     else:
@@ -108,8 +109,6 @@ def auto_backend(device) -> str:
 
 
 def _triton_available() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("triton") is not None
 
 

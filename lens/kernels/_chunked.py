@@ -10,8 +10,8 @@ only by rounding.
 Cost model: on a CPU each elementwise pass over a score block costs about as much
 as a slice of the q.k matmul, so the block body makes as few passes as it can:
   * masks touch only the strips where the causal/sliding rules cut the block;
-  * ``torch.softmax`` makes p in one fused pass; the row max (and where it is) comes
-    from the top-k, and ``ln l = -ln p[argmax]``, so the lse costs no pass;
+  * ``torch.softmax`` makes p in one fused pass; the row max (and where it is) is read
+    off the top-k, and ``ln l = -ln p[argmax]``, so the lse costs no pass;
   * the output matmul keeps v's own width: with d = 64, two extra columns (to sum p j
     for ``distance`` alongside) made it 16-19% slower, more than the matvec they save;
   * entropy is ``ln l - sum_j p (s - m)``: one dot product of p with the scores;

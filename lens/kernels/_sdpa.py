@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import _chunked
 from ._types import AttentionResult, Call, apply_head_edits
 from ._stats import pool_factor
 
@@ -31,8 +32,6 @@ def run(call: Call) -> AttentionResult:
     """Output and lse of the (edited) attention with no statistics."""
     kernel = _cpu_flash()
     if call.q.device.type != "cpu" or kernel is None or call.v.shape[-1] != call.q.shape[-1]:
-        from . import _chunked
-
         return _chunked.run(call)
     geo = call.geo
     b, h, nq, nk = geo.batch, geo.heads, geo.query_pos, geo.key_pos

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from importlib import metadata
 
 import numpy as np
+import psutil
 import torch
 from tqdm.auto import tqdm
 
@@ -324,8 +325,6 @@ def available_bytes(device: torch.device) -> int:
     """Memory free for the capture's results where they are kept: host RAM, or the GPU's free memory."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
-    import psutil
-
     return int(psutil.virtual_memory().available)
 
 

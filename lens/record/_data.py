@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from lens.model import DIGEST_NAMES, WRITTEN_DIGEST, file_digest, recorded_digest, same_digest
 from lens.record._vocab import CAPTURE_STATS
@@ -133,8 +135,6 @@ class Capture:
         The JSON records the tensor file's size and xxh3-128 digest, so ``load`` can tell a
         file that was truncated or changed after the save from the one written here.
         """
-        from safetensors.torch import save_file
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {"tokens": self.tokens, "lengths": self.lengths}
@@ -157,9 +157,6 @@ class Capture:
         Fails with ``CaptureFileError`` naming the file when a file is missing, is not what
         ``save`` wrote (checksum), cannot be parsed, or when the JSON and the tensors disagree.
         """
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         directory = Path(directory)
         missing = [f for f in (TENSORS, SIDECAR) if not (directory / f).is_file()]
         if missing:

@@ -50,6 +50,15 @@ def make_executor(kind: str = "local", *, address: str | None = None, workers: i
     return RayExecutor(address=address, workers=workers, retries=retries, progress=progress)
 
 
+def _ray():
+    """The ``ray`` module, or an error that says how to install it (the one place Ray is imported)."""
+    try:
+        import ray  # optional dependency: only the [ray] extra installs it
+    except ImportError:
+        raise ModuleNotFoundError(f"--executor ray needs Ray, which is not installed: {RAY_INSTALL}") from None
+    return ray
+
+
 def cached_subject(cache: dict, model: str | ModelRef, echo=None):
     """``model`` loaded (a name, or a ``ModelRef`` with its placement), kept in ``cache``: one model at a
     time per process (a sweep over models swaps them)."""
@@ -93,9 +102,7 @@ class _Worker:
 
     @staticmethod
     def _ref(model: str | ModelRef) -> ModelRef:
-        import ray
-
-        return ModelRef.of(model).for_ray_actor(ray.get_gpu_ids())
+        return ModelRef.of(model).for_ray_actor(_ray().get_gpu_ids())
 
     def call(self, model: str | ModelRef, fn: Callable, index: int, job) -> tuple[int, Any]:
         """``(index, fn(subject, job))``: the index comes back with the result (``ActorPool`` returns results only)."""
@@ -103,9 +110,7 @@ class _Worker:
 
     def placement(self, model: str | ModelRef) -> tuple[list, ModelRef]:
         """``(ray.get_gpu_ids(), the ref this actor would load)``, without loading anything (tests ask)."""
-        import ray
-
-        return list(ray.get_gpu_ids()), self._ref(model)
+        return list(_ray().get_gpu_ids()), self._ref(model)
 
     def pid(self) -> int:
         return os.getpid()
@@ -118,10 +123,7 @@ class RayExecutor:
 
     def __init__(self, *, address: str | None = None, workers: int | None = None, retries: int = 3,
                  progress: bool = True):
-        try:
-            import ray
-        except ImportError:
-            raise ModuleNotFoundError(f"--executor ray needs Ray, which is not installed: {RAY_INSTALL}") from None
+        ray = _ray()
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
         self.ray = ray
@@ -142,9 +144,7 @@ class RayExecutor:
     def run(self, model: str | ModelRef, jobs: Sequence, fn: Callable, *,
             desc: str = "jobs") -> Iterator[tuple[int, Any]]:
         ray = self.ray
-        from ray.util import ActorPool
-
-        pool = ActorPool(self.actors)
+        pool = ray.util.ActorPool(self.actors)
         fn_ref = ray.put(fn)
         sent: dict[int, Any] = {}  # job index -> its ObjectRef, until its result is yielded
 
