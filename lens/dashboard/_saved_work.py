@@ -23,11 +23,8 @@ import numpy as np
 import pandas as pd
 
 import lens
-from lens.experiments import _db
+from lens.experiments import COMPLETE, LIVE_STATES, list_runs, query_runs, run_summaries
 
-COMPLETE = _db.COMPLETE
-#: States of a run whose process may still end it (run_state's "running" and its cross-host doubt).
-LIVE_STATES = (_db.RUNNING, "interrupted (or still running)")
 LIVE_TTL_S = 10.0
 CONDITIONS = ("baseline", "edited", "delta")
 
@@ -92,11 +89,7 @@ class Runs:
 
     def _query(self, sql: str, params=()) -> pd.DataFrame:
         """Run ``sql``, in which ``{runs}`` stands for the runs table with every current column."""
-        con = _db.connect(self.path, read_only=True)
-        try:
-            return con.execute(sql.replace("{runs}", _db._runs_table(con)), list(params)).df()
-        finally:
-            con.close()
+        return query_runs(self.path, sql, params)
 
     def metrics(self) -> list[str]:
         """The metrics any run summarised, accuracy first."""
@@ -128,13 +121,7 @@ class Runs:
         is unknown or not complete.
         """
         ids = list(dict.fromkeys(run_ids))
-        con = _db.connect(self.path, read_only=True)
-        try:
-            _db._require_complete(con, self.path, ids)
-            df = con.execute(f"SELECT run_id, metric, condition, value, ci_low, ci_high, n FROM summary "
-                             f"WHERE run_id IN ({', '.join('?' for _ in ids)})", ids).df()
-        finally:
-            con.close()
+        df = run_summaries(self.path, ids)
         order = {r: i for i, r in enumerate(ids)}
         df["_r"], df["_c"] = df["run_id"].map(order), df["condition"].map({c: i for i, c in enumerate(CONDITIONS)})
         return df.sort_values(["metric", "_c", "_r"]).drop(columns=["_r", "_c"]).reset_index(drop=True)
@@ -196,7 +183,7 @@ class Runs:
 
 
 def _runs_table(path, metric: str, query) -> pd.DataFrame:
-    runs = _db.list_runs(path, metric=metric)
+    runs = list_runs(path, metric=metric)
     extra = query("""
         SELECT r.run_id, r.sweep, r.spec_path, b.ci_low AS baseline_low, b.ci_high AS baseline_high,
                e.ci_low AS edited_low, e.ci_high AS edited_high, b.n AS n

@@ -12,7 +12,8 @@ each scoring job on Ray workers (``lens.record._executor``), resumable by each r
 from lens.experiments._bootstrap import bootstrap_ci, paired_bootstrap_ci
 from lens.experiments._calibrate import Calibration, act_search, zerotuning, zerotuning_edits, zerotuning_profiled
 from lens.experiments._commands import run_command, runs_command
-from lens.experiments._db import DEFAULT_DB, compare_runs, list_runs, load_run
+from lens.experiments._db import (COMPLETE, DEFAULT_DB, LIVE_STATES, compare_runs, list_runs, load_run, query_runs,
+                                  run_summaries)
 from lens.experiments._runner import RunResult, run_spec
 from lens.experiments._scoring import choice_token_ids, last_logits, score
 from lens.experiments._spec import Spec, SpecError, load_spec, parse_spec
@@ -20,10 +21,13 @@ from lens.experiments._spec_edits import build_edits
 from lens.experiments._spec_sweep import load_specs, parse_specs
 from lens.experiments._sweep import run_sweep, sweep_table
 from lens.experiments._tasks import TASKS, Example, TaskData, TaskFileError, load_jsonl, make_task, read_jsonl
+from lens.experiments._tasks import NAMES as IOI_NAMES  # the names IOI prompts draw from
 
 __all__ = [
-    "DEFAULT_DB", "TASKS", "Calibration", "Example", "RunResult", "Spec", "SpecError", "TaskData", "TaskFileError",
-    "act_search", "bootstrap_ci", "build_edits", "choice_token_ids", "compare_runs", "last_logits", "list_runs",
-    "load_jsonl", "load_run", "load_spec", "load_specs", "make_task", "paired_bootstrap_ci", "parse_spec",
-    "parse_specs", "read_jsonl", "run_command", "run_spec", "run_sweep", "runs_command", "score", "sweep_table", "zerotuning", "zerotuning_edits", "zerotuning_profiled",
+    "COMPLETE", "DEFAULT_DB", "IOI_NAMES", "LIVE_STATES", "TASKS", "Calibration", "Example", "RunResult", "Spec",
+    "SpecError", "TaskData", "TaskFileError", "act_search", "bootstrap_ci", "build_edits", "choice_token_ids",
+    "compare_runs", "last_logits", "list_runs", "load_jsonl", "load_run", "load_spec", "load_specs", "make_task",
+    "paired_bootstrap_ci", "parse_spec", "parse_specs", "query_runs", "read_jsonl", "run_command", "run_spec",
+    "run_summaries", "run_sweep", "runs_command", "score", "sweep_table", "zerotuning", "zerotuning_edits",
+    "zerotuning_profiled",
 ]

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
-from lens.edits._data import CalibrateSinks, Edit, ScaleAttention
+from lens.edits import CalibrateSinks, Edit, ScaleAttention
 from lens.experiments._scorers import LocalScorer
 from lens.experiments._scoring import score
 from lens.experiments._spec import OBJECTIVES, SCOPES
@@ -93,8 +94,6 @@ class _Trials:
         return self.run_many([(label, edits, info)])[0]
 
     def progress_bar(self, total: int, desc: str):
-        from tqdm.auto import tqdm
-
         self.bar = tqdm(total=total, desc=desc, unit="trial", disable=not self.progress)
         return self.bar
 
@@ -141,6 +140,9 @@ def zerotuning(subject, examples, *, scopes: Sequence[str] = SCOPES, gammas: Seq
     head index (in all layers), and "all" (every head); ``layers`` / ``heads`` restrict the
     units tried. The unedited model (gamma = 1) is a candidate too: when nothing beats it
     on the calibration set, no edit is chosen.
+
+    Why ten parameters: each search knob is a key of the spec's ``[calibration]`` table, passed by
+    keyword; the last four (objective, score_kw, progress, scorer) are shared by every search.
     """
     for scope in scopes:
         if scope not in SCOPES:
@@ -195,6 +197,9 @@ def zerotuning_profiled(subject, examples, *, unit: str = "layer", up: float = 1
     both the baseline and scaling down, down-effective in the mirror case, neutral
     otherwise. The dominant type is kept (ties: up), and one shared gamma, from the
     ``gammas`` on that side of 1, is tuned over all units of that type together.
+
+    Why twelve parameters: as in ``zerotuning``, one keyword per ``[calibration]`` key, plus the
+    four every search shares.
     """
     if not (up > 1 and 0 < down < 1):
         raise ValueError(f"profiling needs up > 1 and 0 < down < 1, got up={up}, down={down}")
@@ -246,6 +251,9 @@ def act_search(subject, examples, *, heads: Sequence[tuple[int, int]] | None = N
     baseline's (primary value, e.g. accuracy; the tie-break does not count). With
     ``max_heads`` only the best that many are kept. The kept heads are then applied
     together (one ``CalibrateSinks`` per layer) and scored once more, for the record.
+
+    Why eleven parameters: as in ``zerotuning``, one keyword per ``[calibration]`` key, plus the
+    four every search shares.
     """
     if heads is None:
         heads = [(l, h) for l in range(subject.n_layers) for h in range(subject.n_heads)]

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from lens.experiments._db import DEFAULT_DB, compare_runs, list_runs
+import pandas as pd
+
+from lens.experiments._db import DEFAULT_DB, compare_runs, complete_runs_by_hash, list_runs
 from lens.experiments._spec import SpecError
 from lens.experiments._runner import run_spec
 from lens.experiments._spec_sweep import load_specs
@@ -23,6 +25,8 @@ def run_command(spec_path: str | Path, *, db: str | Path | None = None, quiet: b
     needs the ``ray`` extra and says how to install it). resume: skip runs already complete
     in the database. placement: device / dtype / device_map over every spec's own. Raises ``SpecError`` (a ValueError naming the file, key path and line)
     for a bad spec.
+
+    Why nine parameters: the body of ``lens run``, one keyword per command-line option.
     """
     specs = load_specs(spec_path)
     if placement:  # the command line's --device / --dtype / --device-map over the specs' [model]
@@ -32,8 +36,6 @@ def run_command(spec_path: str | Path, *, db: str | Path | None = None, quiet: b
         return run_spec(specs[0], db=db, progress=not quiet, echo=echo).run_id
     ex = None
     if executor == "ray" and resume:  # nothing left to run: no cluster to start
-        from lens.experiments._db import complete_runs_by_hash
-
         path = db or specs[0].db or DEFAULT_DB
         if len(complete_runs_by_hash(path, [s.spec_hash() for s in specs])) == len({s.spec_hash() for s in specs}):
             executor = None
@@ -60,8 +62,6 @@ def runs_command(*, db: str | Path = DEFAULT_DB, compare: list[str] | None = Non
                  limit: int = 20, echo=print) -> None:
     """List the runs in ``db`` (newest first, with their status) or, with ``compare``, show the
     summaries of complete runs side by side (a ValueError names a run that is not complete)."""
-    import pandas as pd
-
     if not Path(db).is_file():
         raise FileNotFoundError(f"no results database at {db} (run `lens run SPEC.toml` first, or pass --db)")
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 60):

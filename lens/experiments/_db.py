@@ -29,7 +29,9 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import duckdb
 import pandas as pd
+import psutil
 
 DEFAULT_DB = "runs.duckdb"
 
@@ -37,6 +39,10 @@ DEFAULT_DB = "runs.duckdb"
 # "interrupted" for Ctrl-C); one killed outright stays "running" in the file, and
 # list_runs tells it apart from a live one by its process (see run_state).
 RUNNING, COMPLETE, FAILED, INTERRUPTED = "running", "complete", "failed", "interrupted"
+#: run_state's answer for a ``running`` row written on another host (or whose process it may not inspect).
+MAYBE_RUNNING = "interrupted (or still running)"
+#: States of a run whose process may still end it (run_state's "running" and its cross-host doubt).
+LIVE_STATES = (RUNNING, MAYBE_RUNNING)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -83,8 +89,6 @@ READ_WAIT_S = 15.0
 def connect(path: str | Path = DEFAULT_DB, *, read_only: bool = False, wait: float | None = None):
     """Open the database (creating and migrating it for writing); waits up to ``wait`` seconds
     while another process holds the file."""
-    import duckdb
-
     path = Path(path)
     if read_only and not path.is_file():
         raise FileNotFoundError(f"no results database at {path}")
@@ -147,8 +151,6 @@ def _insert(con, table: str, df: pd.DataFrame | None, columns) -> None:
 
 
 def _this_process() -> dict:
-    import psutil
-
     return {"host": socket.gethostname(), "pid": os.getpid(), "pid_started": psutil.Process().create_time()}
 
 
@@ -231,11 +233,9 @@ def run_state(status: str | None, host: str | None, pid, pid_started) -> str:
     """
     if status != RUNNING:
         return status or COMPLETE
-    unknown = "interrupted (or still running)"
+    unknown = MAYBE_RUNNING
     if host != socket.gethostname() or pid is None or pd.isna(pid):
         return unknown
-    import psutil
-
     try:
         proc = psutil.Process(int(pid))
         alive = proc.status() != psutil.STATUS_ZOMBIE and (
@@ -286,6 +286,28 @@ def _require_complete(con, path, ids) -> None:
             why = {RUNNING: "it has not finished", FAILED: f"it failed ({error})"}.get(
                 state, "it was started but never finished (killed or interrupted)")
             raise ValueError(f"run {rid} in {path} is {state}: no results are stored, {why}")
+
+
+def query_runs(path: str | Path, sql: str, params=()) -> pd.DataFrame:
+    """Run the read-only query ``sql``, in which ``{runs}`` stands for the runs table with every current column."""
+    con = connect(path, read_only=True)
+    try:
+        return con.execute(sql.replace("{runs}", _runs_table(con)), list(params)).df()
+    finally:
+        con.close()
+
+
+def run_summaries(path: str | Path, run_ids) -> pd.DataFrame:
+    """The summary rows (run_id, metric, condition, value, ci_low, ci_high, n) of complete runs, in no
+    particular order; a ValueError names a run that is unknown or not complete."""
+    ids = list(run_ids)
+    con = connect(path, read_only=True)
+    try:
+        _require_complete(con, path, ids)
+        return con.execute(f"SELECT run_id, metric, condition, value, ci_low, ci_high, n FROM summary "
+                           f"WHERE run_id IN ({', '.join('?' for _ in ids)})", ids).df()
+    finally:
+        con.close()
 
 
 def compare_runs(path: str | Path, run_ids, *, metric: str | None = None) -> pd.DataFrame:

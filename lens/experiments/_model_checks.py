@@ -19,9 +19,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from lens.analyzers._common import head_frame, top_heads
-from lens.analyzers._dormant import sink_scores
-from lens.analyzers._findings import Findings
+from lens.analyzers import Findings, head_frame, sink_scores, top_heads
 from lens.edits import Edit, MoveToBOS
 from lens.kernels import StatOptions
 from lens.model import Subject
@@ -116,8 +114,8 @@ def needle_samples(subject: Subject, *, n_samples: int = 16, haystack_len: int =
                    ) -> tuple[list[list[int]], list[tuple[int, int]]]:
     """The needle-in-a-haystack prompts ``retrieval_scores`` runs, and the span to recall in each.
 
-    Each prompt: [BOS if the tokenizer adds one] + haystack (``haystack_len`` random tokens
-    from ``vocab``, default every non-special id) with a needle of ``needle_len`` distinct
+    Each prompt: [BOS if the tokenizer adds one] + haystack (``haystack_len`` random
+    tokens from ``vocab``, default every non-special id) with a needle of ``needle_len`` distinct
     tokens that occur nowhere else inserted at a random depth, then the needle's first
     ``cue_len`` tokens again. Returns ``(prompts, spans)``: token ids (all the same length)
     and, per prompt, the positions ``[s, e)`` of the needle tokens still to recall (the

@@ -92,7 +92,8 @@ def run_spec(spec: Spec | str | Path, *, subject=None, db: str | Path | None | b
         elif subject is None:
             say(f"loading {spec.model_ref} ...")
             subject = spec.model_ref.load()
-        result = _execute(spec, task, subject, run_id, prov, t0, progress, say, scorer)
+        result = _execute(spec, task, subject, run_id, progress, say, scorer)
+        result.seconds, result.provenance = time.perf_counter() - t0, prov
         if path is not None:
             _db.finish_run(path, run_id, _finish_row(result, subject), result.examples, result.summary,
                            _trials_frame(run_id, result.calibration))
@@ -119,9 +120,9 @@ def _scorer_for(executor, model):
     return cache[model]
 
 
-def _execute(spec: Spec, task, subject, run_id: str, prov: dict, t0: float, progress: bool, say,
-             scorer=None) -> RunResult:
-    """Calibrate (or build the fixed edits), score the test split without and with them, summarize.
+def _execute(spec: Spec, task, subject, run_id: str, progress: bool, say, scorer=None) -> RunResult:
+    """Calibrate (or build the fixed edits), score the test split without and with them, summarize
+    (``run_spec`` adds the time taken and the provenance).
 
     ``scorer`` (``_scorers``) runs the scoring elsewhere; then ``subject`` is only its ``ModelFacts``.
     """
@@ -147,12 +148,11 @@ def _execute(spec: Spec, task, subject, run_id: str, prov: dict, t0: float, prog
     if edited is not None:
         frames.append(_tag(edited, task.test, "edited"))
     summary = summarize(spec, base, edited)
-    seconds = time.perf_counter() - t0
 
     examples = pd.concat(frames, ignore_index=True)
     examples.insert(0, "run_id", run_id)
     summary.insert(0, "run_id", run_id)
-    return RunResult(run_id, spec, tuple(edits), summary, examples, calibration, seconds, None, prov)
+    return RunResult(run_id, spec, tuple(edits), summary, examples, calibration)
 
 
 def _tag(df: pd.DataFrame, examples, condition: str) -> pd.DataFrame:

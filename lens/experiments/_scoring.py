@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from lens.edits._data import HOOK_EDITS, Edit
+from lens.edits import HOOK_EDITS, Edit
 from lens.experiments._tasks import Example
 
 #: Per-example output columns (besides idx, pred, answer).

@@ -18,7 +18,7 @@ import copy
 import itertools
 from pathlib import Path
 
-from lens.experiments._spec import Spec, SpecError, _Check, _check_spec, _show, _toml, sweep_line
+from lens.experiments._spec import Spec, SpecError, _Check, _check_spec, _show, _toml, parse_spec, sweep_line
 
 # What a sweep may set: the spec's own keys, except the name (one sweep, one name) and the
 # output (one database for the whole sweep).
@@ -79,8 +79,6 @@ def parse_specs(text: str, *, source: str = "<spec>", base_dir: Path | None = No
     """Every run of a spec: its ``[sweep]`` crossed into runs, each checked; one run without a sweep."""
     axes = sweep_axes(text, source=source)
     if not axes:
-        from lens.experiments._spec import parse_spec
-
         return [parse_spec(text, source=source, base_dir=base_dir)]
     base = _toml(text, source)
     del base["sweep"]

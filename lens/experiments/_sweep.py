@@ -15,8 +15,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
+from tqdm.auto import tqdm
 
-from lens.record._executor import cached_subject
+from lens.record import cached_subject
 from lens.experiments import _db
 from lens.experiments._runner import run_spec
 from lens.experiments._spec import Spec
@@ -30,8 +31,6 @@ def run_sweep(specs: Sequence[Spec], *, executor=None, db: str | Path | None = N
     executor. resume: skip runs already complete in ``db``. on_run(i, run_id): called in
     this process after run ``i`` is stored (tests interrupt a sweep from it).
     """
-    from tqdm.auto import tqdm
-
     specs = list(specs)
     if not specs:
         raise ValueError("nothing to run: no specs")
