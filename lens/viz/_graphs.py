@@ -47,6 +47,9 @@ def circuit_graph(edges, nodes=None, *, weight: str = "weight", source: str = "s
     with a ``node`` column and a ``score`` column for the node size/colour. Traces: one per
     edge (``fig.data[i].customdata`` = [source, target, weight]), then one trace of nodes
     whose ``text`` are the node names.
+
+    Why nine parameters: five of them name the columns to read (``source``, ``target``, ``weight``,
+    ``node``, ``score``), so any table of edges draws without renaming its columns first.
     """
     e = frame_of(pd.DataFrame(edges) if isinstance(edges, list) else edges, "circuit_graph")
     need_columns(e, "circuit_graph", source, target, weight)

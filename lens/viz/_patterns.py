@@ -9,6 +9,7 @@ categorical: "pos token" per row/column, or "first-last" positions per pooled bl
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import plotly.graph_objects as go
@@ -19,6 +20,7 @@ from lens.viz._common import LAYOUT, clean
 __all__ = ["PatternView", "attention_pattern", "pattern_comparison", "pattern_heatmap", "pattern_view"]
 
 
+@dataclass(frozen=True, eq=False)  # eq=False: a numpy matrix has no single truth value to compare by
 class PatternView:
     """One head's pattern ready to draw: ``matrix [rows, cols]`` and where its cells sit.
 
@@ -26,10 +28,15 @@ class PatternView:
     exact); ``source``: "pattern" (the full rows kept by the capture) or "pooled".
     """
 
-    def __init__(self, matrix: np.ndarray, rows: list[int], cols: list[int], pool: int, source: str,
-                 tokens: list[str], layer: int, head: int, n_tokens: int):
-        self.matrix, self.rows, self.cols, self.pool, self.source = matrix, rows, cols, pool, source
-        self.tokens, self.layer, self.head, self.n_tokens = tokens, layer, head, n_tokens
+    matrix: np.ndarray
+    rows: list[int]
+    cols: list[int]
+    pool: int
+    source: str
+    tokens: list[str]
+    layer: int
+    head: int
+    n_tokens: int
 
 
 def pattern_view(capture, layer: int, head: int, *, input: int = 0,

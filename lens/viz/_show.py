@@ -31,6 +31,8 @@ import warnings
 from pathlib import Path
 
 import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.offline import get_plotlyjs, get_plotlyjs_version
 
 from lens.viz._export import export, find_browser
 
@@ -66,8 +68,6 @@ if (out && out.parentElement && !lensHidePng()) {
 
 def plotlyjs_html() -> str:
     """The ``text/html`` that defines ``window.Plotly``: the whole plotly.js bundled with plotly.py."""
-    from plotly.offline import get_plotlyjs, get_plotlyjs_version
-
     return (f"<script type=\"text/javascript\">window.PlotlyConfig = {{MathJaxConfig: 'local'}};</script>\n"
             f"<script type=\"text/javascript\">/* plotly.js {get_plotlyjs_version()}, embedded by viz.show */\n"
             f"{get_plotlyjs()}</script>")
@@ -75,16 +75,12 @@ def plotlyjs_html() -> str:
 
 def plotlyjs_cdn_html() -> str:
     """Like ``plotlyjs_html`` but loading the same plotly.js version from plotly's CDN (needs internet)."""
-    from plotly.offline import get_plotlyjs_version
-
     return (f"<script type=\"text/javascript\">window.PlotlyConfig = {{MathJaxConfig: 'local'}};</script>\n"
             f"<script type=\"text/javascript\" charset=\"utf-8\" "
             f"src=\"https://cdn.plot.ly/plotly-{get_plotlyjs_version()}.min.js\"></script>")
 
 
 def _interactive_html(fig: go.Figure, height: int) -> str:
-    import plotly.io as pio
-
     html = pio.to_html(fig, include_plotlyjs=False, full_html=False, div_id=f"lens-{uuid.uuid4().hex[:12]}",
                        post_script=_POST_SCRIPT, default_width="100%", default_height=f"{height}px",
                        validate=False)
@@ -108,7 +104,7 @@ def show(fig: go.Figure, *, width: int = 900, height: int | None = None, scale: 
     PNG is left out with a warning, and the interactive figure is still shown.
     """
     global _library_shown
-    from IPython.display import display
+    from IPython.display import display  # optional: IPython comes with Jupyter, not with lens
 
     height = int(height or fig.layout.height or 500)
     if not _library_shown:
