@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+from importlib import metadata
 from pathlib import Path
 
 import typer
 
-from lens.record import CaptureSpec, make_executor
-from lens.store import Store, capture_dataset
+import lens
+from lens.kernels import auto_backend
+from lens.model import ModelRef
+from lens.record import CaptureFileError, CaptureSpec, make_executor
+from lens.store import MANIFEST, Store, capture_dataset
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="The attention workbench.")
 
 
 def _print_version(value: bool) -> None:
     if value:
-        from importlib import metadata
-
         try:
             version = metadata.version("attention-workbench")
         except metadata.PackageNotFoundError:  # a checkout that was never installed
@@ -42,8 +44,6 @@ DEVICE_MAP = typer.Option(None, "--device-map", help="shard the model over devic
 
 def _model_ref(model: str, device: str | None, dtype: str, device_map: str | None):
     """The model and its placement, checked before anything loads (a bad --dtype fails here)."""
-    from lens.model import ModelRef
-
     try:
         return ModelRef(model, device=device, dtype=dtype, device_map=device_map)
     except ValueError as err:
@@ -60,8 +60,6 @@ def _load(ref):
 
 def _runs_on(subject) -> str:
     """Where a loaded model runs, and which attention backend ``auto`` picks there."""
-    from lens.kernels import auto_backend
-
     dtype = str(subject.model.dtype).removeprefix("torch.")
     return f"runs on {subject.device} in {dtype}; attention backend auto: {auto_backend(subject.device)}"
 
@@ -106,8 +104,6 @@ def capture_cmd(
                                               "sink_mass,entropy,distance,received,visible"),
 ):
     """Capture per-head attention statistics of one text (and print a summary), or of a dataset into a store."""
-    import lens
-
     if sum(x is not None for x in (text, file, dataset)) != 1:
         raise typer.BadParameter("give exactly one of --text or --file, or --dataset")
     spec = _capture_spec(stats, backend)
@@ -175,11 +171,6 @@ def analyze_cmd(
     json_out: bool = typer.Option(False, "--json", help="print the findings as JSON instead of the text summary"),
 ):
     """Run every analyzer on a saved Capture or a store and print the atlas (or JSON)."""
-    import lens
-
-    from lens.record._data import CaptureFileError
-    from lens.store._store import MANIFEST
-
     try:
         if (capture_dir / MANIFEST).is_file():
             store = lens.Store(capture_dir)
@@ -194,6 +185,7 @@ def analyze_cmd(
     typer.echo(atlas.to_json() if json_out else str(atlas))
 
 
+# One parameter per command-line option (a Typer command's docstring is its --help): run_cmd has 10.
 @app.command("run")
 def run_cmd(
     spec: Path = typer.Argument(..., exists=True, dir_okay=False, help="an experiment spec (TOML)"),
@@ -213,7 +205,7 @@ def run_cmd(
                                                               "balanced | sequential"),
 ):
     """Run a scripted intervention experiment (every run of its \\[sweep] table) and store its results."""
-    from lens.experiments import SpecError, run_command
+    from lens.experiments import SpecError, run_command  # not at the top: pydantic, scipy would slow `lens --help`
 
     if executor is not None and executor not in ("local", "ray"):
         raise typer.BadParameter(f"expected local or ray, got {executor!r}", param_hint="--executor")
@@ -242,7 +234,7 @@ def runs_cmd(
     limit: int = typer.Option(20, help="show at most this many runs"),
 ):
     """List the stored experiment runs, or compare some of them."""
-    from lens.experiments import runs_command
+    from lens.experiments import runs_command  # not at the top: pydantic, scipy would slow `lens --help`
 
     try:
         runs_command(db=db, compare=compare or None, metric=metric, limit=limit, echo=typer.echo)
@@ -251,6 +243,7 @@ def runs_cmd(
         raise typer.Exit(2) from err
 
 
+# One parameter per command-line option (a Typer command's docstring is its --help): dashboard_cmd has 11.
 @app.command("dashboard")
 def dashboard_cmd(
     model: str = typer.Option("smollm2", help="built-in name, model directory, .gguf file or hub id; 'none' serves "
@@ -270,7 +263,7 @@ def dashboard_cmd(
     device_map: str = DEVICE_MAP,
 ):
     """Serve the Dash dashboard on a model, on saved captures (--capture), a store (--store) and runs (--runs)."""
-    from lens.dashboard import serve
+    from lens.dashboard import serve  # not at the top: Dash, Plotly would slow every other command
 
     if model.lower() != "none":
         _model_ref(model, device, dtype, device_map)  # a bad --dtype or --device fails before anything loads
