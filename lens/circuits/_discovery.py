@@ -11,10 +11,12 @@ less than ``threshold`` (KL: increase in nats; other metrics: |change| / |clean 
 from __future__ import annotations
 
 import contextlib
+import heapq
 from collections.abc import Sequence
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from lens.circuits._circuit import Circuit
 from lens.circuits._graph import INPUT, LOGITS, Graph
@@ -140,8 +142,6 @@ def evaluate_circuit(subject, circuit: Circuit | Sequence[tuple[str, str]], pair
 def greedy_edges(graph: Graph, scores: pd.DataFrame, k: int) -> set[tuple[str, str]]:
     """Grow a circuit from the logits backwards: repeatedly add the strongest |score| edge into a node
     already in it, until ``k`` edges (EAP-IG's "greedy" selection). Every node reaches the logits."""
-    import heapq
-
     by_recv: dict[str, list[tuple[float, str]]] = {}
     for s, r, v in zip(scores["sender"], scores["receiver"], scores["score"]):
         by_recv.setdefault(r, []).append((-abs(float(v)), s))
@@ -172,6 +172,9 @@ def eap_circuit(subject, pairs: PromptPairs, *, top_k: int | None = None, top_fr
     selection: ``"greedy"`` grows it from the logits backwards (every edge leads to the logits);
     ``"top"`` takes the k strongest edges and keeps those on an input -> logits path (can be
     empty on a large graph). evaluate: compute faithfulness (two more patched passes).
+
+    Why eleven parameters: the size (top_k or top_frac), the selection and ``evaluate`` are this
+    function's; the rest are ``eap_scores``' options, passed through by keyword (or skipped with ``scores``).
     """
     if (top_k is None) == (top_frac is None):
         raise ValueError("give exactly one of top_k and top_frac")
@@ -207,8 +210,6 @@ def acdc(subject, pairs: PromptPairs, *, threshold: float = 0.05, metric: str = 
     An edge is ablated for good when ablating it, on top of the edges already ablated,
     changes the metric by less than ``threshold``. The kept edges' scores are that change.
     """
-    from tqdm.auto import tqdm
-
     if threshold < 0:
         raise ValueError(f"threshold must be >= 0, got {threshold}")
     b = _Batches(subject, pairs, metric, ablation, batch_size)

@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lens.experiments import IOI_NAMES, make_task
+from lens.model.organisms import N_TOKENS, PAD_ID, induction_data
+
 
 @dataclass(frozen=True)
 class PromptPairs:
@@ -125,9 +128,6 @@ class _Found:
 def ioi_pairs(subject, n: int, seed: int = 0) -> PromptPairs:
     """IOI prompts from ``make_task("ioi")``; corrupted = the second mention of S replaced by a third
     name C of the same token length ("ABC"). Answer IO, wrong S (metric: logit difference)."""
-    from lens.experiments import make_task
-    from lens.experiments._tasks import NAMES
-
     enc = lambda t: subject.tokenizer(t, add_special_tokens=True)["input_ids"]  # noqa: E731
     rng = random.Random(seed)
     task = make_task("ioi", 0, 4 * n + 20, seed)
@@ -138,7 +138,7 @@ def ioi_pairs(subject, n: int, seed: int = 0) -> PromptPairs:
         if len(matches) != 2:
             continue
         c_ids = enc(ex.prompt)
-        for c_name in rng.sample([x for x in NAMES if x not in (io, s)], len(NAMES) - 2):
+        for c_name in rng.sample([x for x in IOI_NAMES if x not in (io, s)], len(IOI_NAMES) - 2):
             m = matches[1]
             text = ex.prompt[: m.start()] + c_name + ex.prompt[m.end():]
             r_ids = enc(text)
@@ -158,8 +158,6 @@ def colored_objects_pairs(subject, n: int, seed: int = 0, *, shots: int = 1) -> 
     """Colored Objects prompts from ``make_task("colored_objects")``; corrupted = the asked object's
     colour swapped with another object's in the last question (same words, other binding).
     Answer: the clean colour; wrong: the colour the object has in the corrupted prompt."""
-    from lens.experiments import make_task
-
     enc = lambda t: subject.tokenizer(t, add_special_tokens=True)["input_ids"]  # noqa: E731
     rng = random.Random(seed)
     task = make_task("colored_objects", 0, 3 * n + 20, seed, shots=shots)
@@ -200,8 +198,6 @@ def induction_pairs(n: int, seed: int = 0, *, seq_len: int = 48, min_period: int
     last one one period earlier. Corrupted: every token but BOS and the last replaced by fresh
     random tokens (no earlier copy to read). Wrong: another token of r (a distractor).
     """
-    from lens.model._organisms_data import N_TOKENS, PAD_ID, induction_data
-
     tokens, periods = induction_data(n, seq_len, seed=seed, min_period=min_period, max_period=max_period)
     gen = torch.Generator().manual_seed(seed + 7919)
     corrupt = tokens.clone()
