@@ -7,6 +7,8 @@ notebooks); ``serve`` runs it (``lens dashboard``), bound to 127.0.0.1 unless to
 
 from __future__ import annotations
 
+import logging
+
 from lens.dashboard._app import create_app
 
 __all__ = ["create_app", "serve"]
@@ -19,9 +21,9 @@ def serve(model: str | None = "smollm2", host: str = "127.0.0.1", port: int = 80
 
     captures: saved Capture directories to open; store: a store directory for the Census page;
     runs: the DuckDB file of ``lens run`` (default ./runs.duckdb when present).
-    """
-    import logging
 
+    Why eleven parameters: one per option of ``lens dashboard``, which calls it by keyword.
+    """
     if host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger("lens.dashboard").warning(
             "serving on %s: anyone who can reach this address can run the model", host)

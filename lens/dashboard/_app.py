@@ -57,6 +57,9 @@ def create_app(subject: lens.Subject | str | None = "smollm2", *, captures=(), s
     ``./runs.duckdb`` when it exists). max_tokens: a lower cap on live texts than the
     model's context. device, dtype, device_map: where a model named by ``subject`` is loaded
     (``lens.load``'s placement; the header shows where it runs).
+
+    Why nine parameters: ``serve``'s model and saved-work options (one per option of ``lens dashboard``), plus
+    ``poll_ms``, how often the analysis card asks for a job's progress.
     """
     if isinstance(subject, str):
         subject = (None if subject.lower() == "none"
@@ -222,47 +225,49 @@ def _register_shell(app, ctx: Context) -> None:
     def _analyze(_clicks, _tick, generated, source, text, pending, session):
         # a generated trace is a live text: the picker follows it (it may have shown a saved capture)
         follow = LIVE if dash.ctx.triggered_id == ids.GENERATED and source != LIVE else no_update
-        return (*_analysis_step(_clicks, _tick, generated, source, text, pending, session), follow)
+        return (*_analysis_step(ctx, dash.ctx.triggered_id, generated, source, text, pending, session), follow)
 
-    def _analysis_step(_clicks, _tick, generated, source, text, pending, session):
-        trigger = dash.ctx.triggered_id
-        quiet = (no_update, ui.HIDDEN, no_update)
-        if trigger == ids.SOURCE or trigger is None:
-            if source and source.startswith(SAVED_PREFIX):
-                if ctx.analysis(source) is not None:  # opened at start: show it at once
-                    key = no_update if trigger is None else source  # at page load the layout holds it already
-                    return key, None, True, "", f"saved capture: {_describe(ctx.analysis(source))}", *quiet
-                return (no_update, source, False, "", "opening the saved capture", 0, ui.SHOWN, no_update)
-            return no_update, None, True, "", "", *quiet
-        if trigger in (ids.ANALYZE, ids.GENERATED):
-            if trigger == ids.GENERATED:
-                text = (generated or {}).get("text")
-            key, note = analyze_request(ctx, text)
-            if key is None:
-                return no_update, None, True, note, "", *quiet
-            if ctx.analysis(key) is not None:
-                return key, None, True, "", f"{note}; shown from the cache (session {session})", *quiet
-            return no_update, key, False, "", f"{note}: queued", 0, ui.SHOWN, no_update
-        if pending and pending.startswith(SAVED_PREFIX):  # a saved capture opening in the background
-            state, message = ctx.saved_status(pending[len(SAVED_PREFIX):])
-            if state == "running":
-                return no_update, no_update, False, "", message, 50, ui.SHOWN, no_update
-            if state == "error":
-                return no_update, None, True, message, "", *ui_error("Opening the capture failed", message)
-            a = ctx.analysis(pending)
-            return pending, None, True, "", f"saved capture: {_describe(a)}", *quiet
-        st = ctx.jobs.status(pending)
-        if st["state"] == "running":
-            frac = st.get("fraction")
-            return (no_update, no_update, False, "", status_text(st, "analysis"), 100 * (frac or 0), ui.SHOWN,
-                    no_update)
-        if st["state"] == "done":
-            a = ctx.analysis(pending)
-            msg = f"{int(a.capture.lengths[0]):,} tokens analyzed in {a.seconds:.2f} s (session {session})"
-            return pending, None, True, "", msg, 100, ui.HIDDEN, ui.notice("Analysis done", msg, "success")
-        if st["state"] == "error":
-            return no_update, None, True, st["message"], "", *ui_error("Analysis failed", st["message"])
+
+def _analysis_step(ctx: Context, trigger, generated, source, text, pending, session) -> tuple:
+    """The analysis card's next state after ``trigger`` (a component id, None at page load): result key,
+    pending key, poll disabled, message, status, progress value and style, notification."""
+    quiet = (no_update, ui.HIDDEN, no_update)
+    if trigger == ids.SOURCE or trigger is None:
+        if source and source.startswith(SAVED_PREFIX):
+            if ctx.analysis(source) is not None:  # opened at start: show it at once
+                key = no_update if trigger is None else source  # at page load the layout holds it already
+                return key, None, True, "", f"saved capture: {_describe(ctx.analysis(source))}", *quiet
+            return (no_update, source, False, "", "opening the saved capture", 0, ui.SHOWN, no_update)
         return no_update, None, True, "", "", *quiet
+    if trigger in (ids.ANALYZE, ids.GENERATED):
+        if trigger == ids.GENERATED:
+            text = (generated or {}).get("text")
+        key, note = analyze_request(ctx, text)
+        if key is None:
+            return no_update, None, True, note, "", *quiet
+        if ctx.analysis(key) is not None:
+            return key, None, True, "", f"{note}; shown from the cache (session {session})", *quiet
+        return no_update, key, False, "", f"{note}: queued", 0, ui.SHOWN, no_update
+    if pending and pending.startswith(SAVED_PREFIX):  # a saved capture opening in the background
+        state, message = ctx.saved_status(pending[len(SAVED_PREFIX):])
+        if state == "running":
+            return no_update, no_update, False, "", message, 50, ui.SHOWN, no_update
+        if state == "error":
+            return no_update, None, True, message, "", *ui_error("Opening the capture failed", message)
+        a = ctx.analysis(pending)
+        return pending, None, True, "", f"saved capture: {_describe(a)}", *quiet
+    st = ctx.jobs.status(pending)
+    if st["state"] == "running":
+        frac = st.get("fraction")
+        return (no_update, no_update, False, "", status_text(st, "analysis"), 100 * (frac or 0), ui.SHOWN,
+                no_update)
+    if st["state"] == "done":
+        a = ctx.analysis(pending)
+        msg = f"{int(a.capture.lengths[0]):,} tokens analyzed in {a.seconds:.2f} s (session {session})"
+        return pending, None, True, "", msg, 100, ui.HIDDEN, ui.notice("Analysis done", msg, "success")
+    if st["state"] == "error":
+        return no_update, None, True, st["message"], "", *ui_error("Analysis failed", st["message"])
+    return no_update, None, True, "", "", *quiet
 
 
 def ui_error(title: str, message: str) -> tuple:

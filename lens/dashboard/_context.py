@@ -8,13 +8,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import dash_mantine_components as dmc
 from dash import dcc, no_update
 
 import lens
 from lens.kernels import auto_backend
 from lens.dashboard import _ui as ui
 from lens.dashboard._jobs import Jobs, make_key
-from lens.dashboard._work import POOL_MAX, Analysis, token_limit
+from lens.dashboard._work import POOL_MAX, Analysis, analyze_capture, token_limit
 
 SAVED_PREFIX = "saved:"
 
@@ -89,8 +90,6 @@ class Context:
             threading.Thread(target=self._load_saved, daemon=False, name="lens-dashboard-open").start()
 
     def _load_saved(self) -> None:
-        from lens.dashboard._work import analyze_capture
-
         for item in list(self.saved.values()):
             try:
                 item.analysis = analyze_capture(lens.Capture.load(item.path), source=str(item.path))
@@ -150,8 +149,6 @@ def status_text(st: dict, what: str) -> str:
 # (pending, poll disabled, shown key, status text).
 def job_slots(status: str, poll: str, pending: str, key: str, interval_ms: int = 400) -> list:
     """The status line, poll timer and the two per-tab stores of a job page."""
-    import dash_mantine_components as dmc
-
     return [dmc.Text(id=status, size="sm", c="dimmed", my=6),
             dcc.Interval(id=poll, interval=interval_ms, disabled=True),
             dcc.Store(id=pending, storage_type="memory"),

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
 import lens
+from lens import circuits, probes
 from lens import edits as E
 from lens.analyzers import dormant_inputs
+from lens.experiments import TASKS, make_task, parse_spec
+from lens.kernels import StatOptions
+from lens.model.organisms import induction_data, repeat_mask
 from lens.record import CAPTURE_STATS
 
 # Display pooling: inputs up to this many tokens get exact patterns for every head from
@@ -85,15 +90,11 @@ def layer_progress(subject: lens.Subject, progress, label: str, passes: int = 1)
 
 
 def stat_options():
-    from lens.kernels import StatOptions
-
     return StatOptions(pool_max=POOL_MAX)
 
 
 def analyze_text(subject: lens.Subject, text: str, progress=None) -> Analysis:
     """``lens.capture`` (every default statistic, display pooling) then ``lens.analyze``."""
-    import time
-
     t0 = time.perf_counter()
     ctx = layer_progress(subject, progress, "capturing") if progress is not None else contextlib.nullcontext()
     with ctx:
@@ -109,8 +110,6 @@ def analyze_capture(cap: lens.Capture, source: str) -> Analysis:
 
     Only the first input is shown; ``text`` is None (the tokens are in the capture).
     """
-    import time
-
     t0 = time.perf_counter()
     if cap.n_inputs > 1:
         cap = select_input(cap, 0)
@@ -273,10 +272,6 @@ def spec_toml(model: str, edit_list: list[dict], *, task: str, n_test: int, seed
                 v = float(v)  # the page's JSON round trip turns 0.0 into 0
             lines.append(f"{k} = {_toml(v)}")
     text = "\n".join(lines) + "\n"
-    try:
-        from lens.experiments import parse_spec
-    except ImportError:  # the experiments package is optional for the dashboard
-        return text
     parse_spec(text, source="dashboard spec")
     return text
 
@@ -292,10 +287,6 @@ def _toml(v) -> str:
 
 
 def task_names() -> list[str]:
-    try:
-        from lens.experiments import TASKS
-    except ImportError:
-        return []
     return list(TASKS)
 
 
@@ -313,7 +304,6 @@ def find_circuit(subject: lens.Subject, task: str, n_pairs: int, top_k: int, pro
     """``circuits.discover`` (EAP, top-k edges) on ``n_pairs`` built-in pairs, evaluated for faithfulness.
 
     ig_steps > 0 scores edges with EAP-IG (the built-in pairs have equal lengths)."""
-    from lens import circuits
     if task not in circuit_tasks(subject):
         raise ValueError(f"task {task!r} does not fit {subject.name}; choose one of {circuit_tasks(subject)}")
     if not 2 <= int(n_pairs) <= 64 or not 1 <= int(top_k) <= 500 or not 0 <= int(ig_steps) <= 16:
@@ -343,14 +333,10 @@ def probe_task(subject: lens.Subject, task: str, n: int, seed: int = 0):
     if task not in probe_tasks(subject):
         raise ValueError(f"task {task!r} does not fit {subject.name}; choose one of {probe_tasks(subject)}")
     if task == "repeats":
-        from lens.model._organisms_data import induction_data, repeat_mask
-
         tokens, periods = induction_data(int(n), 48, seed=seed)
         labels = repeat_mask(periods, 48).long()
         labels[:, 0] = -1
         return tokens, labels
-    from lens.experiments import make_task
-
     data = make_task(task, 0, int(n), seed)
     prompts = [e.prompt for e in data.test]
     lengths = [len(subject.tokenizer(p, add_special_tokens=True)["input_ids"]) for p in prompts]
@@ -362,7 +348,6 @@ def probe_task(subject: lens.Subject, task: str, n: int, seed: int = 0):
 
 def run_probes(subject: lens.Subject, task: str, n: int, progress=None):
     """``probes.probe_layers`` on a built-in task: one row per layer with accuracy, control accuracy, selectivity."""
-    from lens import probes
     if not 8 <= int(n) <= 512:
         raise ValueError(f"examples must be 8-512, got {n}")
     inputs, labels = probe_task(subject, task, int(n))

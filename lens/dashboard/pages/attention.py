@@ -4,6 +4,8 @@ to read, a token strip."""
 
 from __future__ import annotations
 
+import json
+
 import dash
 import dash_mantine_components as dmc
 from dash import Input, Output, dcc, html, no_update
@@ -78,8 +80,6 @@ def _listed(blocks) -> str:
 
 def _peek(path) -> dict | None:
     """n_layers/n_heads from a saved capture's JSON, without reading its tensors."""
-    import json
-
     try:
         return json.loads((path / "capture.json").read_text())["meta"]
     except (OSError, ValueError, KeyError):
@@ -241,6 +241,7 @@ def register(app, ctx: Context) -> None:
                   Input(ids.RESULT_KEY, "data"), Input(ids.AT_LAYER, "value"), Input(ids.AT_HEAD, "value"),
                   Input(ids.AT_START, "value"), Input(ids.AT_STOP, "value"), Input(ids.AT_STRIP_VALUE, "value"),
                   Input(ids.URL, "pathname"), Input(ids.THEME, "data"))
+    # A Dash callback takes one parameter per Input above (nine); the work is in ``render``.
     def _render(_tick, key, layer, head, start, stop, which, path, theme):
         if not visible(path, PATH):
             raise PreventUpdate

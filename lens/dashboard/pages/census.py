@@ -9,6 +9,7 @@ so the page costs the same for ten inputs or a million; only a clicked input's s
 from __future__ import annotations
 
 import dash_mantine_components as dmc
+import numpy as np
 from dash import Input, Output, State, html, no_update
 from dash.exceptions import PreventUpdate
 
@@ -107,8 +108,6 @@ def outliers(census: Census, stat: str, layer, head, kind: str) -> tuple[list[di
 
 def strip(census: Census, input: int, stat: str, layer, head):
     """(figure, caption) of one input's tokens coloured by head (layer, head)'s per-position ``stat``."""
-    import numpy as np
-
     tokens, values, what = census.strip(int(input), int(layer), int(head), stat)
     caption = (f"input {int(input)} ({len(tokens)} tokens), head L{int(layer)} H{int(head)}: {what} per position; "
                f"its {stat} in the index is the mean over positions >= 1"
