@@ -55,6 +55,9 @@ def fit_attentive_probe(x: torch.Tensor, mask: torch.Tensor, y, *, test_frac: fl
 
     Full-batch AdamW for ``epochs`` steps on standardised features; seeded; held-out split
     by input. Labels are class indices (any integers; remapped to 0..k-1).
+
+    Why nine parameters: the data (x, mask, y), then the split and the optimiser's settings, each a
+    keyword with a default.
     """
     x = torch.as_tensor(x).float()
     mask = torch.as_tensor(mask).bool()

@@ -83,6 +83,9 @@ def probe_heads(subject, tokens: torch.Tensor, labels, *, lengths: torch.Tensor 
 
     tokens: ``[batch, pos]`` right-padded ids; labels ``[batch, pos]`` (< 0 = ignore).
     Returns ``layer, head`` and the ``COLUMNS`` scores.
+
+    Why ten parameters: the inputs and heads, then ``fit_probe``'s five cross-validation settings,
+    passed through by keyword.
     """
     tokens = torch.as_tensor(tokens)
     b, t = tokens.shape

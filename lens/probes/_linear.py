@@ -184,6 +184,9 @@ def fit_probe(x, y, *, seq: np.ndarray | None = None, types: np.ndarray | None =
     own). types: ``[n]`` token ids for the control task (required when control=True). folds:
     outer folds (at most one per sequence); cs: the C grid of the inner CV (ridge: alpha = 1/C).
     seed: the control task's labels and the shuffling of sequences into folds.
+
+    Why nine parameters: the data (x, y, seq, types) and the five cross-validation settings that
+    ``probe_layers``, ``probe_heads`` and ``probe_capture`` pass through by keyword.
     """
     if kind not in ("logistic", "ridge"):
         raise ValueError(f"probe kind must be 'logistic' or 'ridge', got {kind!r}")
