@@ -97,11 +97,11 @@ viz.show(fig)
 # %% [markdown]
 # The attention score alone does not prove a head is idle. METHODS sec 2 adds a loss check:
 # move all of the head's attention to position 0 (`MoveToBOS`) and see whether the loss moves
-# by less than 1 %. That needs the model, so it lives in `lens.experiments._model_checks`, not among the
-# pure analyzers. We test the three heads with the strongest sink and the three with the weakest.
+# by less than 1 %. That needs the model, so it lives in `lens.experiments` (`confirm_dormant`), not among
+# the pure analyzers. We test the three heads with the strongest sink and the three with the weakest.
 
 # %%
-from lens.experiments._model_checks import confirm_dormant
+from lens.experiments import confirm_dormant
 
 ranked = dh.frame.dropna().sort_values("sink_score")
 heads = [(int(r.layer), int(r.head)) for r in pd.concat([ranked.tail(3), ranked.head(3)]).itertuples()]

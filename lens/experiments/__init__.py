@@ -14,6 +14,7 @@ from lens.experiments._calibrate import Calibration, act_search, zerotuning, zer
 from lens.experiments._commands import run_command, runs_command
 from lens.experiments._db import (COMPLETE, DEFAULT_DB, LIVE_STATES, compare_runs, list_runs, load_run, query_runs,
                                   run_summaries)
+from lens.experiments._model_checks import confirm_dormant, losses, needle_samples, retrieval_scores
 from lens.experiments._runner import RunResult, run_spec
 from lens.experiments._scoring import choice_token_ids, last_logits, score
 from lens.experiments._spec import Spec, SpecError, load_spec, parse_spec
@@ -26,8 +27,8 @@ from lens.experiments._tasks import NAMES as IOI_NAMES  # the names IOI prompts 
 __all__ = [
     "COMPLETE", "DEFAULT_DB", "IOI_NAMES", "LIVE_STATES", "TASKS", "Calibration", "Example", "RunResult", "Spec",
     "SpecError", "TaskData", "TaskFileError", "act_search", "bootstrap_ci", "build_edits", "choice_token_ids",
-    "compare_runs", "last_logits", "list_runs", "load_jsonl", "load_run", "load_spec", "load_specs", "make_task",
-    "paired_bootstrap_ci", "parse_spec", "parse_specs", "query_runs", "read_jsonl", "run_command", "run_spec",
-    "run_summaries", "run_sweep", "runs_command", "score", "sweep_table", "zerotuning", "zerotuning_edits",
-    "zerotuning_profiled",
+    "compare_runs", "confirm_dormant", "last_logits", "list_runs", "load_jsonl", "load_run", "load_spec",
+    "load_specs", "losses", "make_task", "needle_samples", "paired_bootstrap_ci", "parse_spec", "parse_specs",
+    "query_runs", "read_jsonl", "retrieval_scores", "run_command", "run_spec", "run_summaries", "run_sweep",
+    "runs_command", "score", "sweep_table", "zerotuning", "zerotuning_edits", "zerotuning_profiled",
 ]
