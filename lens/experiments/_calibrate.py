@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from lens.edits import CalibrateSinks, Edit, ScaleAttention
 from lens.experiments._scorers import LocalScorer
 from lens.experiments._scoring import score
-from lens.experiments._spec import OBJECTIVES, SCOPES
+from lens.experiments._spec_tables import OBJECTIVES, SCOPES
 
 DEFAULT_GAMMAS = (0.5, 0.75, 1.25, 1.5, 2.0)
 

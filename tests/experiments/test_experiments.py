@@ -108,11 +108,11 @@ def test_every_error_in_a_spec_is_named_on_its_own_line():
 def test_no_spec_key_is_named_like_a_union_tag():
     """Error key paths drop pydantic's union tags (``edits[0].gate.factor`` -> ``edits[0].factor``), so no
     key of any spec table may share a tag's name."""
-    from lens.experiments import _spec
+    from lens.experiments import _spec_tables as t
 
-    tables = [_spec.SpecTable, _spec.ModelTable, _spec.Eval, _spec.Output, *_spec.TASK_TABLES.values(),
-              *_spec.EDIT_TABLES, *_spec.CALIBRATION_TABLES]
-    assert not {key for table in tables for key in table.model_fields} & _spec.UNION_TAGS
+    tables = [t.SpecTable, t.ModelTable, t.Eval, t.Output, *t.TASK_TABLES.values(), *t.EDIT_TABLES,
+              *t.CALIBRATION_TABLES]
+    assert not {key for table in tables for key in table.model_fields} & t.UNION_TAGS
 
 
 def test_good_spec_parses_with_defaults():
