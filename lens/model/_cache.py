@@ -36,6 +36,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import platformdirs
 import xxhash
 
 try:
@@ -54,8 +55,6 @@ def cache_root() -> Path:
     if env:
         root = Path(env).expanduser()
     else:
-        import platformdirs
-
         root = Path(platformdirs.user_cache_dir("attention-workbench"))
     root.mkdir(parents=True, exist_ok=True)
     return root

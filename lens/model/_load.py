@@ -15,8 +15,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from huggingface_hub import constants, is_offline_mode
 
-from lens.model import _cache, organisms
+from lens.model import _cache, _lazy, organisms
 from lens.model._placement import Placement, ray_actor_device, resolve_placement
 from lens.model._subject import Subject
 
@@ -179,8 +180,6 @@ def _gguf_dtype(placement: Placement) -> torch.dtype:
 
 def _load_gguf(gguf: Path, *, name: str, placement: Placement, kwargs: dict) -> Subject:
     """Dequantize ``gguf`` once into the cache (keyed by the file's content), then load the cached copy as placed."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     key = f"{gguf.stem}-{_cache.content_digest(gguf)[:16]}"
     entry = _cache.entry_path("models", key)
     dtype = _gguf_dtype(placement)
@@ -191,9 +190,9 @@ def _load_gguf(gguf: Path, *, name: str, placement: Placement, kwargs: dict) -> 
             how = "converted"
             log.warning("preparing %s from %s (first time only: reading and dequantizing, 30 s to 2 min)",
                         name, gguf.name)
-            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            tokenizer = _lazy.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             # transformers shows its own progress bar while it dequantizes the tensors.
-            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            model = _lazy.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
             # The weights are plain fp32 now; drop the GGUF marker so the cached copy loads as such.
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
@@ -202,21 +201,19 @@ def _load_gguf(gguf: Path, *, name: str, placement: Placement, kwargs: dict) -> 
                 model.save_pretrained(tmp, safe_serialization=True)
                 tokenizer.save_pretrained(tmp)
             del model
-    model = AutoModelForCausalLM.from_pretrained(entry, dtype=dtype, device_map=placement.device_map, **kwargs)
+    model = _lazy.AutoModelForCausalLM.from_pretrained(entry, dtype=dtype, device_map=placement.device_map, **kwargs)
     if placement.device is not None:
         model.to(placement.device)
-    tokenizer = AutoTokenizer.from_pretrained(entry)
+    tokenizer = _lazy.AutoTokenizer.from_pretrained(entry)
     last_load.update(name=name, how=how, seconds=time.perf_counter() - t0, path=str(entry))
     return Subject(model.eval(), tokenizer, name=name, source=str(gguf), info={"cache": str(entry)})
 
 
 def _hub_file(repo: str, filename: str, revision: str | None, kwargs: dict) -> str:
     """A file of a hub repo, from the local hub cache or downloaded (``hf_hub_download``)."""
-    from huggingface_hub import hf_hub_download
-
     hub = {k: kwargs.pop(k) for k in list(kwargs) if k in HUB_KEYS}
     try:
-        return hf_hub_download(repo_id=repo, filename=filename, revision=revision, **hub)
+        return _lazy.hf_hub_download(repo_id=repo, filename=filename, revision=revision, **hub)
     except Exception as err:
         _raise_if_offline_and_missing(repo, revision, err, filename=filename)
         raise
@@ -224,14 +221,12 @@ def _hub_file(repo: str, filename: str, revision: str | None, kwargs: dict) -> s
 
 def _load_pretrained(ref: str, *, name: str, placement: Placement, revision: str | None, trust_remote_code: bool,
                      kwargs: dict) -> Subject:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     common = {"revision": revision, "trust_remote_code": trust_remote_code}
     tokenizer_kwargs = {k: v for k, v in kwargs.items() if k in HUB_KEYS}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(ref, **common, **tokenizer_kwargs)
-        model = AutoModelForCausalLM.from_pretrained(ref, **common, dtype=placement.dtype,
-                                                     device_map=placement.device_map, **kwargs)
+        tokenizer = _lazy.AutoTokenizer.from_pretrained(ref, **common, **tokenizer_kwargs)
+        model = _lazy.AutoModelForCausalLM.from_pretrained(ref, **common, dtype=placement.dtype,
+                                                           device_map=placement.device_map, **kwargs)
     except OSError as err:
         _raise_if_offline_and_missing(ref, revision, err)
         raise
@@ -248,12 +243,10 @@ class OfflineModelError(OSError):
 def _raise_if_offline_and_missing(ref: str, revision: str | None, err: BaseException, *,
                                   filename: str = "config.json") -> None:
     """Raise the one clear offline error when that is what ``err`` is; else return (the caller re-raises ``err``)."""
-    from huggingface_hub import constants, is_offline_mode, try_to_load_from_cache
-
     if not is_offline_mode() or Path(ref).expanduser().exists():
         return
     try:
-        cached = try_to_load_from_cache(ref, filename, revision=revision)
+        cached = _lazy.try_to_load_from_cache(ref, filename, revision=revision)
     except Exception:  # an id the hub would refuse is not in the cache either
         cached = None
     if isinstance(cached, str):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 N_TOKENS = 64
 BOS_ID = 64
@@ -43,8 +44,6 @@ class BigramChain:
     triggers: tuple[int, ...]
 
     def save(self, path: Path) -> None:
-        from safetensors.torch import save_file
-
         save_file(
             {"transition": self.transition, "stationary": self.stationary,
              "triggers": torch.tensor(self.triggers, dtype=torch.long)},
@@ -53,8 +52,6 @@ class BigramChain:
 
     @classmethod
     def load(cls, path: Path) -> BigramChain:
-        from safetensors.torch import load_file
-
         t = load_file(str(path))
         return cls(t["transition"], t["stationary"], tuple(int(i) for i in t["triggers"]))
 

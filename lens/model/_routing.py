@@ -25,6 +25,7 @@ from typing import Protocol
 import torch
 
 from lens.kernels import attention
+from lens.model import _lazy
 
 IMPLEMENTATION = "lens"
 _active: ContextVar[Session | None] = ContextVar("lens_attention_session", default=None)
@@ -61,12 +62,9 @@ def register() -> None:
     global _registered
     if _registered:
         return
-    # import-time cost: transformers.modeling_utils takes ~1 s to import, and `import lens` does not need it
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    ALL_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, lens_attention_forward)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, sdpa_mask)
+    # transformers.modeling_utils is imported here, not by `import lens` (~1 s; see _lazy)
+    _lazy.ALL_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, lens_attention_forward)
+    _lazy.ALL_MASK_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, _lazy.sdpa_mask)
     _registered = True
 
 

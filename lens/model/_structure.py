@@ -21,12 +21,12 @@ reproduce is refused at load and never inside a capture. ``lens.model._arch`` ho
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
-from lens.model import _routing
+from lens.model import _lazy, _routing
 from lens.model._sites import module_hooks
 
 __all__ = ["Structure", "StructureError", "discover"]
@@ -121,9 +121,7 @@ class Structure:
 
 
 def _is_projection(m: nn.Module) -> bool:
-    from transformers.pytorch_utils import Conv1D
-
-    return isinstance(m, (nn.Linear, Conv1D))
+    return isinstance(m, (nn.Linear, _lazy.Conv1D))
 
 
 def _is_norm(m: nn.Module) -> bool:
@@ -224,8 +222,6 @@ def discover(model, *, overrides: dict | None = None) -> Structure:
         scale=tuple(c[2]["scale"] for c in calls),
     )
     if overrides:
-        from dataclasses import replace
-
         structure = replace(structure, overrides=overrides, **overrides)
     return structure
 
@@ -266,15 +262,13 @@ def _output_projection(model_type, names, calls, proj_inputs, outputs, width) ->
     """The projection inside the attention module that consumes the attention output: unchanged,
     through one norm (BitNet's ``attn_sub_norm``), or through an elementwise gate in [0, 1]
     (Qwen3-Next's sigmoid output gate). Returns (projection, Conv1D?, that norm or None, gated?)."""
-    from transformers.pytorch_utils import Conv1D
-
     module, _, _, out = calls[0]
     flat = out.reshape(-1, width)
     candidates = [(n, m) for n, m in module.named_modules() if n and _is_projection(m)]
     for rel, proj in candidates:
         x = proj_inputs.get(id(proj))
         if x is not None and x.shape[-1] == width and torch.equal(x.reshape(-1, width), flat):
-            return rel, isinstance(proj, Conv1D), None, False
+            return rel, isinstance(proj, _lazy.Conv1D), None, False
     norms = [(n, m) for n, m in module.named_modules() if n and _is_norm(m)]
     for norm_rel, norm in norms:
         normed = outputs.get(id(norm))
@@ -283,11 +277,11 @@ def _output_projection(model_type, names, calls, proj_inputs, outputs, width) ->
         for rel, proj in candidates:
             x = proj_inputs.get(id(proj))
             if x is not None and x.shape[-1] == width and torch.equal(x.reshape(-1, width), normed.reshape(-1, width)):
-                return rel, isinstance(proj, Conv1D), norm_rel, False
+                return rel, isinstance(proj, _lazy.Conv1D), norm_rel, False
     for rel, proj in candidates:
         x = proj_inputs.get(id(proj))
         if x is not None and x.shape[-1] == width and x.numel() == flat.numel() and _gated(flat, x.reshape(-1, width)):
-            return rel, isinstance(proj, Conv1D), None, True
+            return rel, isinstance(proj, _lazy.Conv1D), None, True
     raise StructureError(
         f"{model_type}: no nn.Linear or Conv1D inside {names[id(module)]!r} reads the attention output unchanged "
         f"(candidates: {[n for n, _ in candidates]}); a gate or another step between the attention and the "

@@ -9,7 +9,7 @@ from functools import cached_property
 import torch
 
 from lens.model._arch import overrides_for, tl_architecture
-from lens.model import _sites
+from lens.model import _lazy, _sites
 from lens.model._editing import edited
 from lens.model._inputs import id_rows, n_vocab
 from lens.model._routing import model_lock
@@ -190,11 +190,9 @@ class Subject:
         The bridge rewrites the module tree it wraps, so it wraps a structural clone that
         shares the parameter tensors: no second copy of the weights, and ``model`` stays stock.
         """
-        # import-time cost: TransformerLens takes seconds to import; most sessions never build a bridge
-        from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
-
         clone = self._shared_clone()
-        return build_bridge_from_module(
+        # TransformerLens is imported here, on first use (seconds; see _lazy)
+        return _lazy.build_bridge_from_module(
             clone,
             tl_architecture(self.arch.tl_architecture),
             hf_config=clone.config,
@@ -205,10 +203,8 @@ class Subject:
     @cached_property
     def nnsight(self):
         """An nnsight ``TransformersModel`` (text generation) over the same model object."""
-        # import-time cost: nnsight is imported when its view is first used
-        from nnsight import TransformersModel
-
-        return TransformersModel(self.model, task="text-generation", tokenizer=self.tokenizer)
+        # nnsight is imported here, on first use (see _lazy)
+        return _lazy.TransformersModel(self.model, task="text-generation", tokenizer=self.tokenizer)
 
     @torch.no_grad()
     def logits(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:

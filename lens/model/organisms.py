@@ -31,14 +31,17 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from tqdm.auto import tqdm
 
-from lens.model import _cache
+from lens.model import _cache, _lazy
 from lens.model._organisms_data import (
     BOS_ID,
     HELD_OUT_SEED,
@@ -225,16 +228,13 @@ def make_tokenizer():
     ``tokenizer("t03 t17")["input_ids"] == [64, 3, 17]``. ``<pad>`` pads; unknown words map to
     ``<unk>`` (the model never saw it). Saves and loads with save_pretrained/from_pretrained.
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
     vocab = {name: i for i, name in enumerate(TOKEN_NAMES)} | SPECIAL_TOKENS
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.post_processor = processors.TemplateProcessing(
         single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", BOS_ID)]
     )
-    return PreTrainedTokenizerFast(
+    return _lazy.PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<bos>", pad_token="<pad>", unk_token="<unk>",
         model_max_length=max(r.seq_len for r in RECIPES.values()),
     )
@@ -248,9 +248,7 @@ def _config(recipe: Recipe):
     LayerNorm and an MLP at all (the induction recipe is attention-only); we keep the stock
     architecture so every workbench path runs on it unchanged.
     """
-    from transformers import GPT2Config
-
-    return GPT2Config(
+    return _lazy.GPT2Config(
         vocab_size=VOCAB_SIZE, n_positions=recipe.seq_len, n_embd=recipe.n_embd, n_layer=recipe.n_layer,
         n_head=recipe.n_head, n_inner=recipe.n_inner, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         bos_token_id=BOS_ID, eos_token_id=None, pad_token_id=PAD_ID, tie_word_embeddings=False,
@@ -270,14 +268,11 @@ def _training_data(kind: str, recipe: Recipe, seed: int, steps: int, chain: Bigr
 
 def _fit(kind: str, recipe: Recipe, seed: int, steps: int, *, chain: BigramChain | None, progress: bool):
     """Train a fresh model; returns it (eval mode) and the loss log ``[[step, mean loss], ...]``."""
-    from tqdm.auto import tqdm
-    from transformers import GPT2LMHeadModel
-
     data = _training_data(kind, recipe, seed, steps, chain)
     # fork_rng: seeding the init must not reset the caller's global RNG.
     with torch.random.fork_rng(devices=[]), _deterministic():
         torch.manual_seed(seed)
-        model = GPT2LMHeadModel(_config(recipe)).train()
+        model = _lazy.GPT2LMHeadModel(_config(recipe)).train()
         if recipe.init == "torch":
             _torch_default_init(model)
         if recipe.attention_only:
@@ -308,15 +303,11 @@ def _fit(kind: str, recipe: Recipe, seed: int, steps: int, *, chain: BigramChain
 
 def _torch_default_init(model) -> None:
     """Re-draw every weight as PyTorch's own layers would (GPT-2's ``Conv1D`` stores ``[in, out]``)."""
-    import math
-
-    from transformers.pytorch_utils import Conv1D
-
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, (torch.nn.Embedding, torch.nn.Linear, torch.nn.LayerNorm)):
                 module.reset_parameters()
-            elif isinstance(module, Conv1D):
+            elif isinstance(module, _lazy.Conv1D):
                 bound = 1.0 / math.sqrt(module.weight.shape[0])
                 module.weight.uniform_(-bound, bound)
                 module.bias.uniform_(-bound, bound)
@@ -335,10 +326,8 @@ def _deterministic():
 
 # --- cache ----------------------------------------------------------------------------------
 def _load(entry) -> Subject:
-    from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    model = GPT2LMHeadModel.from_pretrained(entry, dtype=torch.float32)
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(entry)
+    model = _lazy.GPT2LMHeadModel.from_pretrained(entry, dtype=torch.float32)
+    tokenizer = _lazy.PreTrainedTokenizerFast.from_pretrained(entry)
     info = read_info(entry)
     if (entry / CHAIN_FILE).is_file():
         info["chain"] = BigramChain.load(entry / CHAIN_FILE)
