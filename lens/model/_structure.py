@@ -131,9 +131,63 @@ def _is_norm(m: nn.Module) -> bool:
 @torch.no_grad()
 def discover(model, *, overrides: dict | None = None) -> Structure:
     """Find the structure of a transformers causal LM (see the module docstring)."""
-    config = model.config
-    model_type = getattr(config, "model_type", type(model).__name__)
+    model_type = getattr(model.config, "model_type", type(model).__name__)
     names = {id(m): n for n, m in model.named_modules()}
+    trace = _trace(model, model_type)
+    calls = trace.calls
+    n_heads, n_kv_heads, d_head, d_v = _attention_shape(model_type, calls)
+
+    layers_path, attn_path, blocks, attn_layers = _blocks(model, model_type, names, [c[0] for c in calls])
+    first = blocks[attn_layers[0]]  # the layout is read off the first block with attention
+    o_proj, conv1d, attn_out_norm, gated = _output_projection(model_type, names, calls, trace.proj_inputs,
+                                                              trace.outputs, n_heads * d_v)
+    final_norm = _final_norm(model_type, model, names, blocks, trace.outputs, trace.head_input)
+    io = {(kind, name): t for (block, kind, name), t in trace.block_io.items() if block == id(first)}
+    block_in = io.get(("in", ""))  # the residual stream entering the block: its width is d_model
+    d_model = block_in.shape[-1] if block_in is not None else model.get_input_embeddings().weight.shape[1]
+    mlp_in, mlp = _mlp(model_type, first, attn_path, d_model)
+    for i, block in enumerate(blocks):  # every block has the MLP where the first attention block has it
+        if mlp is not None and not hasattr(block, mlp):
+            raise StructureError(f"{model_type}: block {i} has no MLP at {mlp!r}, where block {attn_layers[0]} "
+                                 "has it; not supported")
+    attn_norm, mlp_norm, residual = _residual_layout(first, attn_path, mlp_in, io)
+    overrides = dict(overrides or {})
+    structure = Structure(
+        model_type=model_type, layers=layers_path, attn=attn_path, mlp=mlp, mlp_in=mlp_in, o_proj=o_proj,
+        attn_out_norm=attn_out_norm, attn_out_gated=gated, o_proj_conv1d=conv1d,
+        final_norm=final_norm, attn_norm=attn_norm, mlp_norm=mlp_norm, residual=residual,
+        tl_architecture=type(model).__name__, n_layers=len(blocks), attn_layers=attn_layers, n_heads=n_heads,
+        n_kv_heads=n_kv_heads, d_head=d_head, d_v=d_v,
+        sliding_window=tuple(c[2]["sliding_window"] for c in calls),
+        softcap=tuple(c[2]["softcap"] for c in calls),
+        learned_sinks=tuple(c[2]["sinks"] is not None for c in calls),
+        scale=tuple(c[2]["scale"] for c in calls),
+    )
+    if overrides:
+        structure = replace(structure, overrides=overrides, **overrides)
+    return structure
+
+
+@dataclass
+class _Trace:
+    """What ``discover``'s one traced forward pass saw.
+
+    ``calls``: (module, (n_heads, n_kv_heads, d_head, d_v), the attention call, its output as
+    the module receives it [b, q, h, d]) for every routed attention call, in order;
+    ``proj_inputs``: each projection's input, and ``outputs``: each module's tensor output, by
+    module id; ``head_input``: what entered the unembedding; ``block_io``: (id of a candidate
+    block, "in"|"out", child name) -> tensor, for every block ``_candidate_blocks`` finds.
+    """
+
+    calls: list[tuple[nn.Module, tuple, dict, torch.Tensor]]
+    proj_inputs: dict[int, torch.Tensor]
+    outputs: dict[int, torch.Tensor]
+    head_input: list[torch.Tensor]
+    block_io: dict[tuple[int, str, str], torch.Tensor | None]
+
+
+def _trace(model, model_type: str) -> _Trace:
+    """Run one forward pass with the attention routed and hooks on every module (see ``_Trace``)."""
     calls: list[tuple[nn.Module, tuple, dict, torch.Tensor]] = []
 
     def tracer(module, q, k, v, call, result):
@@ -180,11 +234,15 @@ def discover(model, *, overrides: dict | None = None) -> Structure:
                f"it failed after {len(calls)} attention call(s)")
         raise StructureError(f"{model_type}: the traced pass raised {type(err).__name__}: {err}; {how}. "
                              "The workbench needs a transformers model built on AttentionInterface") from err
-
     if not calls:
         raise StructureError(f"{model_type}: no attention module called the attention interface in a traced pass "
-                             f"(attention implementation {getattr(config, '_attn_implementation', '?')!r}); "
+                             f"(attention implementation {getattr(model.config, '_attn_implementation', '?')!r}); "
                              "the workbench needs a transformers model built on AttentionInterface")
+    return _Trace(calls, proj_inputs, outputs, head_input, block_io)
+
+
+def _attention_shape(model_type: str, calls) -> tuple[int, int, int, int]:
+    """(n_heads, n_kv_heads, d_head, d_v), the same in every attention call, each module called once."""
     modules = [c[0] for c in calls]
     if len({id(m) for m in modules}) != len(modules):
         raise StructureError(f"{model_type}: an attention module was called twice in one pass (shared layers); "
@@ -193,37 +251,7 @@ def discover(model, *, overrides: dict | None = None) -> Structure:
     if len(shapes) != 1:
         raise StructureError(f"{model_type}: attention shapes differ between layers {sorted(shapes)} "
                              "(heads, kv heads, head size); not supported")
-    n_heads, n_kv_heads, d_head, d_v = shapes.pop()
-
-    layers_path, attn_path, blocks, attn_layers = _blocks(model, model_type, names, modules)
-    first = blocks[attn_layers[0]]  # the layout is read off the first block with attention
-    o_proj, conv1d, attn_out_norm, gated = _output_projection(model_type, names, calls, proj_inputs, outputs,
-                                                              n_heads * d_v)
-    final_norm = _final_norm(model_type, model, names, blocks, outputs, head_input)
-    io = {(kind, name): t for (block, kind, name), t in block_io.items() if block == id(first)}
-    block_in = io.get(("in", ""))  # the residual stream entering the block: its width is d_model
-    d_model = block_in.shape[-1] if block_in is not None else model.get_input_embeddings().weight.shape[1]
-    mlp_in, mlp = _mlp(model_type, first, attn_path, d_model)
-    for i, block in enumerate(blocks):  # every block has the MLP where the first attention block has it
-        if mlp is not None and not hasattr(block, mlp):
-            raise StructureError(f"{model_type}: block {i} has no MLP at {mlp!r}, where block {attn_layers[0]} "
-                                 "has it; not supported")
-    attn_norm, mlp_norm, residual = _residual_layout(first, attn_path, mlp_in, io)
-    overrides = dict(overrides or {})
-    structure = Structure(
-        model_type=model_type, layers=layers_path, attn=attn_path, mlp=mlp, mlp_in=mlp_in, o_proj=o_proj,
-        attn_out_norm=attn_out_norm, attn_out_gated=gated, o_proj_conv1d=conv1d,
-        final_norm=final_norm, attn_norm=attn_norm, mlp_norm=mlp_norm, residual=residual,
-        tl_architecture=type(model).__name__, n_layers=len(blocks), attn_layers=attn_layers, n_heads=n_heads,
-        n_kv_heads=n_kv_heads, d_head=d_head, d_v=d_v,
-        sliding_window=tuple(c[2]["sliding_window"] for c in calls),
-        softcap=tuple(c[2]["softcap"] for c in calls),
-        learned_sinks=tuple(c[2]["sinks"] is not None for c in calls),
-        scale=tuple(c[2]["scale"] for c in calls),
-    )
-    if overrides:
-        structure = replace(structure, overrides=overrides, **overrides)
-    return structure
+    return shapes.pop()
 
 
 def _trace_ids(model) -> torch.Tensor:
