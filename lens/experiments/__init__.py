@@ -3,7 +3,7 @@
 The flow of ``lens run SPEC.toml``: ``load_spec`` (checked before any model loads) ->
 ``make_task`` (disjoint calibration and test splits by seed) -> ``zerotuning`` /
 ``zerotuning_profiled`` / ``act_search`` on the calibration split, or the spec's fixed
-edits -> ``score`` on the test split with and without the edits -> bootstrap intervals ->
+edits -> ``score`` on the test split with and without the edits -> BCa bootstrap intervals ->
 the DuckDB results database (``list_runs``, ``compare_runs``, ``load_run``). A spec's
 ``[sweep]`` is crossed into runs (``load_specs``) and ``run_sweep`` runs them, here or with
 each scoring job on Ray workers (``lens.record._executor``), resumable by each run's spec hash.

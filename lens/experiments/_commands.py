@@ -78,7 +78,7 @@ def runs_command(*, db: str | Path = DEFAULT_DB, compare: list[str] | None = Non
             df[col] = df[col].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
         df["created"] = df["created"].map(lambda t: f"{t:%Y-%m-%d %H:%M}")
         df["git_commit"] = df["git_commit"].map(lambda c: (c or "")[:8])
-        echo(f"{metric} per run in {db} (delta = edited - baseline with its bootstrap interval):")
+        echo(f"{metric} per run in {db} (delta = edited - baseline with its BCa bootstrap interval):")
         echo(df.to_string(index=False))
         shown = set(df["status"]) - {"complete"}
         if shown:

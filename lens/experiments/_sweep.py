@@ -62,7 +62,7 @@ def run_sweep(specs: Sequence[Spec], *, executor=None, db: str | Path | None = N
         bar.close()
     table = sweep_table(path, ids)
     if len(specs) > 1:
-        say(f"sweep: {len(specs)} runs in {path} (delta = edited - baseline with its bootstrap interval)")
+        say(f"sweep: {len(specs)} runs in {path} (delta = edited - baseline with its BCa bootstrap interval)")
         say(format_sweep(table))
     return table
 
