@@ -454,3 +454,18 @@ def test_census_page_in_browser(store, shards_index, site):
     assert f"input {first}" in page.inner_text("#census-strip-note")
     assert overlaps(page) == []
     _shots(page, "census")
+
+
+def test_probes_page_shows_the_spread_over_folds():
+    """The probes page draws each layer's accuracy with its standard deviation over the CV folds."""
+    import types
+
+    from lens.dashboard.pages import probes
+
+    frame = pd.DataFrame({"layer": [-1, 0, 1], "accuracy": [0.5, 0.8, 0.9], "accuracy_std": [0.05, 0.02, 0.01],
+                          "control_accuracy": [0.5, 0.6, 0.6], "selectivity": [0.0, 0.2, 0.3],
+                          "selectivity_std": [0.04, 0.03, 0.02], "majority": [0.5, 0.5, 0.5]})
+    fig = probes.render(types.SimpleNamespace(jobs={"k": ("quotes", frame)}), "k")
+    score = fig.data[0]
+    assert list(score.y) == [0.5, 0.8, 0.9] and list(score.error_y.array) == [0.05, 0.02, 0.01]
+    assert "best selectivity 0.30 +- 0.02 at layer 1" in fig.layout.title.text

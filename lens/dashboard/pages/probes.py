@@ -51,8 +51,10 @@ def render(ctx: Context, key):
         return None
     task, frame = result
     best = frame.loc[frame["selectivity"].idxmax()]
+    spread = f" +- {best['selectivity_std']:.2f}" if "selectivity_std" in frame else ""
     fig = viz.probe_curves(frame, x="layer", y="accuracy", control="control_accuracy",
-                           title=f"{task}: probe accuracy by layer (best selectivity {best['selectivity']:.2f} "
+                           error="accuracy_std" if "accuracy_std" in frame else None,  # std over the CV folds
+                           title=f"{task}: probe accuracy by layer (best selectivity {best['selectivity']:.2f}{spread} "
                                  f"at layer {int(best['layer'])}; majority {frame['majority'].iloc[0]:.2f})")
     fig.update_layout(height=HEIGHT)
     return fig
