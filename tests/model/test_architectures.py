@@ -178,9 +178,12 @@ def test_every_statistic_equals_the_models_own_eager_pattern(arch, backend):
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("arch", ["gemma2", "gpt_oss", "mistral", "deepseek_v3"])
+@pytest.mark.parametrize("arch", ["gemma2", "gpt_oss", "deepseek_v3"])
 def test_triton_backend_equals_the_models_own_eager_pattern(arch):
-    """Soft-capping, learned sinks and windows through the Triton kernels (interpreted on a CPU)."""
+    """Soft-capping, learned sinks, windows and value heads wider than the keys' through the Triton
+    kernels (interpreted on a CPU, ~50 s an architecture): gemma2 has local/global windows and the
+    cap, gpt_oss sinks and windows, deepseek_v3 d_v != d_head. (Mistral's uniform window, which
+    gemma2's local layers cover, was a fourth case.)"""
     s = subject(arch)
     rows, ids, mask = inputs()
     cap = lens.capture(s, rows, backend="triton", resid_norm=False, massive=False, value_norm=False)
