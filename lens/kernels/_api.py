@@ -67,6 +67,10 @@ def attention(
     chunked for long inputs). ``block_size`` fixes the chunked query block (default: sized to a
     memory budget). ``softcap`` (Gemma-2's tanh logit soft-capping) and ``sinks`` (learned
     per-head sink logits, gpt-oss) change the attention itself: see ``Call``.
+
+Sixteen parameters on purpose: every option of the kernels is one keyword here, checked once
+into a frozen ``Call`` (``_validate``), so the signature is the documentation; the workbench's
+own callers pass a ``StatOptions`` and a ``HeadEdits`` for the groups that belong together.
     """
     call = _validate(q, k, v, causal=causal, scale=scale, mask=mask, query_mask=query_mask,
                      sliding_window=sliding_window, token_ids=token_ids, stats=stats,

@@ -194,7 +194,11 @@ def _host_parts(call: Call, rows: Tensor, slot: dict[str, int], lse: Tensor) -> 
 
 def _topk(call, q, k, lse, cand, bias, bias_strides, mask, mask_strides, qmask, shape_args, common,
           p1: Blocks, topk: int) -> tuple[Tensor, Tensor]:
-    """The exact top-k: each row's k candidate spans (``_span`` keys each, chosen by pass 1) rescanned."""
+    """The exact top-k: each row's k candidate spans (``_span`` keys each, chosen by pass 1) rescanned.
+
+    Like ``_columns`` it takes pass 1's prepared inputs and their strides as they are, so none is
+    prepared twice; hence the long list.
+    """
     geo = call.geo
     b, h, nq = geo.batch, geo.heads, geo.query_pos
     top_v = torch.empty(b, h, nq, topk, dtype=torch.float32, device=q.device)

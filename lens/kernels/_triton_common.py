@@ -54,7 +54,11 @@ def _scores(q, k, qk_scale, softcap2, DOT_PREC: tl.constexpr, HAS_SOFTCAP: tl.co
 def _visibility(offs_m, offs_n, pos_m, m_valid, n_valid, b, h, MASK,
                 stride_mb, stride_mh, stride_mm, stride_mn, SLIDE,
                 CAUSAL: tl.constexpr, HAS_SLIDE: tl.constexpr, HAS_MASK: tl.constexpr):
-    """Who may attend to whom in one tile: key bounds, causal, sliding window, the caller's mask."""
+    """Who may attend to whom in one tile: key bounds, causal, sliding window, the caller's mask.
+
+    A Triton device function takes scalars, pointers, strides and constexpr switches one by one
+    (no structs), hence sixteen parameters; the three kernels share it so the rule is written once.
+    """
     vis = m_valid[:, None] & n_valid[None, :]
     if CAUSAL:
         vis = vis & (offs_n[None, :] <= pos_m[:, None])

@@ -55,6 +55,12 @@ def attn_rows_kernel(
     finished here (divided by l, zeroed on invalid rows), so the host only converts units.
     With sinks the real keys' probabilities sum to ``l / l_tot < 1``; entropy and waad are
     finished with that mass, never with 1.
+
+    Long by nature: a Triton kernel takes every pointer, stride, size and constexpr switch as
+    its own argument (the host's ``_triton.run`` computes them), and its body is one fused loop
+    over key blocks (online softmax, every row statistic and the top-k candidates in one pass)
+    whose parts share registers; split into device functions it would pass that state back and
+    forth.
     """
     # Heaviest causal blocks (the last rows) first: better tail balance on the GPU.
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -336,6 +342,10 @@ def attn_columns_kernel(
     ROWS_PER_GROUP rows (GQ pooled rows, or one split into Q_SUBS chunks), so a pooled
     cell never straddles two groups: each program writes POOL[b, h, sub, :, its columns]
     once. Without pooling both groups are plain blocks.
+
+    Long by nature, as ``attn_rows_kernel``: every pointer, stride, size and constexpr switch is
+    its own argument (computed by the host's ``_triton._columns``), and the body is one loop
+    whose column sums and pooled sums share the same tile of probabilities.
     """
     kt = tl.program_id(0)  # key block 0 sees the most queries and starts first
     bh = tl.program_id(1)

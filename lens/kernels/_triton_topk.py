@@ -37,6 +37,8 @@ def attn_topk_kernel(
     scores; p = 2^(s - L) with pass 1's lse. Work per row: k spans, not the row's n keys.
     The scores come from the tensor cores like pass 1's: each span's keys times a matrix
     whose first column is the query and the rest zeros (summing its 16 columns is exact).
+    Its 43 parameters are the pointers, strides, sizes and constexpr switches a Triton kernel
+    takes one by one (computed by the host's ``_triton._topk``).
     """
     i = tl.program_id(0)
     bh = tl.program_id(1)

@@ -279,8 +279,9 @@ def capture_dataset(model, dataset: str | Path, out: str | Path, spec: CaptureSp
     ``lens.record.make_executor`` (default local). resume: keep the valid shards of an
     existing store with the same manifest and compute the rest. on_shard: called by the
     driver after each shard is written (tests count writes with it). Returns the Store.
-    Ten parameters: what to capture (model, dataset, out, spec) and how the run goes, each a
-    separate keyword the command line and the tests set one by one.
+    Nine parameters (and the spec's fields as keywords): what to capture (model, dataset, out,
+    spec) and how the run goes, each a separate keyword the command line and the tests set one
+    by one.
     """
     spec = CaptureSpec.of(spec, **fields)
     if shard_size < 1:
