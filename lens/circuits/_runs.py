@@ -189,13 +189,17 @@ class _Pass:
         fns["final_in"] = self.at_final_in
         return fns
 
+    def patched(self, kind: str, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with the spec's patch of ``kind`` ("resid", "attn", "mlp") at ``layer``, recorded if asked."""
+        patch = getattr(self.spec, kind).get(layer)
+        if patch is not None:
+            x = _where(patch.mask, patch.values, x)
+        if kind in self.spec.record:
+            self.records[kind][layer] = x.detach()
+        return x
+
     def at_resid_pre(self, layer: int, x: torch.Tensor, call) -> torch.Tensor:
-        if layer in self.spec.resid:
-            p = self.spec.resid[layer]
-            x = _where(p.mask, p.values, x)
-        self.resid_pre[layer] = x
-        if "resid" in self.spec.record:
-            self.records["resid"][layer] = x.detach()
+        x = self.resid_pre[layer] = self.patched("resid", layer, x)
         if layer == 0:
             self.sent(INPUT, x)
         return x
@@ -245,33 +249,18 @@ class _Pass:
         return z
 
     def at_attn_out(self, layer: int, out: torch.Tensor, call) -> torch.Tensor:
-        if layer in self.spec.attn:
-            p = self.spec.attn[layer]
-            out = _where(p.mask, p.values, out)
-        if "attn" in self.spec.record:
-            self.records["attn"][layer] = out.detach()
-        return out
+        return self.patched("attn", layer, out)
 
     def at_resid_mid(self, layer: int, x: torch.Tensor, call) -> torch.Tensor:
         return self.receive(mlp_node(layer), x)
 
     def at_mlp_out(self, layer: int, out: torch.Tensor, call) -> torch.Tensor:
-        if layer in self.spec.mlp:
-            p = self.spec.mlp[layer]
-            out = _where(p.mask, p.values, out)
-        if "mlp" in self.spec.record:
-            self.records["mlp"][layer] = out.detach()
+        out = self.patched("mlp", layer, out)
         self.sent(mlp_node(layer), out)
         return out
 
     def at_final_in(self, x: torch.Tensor, call) -> torch.Tensor:
-        n = self.subject.n_layers
-        if n in self.spec.resid:
-            p = self.spec.resid[n]
-            x = _where(p.mask, p.values, x)
-        if "resid" in self.spec.record:
-            self.records["resid"][n] = x.detach()
-        return self.receive(LOGITS, x)
+        return self.receive(LOGITS, self.patched("resid", self.subject.n_layers, x))
 
 
 def _repeat_batch(obj, b: int, n: int):
