@@ -11,9 +11,14 @@ import os
 import pytest
 import torch
 
-# Each pytest-xdist worker gets its share of the cores (./setup.sh test runs 2 workers).
+# Each pytest-xdist worker gets its share of the cores (./setup.sh test runs 2 workers), and so do
+# the processes it starts (the notebooks' kernels, the lens command): two workers each running
+# two OpenMP threads on two cores spend their time spinning.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-torch.set_num_threads(max(1, min(4, (os.cpu_count() or 1) // _WORKERS)))
+_THREADS = max(1, min(4, (os.cpu_count() or 1) // _WORKERS))
+torch.set_num_threads(_THREADS)
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
 
 # Fuzzing profiles (tests/test_fuzz_*.py). "ci", the default: few examples, the same ones on
 # every run (derandomize) and no example database, so CI is reproducible and short; a failure
@@ -96,9 +101,20 @@ def induction_organism():
     return organisms.train("induction", seed=0, progress=False)
 
 
+# The slowest tests (seconds on the 2-core CI machine, clean clone of 2026-12-07), started first so
+# that the short ones fill the end of the run on both workers instead of two long ones meeting there.
+SLOW_FIRST = ("test_notebook_runs[04_zerotuning_act]", "test_notebook_runs[06_long_context]",  # ~440, ~390
+              "test_triton_backend_equals_the_models_own_eager_pattern[gemma2]",  # ~100
+              "test_triton_backend_equals_the_models_own_eager_pattern[gpt_oss]",  # ~100
+              "test_notebook_runs[01_sinks_and_dormant_heads]", "test_notebook_runs[03_preplan_anchor]")  # ~100, ~70
+
+
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (``./setup.sh test``: ``-n 2 --dist loadgroup``), every test that starts a
-    Ray cluster runs on one worker: two clusters on a 2-core machine would starve each other."""
+    Ray cluster runs on one worker (two clusters on a 2-core machine would starve each other), and
+    the slowest tests are handed out first."""
     for item in items:
         if item.get_closest_marker("ray") is not None:
             item.add_marker(pytest.mark.xdist_group("ray"))
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.name, len(rank)))  # stable: the rest keep their order
