@@ -36,8 +36,8 @@ def layout(ctx: Context) -> html.Div:
     )
     return html.Div([
         dmc.Title("Probes", order=3, mb="xs"),
-        dmc.Text("A logistic probe on the residual stream after each layer, held out by sequence; the dashed line "
-                 "is the control task (each token type gets a random label), so accuracy - control = selectivity "
+        dmc.Text("A logistic probe on the residual stream after each layer, scored by 5-fold cross-validation "
+                 "grouped by sequence (bars: std over the folds); the dashed line is the control task (each token type gets a random label), so accuracy - control = selectivity "
                  "says what the layer encodes beyond token identity.", size="sm", mb="sm"),
         *([] if live else [ui.needs_model("Probing")]),
         html.Div(controls, style={} if live else ui.HIDDEN),
