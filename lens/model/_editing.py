@@ -173,9 +173,8 @@ def edited(subject, edits: Sequence, *, backend: str = "auto") -> Iterator[EditS
         if applied_by(e) == "residual":
             by_layer.setdefault(e.layer, []).append(e)
     fns.update({_sites.Site("resid_post", layer): _residual_hook(es) for layer, es in by_layer.items()})
-    # The model's lock is held from the first hook to the last removal (routed takes it again, re-entrantly).
-    with _routing.model_lock(subject.model), _sites.hooks(subject, fns), _routing.routed(subject.model), \
-            _routing.active(session):
+    # The hooks act only for this context's forwards; routed holds the model's lock for the block.
+    with _sites.hooks(subject, fns), _routing.routed(subject.model), _routing.active(session):
         yield session
 
 

@@ -209,8 +209,7 @@ class _Routable:
 @functools.cache
 def _routable(base: type) -> type:
     """``base`` with an ``_attn_implementation`` that reads ``"lens"`` only in contexts routing the instance."""
-    own = base.__dict__.get("_attn_implementation") or next(
-        (vars(k)["_attn_implementation"] for k in base.__mro__ if "_attn_implementation" in vars(k)), None)
+    own = next((vars(k)["_attn_implementation"] for k in base.__mro__ if "_attn_implementation" in vars(k)), None)
 
     def get(config):
         if id(config) in _routed.get():
