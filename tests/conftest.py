@@ -19,6 +19,9 @@ _THREADS = max(1, min(4, (os.cpu_count() or 1) // _WORKERS))
 torch.set_num_threads(_THREADS)
 if _WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+    # the notebooks set their own thread count (LENS_NOTEBOOK_THREADS, else 2), which OMP_NUM_THREADS
+    # does not override: two notebook kernels of two threads each ran the 8K capture 6x slower
+    os.environ.setdefault("LENS_NOTEBOOK_THREADS", str(_THREADS))
 
 # Fuzzing profiles (tests/test_fuzz_*.py). "ci", the default: few examples, the same ones on
 # every run (derandomize) and no example database, so CI is reproducible and short; a failure
